@@ -1,0 +1,1173 @@
+//! Use cases: request, review, cancel, read, expire. Orchestrates `policy`, `approvals`,
+//! `signer`, `store` and `audit`.
+//!
+//! Every change and the audit events that record it commit in one store transaction; a
+//! certificate is signed inside the transaction that marks its request issued, so it
+//! exists only if its rows do. No proto types and no SQL here; methods block on the store,
+//! so async callers run them on a blocking thread. Time comes in as `now`.
+
+use std::sync::{Arc, RwLock};
+
+use rand::Rng as _;
+use serde_json::json;
+use ssh_key::{HashAlg, PublicKey};
+use tokio::sync::broadcast;
+
+use crate::approvals::{self, Approval, Ready, Request, State, Verdict};
+use crate::audit::Event;
+use crate::auth::{Caller, Token};
+use crate::clock::UnixTime;
+use crate::policy::{self, Policy, Refusal, Role};
+use crate::signer::{self, Grant, Signer};
+use crate::store::{self, CertRecord, RequestFilter, Store, Tx};
+
+/// Most pending requests one requester may have at once.
+pub const MAX_PENDING_PER_REQUESTER: u64 = 5;
+
+/// Why a use case did not happen. Each variant maps to one gRPC code in `convert`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Malformed input.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No valid credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Policy says no.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The request is not in a state that allows this.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// No such request (or not visible to the caller).
+    #[error("{0}")]
+    NotFound(String),
+    /// A limit was reached.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Signing failed.
+    #[error(transparent)]
+    Signer(#[from] signer::Error),
+}
+
+/// Authority result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a caller asks for.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    /// Role name.
+    pub role: String,
+    /// Principals; empty = all of the role's logins.
+    pub principals: Vec<String>,
+    /// ttl; None = the role's default.
+    pub ttl_secs: Option<u64>,
+    /// Reason.
+    pub reason: String,
+    /// Subject public key, OpenSSH text.
+    pub public_key: String,
+}
+
+/// A request as a caller may see it.
+#[derive(Debug, Clone)]
+pub struct RequestView {
+    /// The request.
+    pub request: Request,
+    /// Who may approve, as selectors.
+    pub approvers: Vec<String>,
+    /// The certificate, when issued (serial and validity are shown to everyone who may see
+    /// the request; the certificate itself only to the requester).
+    pub certificate: Option<CertRecord>,
+    /// Whether the certificate text may be shown to this caller.
+    pub certificate_visible: bool,
+}
+
+/// The certificate authority's use cases.
+#[derive(Debug)]
+pub struct Authority {
+    store: Arc<Store>,
+    signer: Signer,
+    policy: RwLock<Arc<Policy>>,
+    changes: broadcast::Sender<String>,
+}
+
+impl Authority {
+    /// An authority over a store, a signer and a policy.
+    pub fn new(store: Arc<Store>, signer: Signer, policy: Policy) -> Self {
+        let (changes, _) = broadcast::channel(1024);
+        Authority {
+            store,
+            signer,
+            policy: RwLock::new(Arc::new(policy)),
+            changes,
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the policy (already validated) and audits it.
+    pub fn replace_policy(&self, policy: Policy, now: UnixTime) -> Result<()> {
+        let roles: Vec<String> = policy.roles().map(|r| r.name.clone()).collect();
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        self.store.transact(|tx| {
+            tx.append_audit(&Event::new(
+                now,
+                "moshca-server",
+                "policy.reloaded",
+                None,
+                json!({ "roles": roles }),
+            ))
+            .map_err(Error::from)
+        })
+    }
+
+    /// Notified with a request id whenever that request changes.
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    /// CA public keys hosts should trust, the signing key first.
+    pub fn ca_public_keys(&self) -> Vec<PublicKey> {
+        vec![self.signer.public_key().clone()]
+    }
+
+    /// Resolves a bearer token to a caller; failures are audited.
+    pub fn authenticate_at(&self, token: &Token, peer: &str, now: UnixTime) -> Result<Caller> {
+        let hash = token.hash();
+        if let Some(caller) = self.store.read(|tx| tx.caller_by_token(&hash, now))? {
+            return Ok(caller);
+        }
+        self.store.transact(|tx| {
+            tx.append_audit(&Event::new(
+                now,
+                "anonymous",
+                "auth.failed",
+                None,
+                json!({ "peer": peer, "reason": "unknown, revoked or disabled token" }),
+            ))
+            .map_err(Error::from)
+        })?;
+        Err(Error::Unauthenticated(
+            "token not accepted (unknown, revoked, or its user is disabled); ask the CA operator for a new one".into(),
+        ))
+    }
+
+    /// Audits a refused attempt in its own transaction and returns the error.
+    fn refuse(&self, caller: &Caller, role: &str, err: Error, now: UnixTime) -> Error {
+        let recorded = self.store.transact(|tx| {
+            tx.append_audit(&Event::new(
+                now,
+                &caller.name,
+                "request.refused",
+                None,
+                json!({ "role": role, "reason": err.to_string() }),
+            ))
+            .map_err(Error::from)
+        });
+        match recorded {
+            Ok(()) => err,
+            Err(store_err) => store_err,
+        }
+    }
+
+    /// Creates an access request; an auto-approved role issues at once.
+    pub fn create_request_at(
+        &self,
+        caller: &Caller,
+        new: NewRequest,
+        now: UnixTime,
+    ) -> Result<RequestView> {
+        let policy = self.policy();
+        let checked = match self.check_new(caller, &policy, &new) {
+            Ok(v) => v,
+            Err(e) => return Err(self.refuse(caller, &new.role, e, now)),
+        };
+        let (role, checked, subject) = checked;
+        let request = Request {
+            id: ulid::Ulid::new().to_string(),
+            requester: caller.name.clone(),
+            role: role.name.clone(),
+            principals: checked.principals,
+            ttl_secs: checked.ttl_secs,
+            reason: new.reason.trim().to_owned(),
+            public_key: subject.to_openssh().map_err(signer::Error::from)?,
+            fingerprint: subject.fingerprint(HashAlg::Sha256).to_string(),
+            state: State::Pending,
+            created_at: now,
+            expires_at: now + policy.defaults.pending_ttl,
+            decided_at: None,
+            approvals_required: match role.approval {
+                policy::Approval::Manual { required } => required,
+                policy::Approval::Auto => 0,
+            },
+            reviews: Vec::new(),
+        };
+        let view = self.store.transact(|tx| {
+            if tx.pending_count(&caller.name)? >= MAX_PENDING_PER_REQUESTER {
+                return Err(Error::ResourceExhausted(format!(
+                    "limit reached: at most {MAX_PENDING_PER_REQUESTER} pending requests per requester; cancel one with `moshca cancel ID`"
+                )));
+            }
+            tx.insert_request(&request)?;
+            tx.append_audit(&Event::new(
+                now,
+                &caller.name,
+                "request.created",
+                Some(&request.id),
+                json!({
+                    "role": request.role,
+                    "principals": request.principals,
+                    "ttl_secs": request.ttl_secs,
+                    "reason": request.reason,
+                    "fingerprint": request.fingerprint,
+                }),
+            ))?;
+            if role.approval == policy::Approval::Auto {
+                let ready = Ready {
+                    ttl_secs: request.ttl_secs,
+                    approvers: Vec::new(),
+                    request: request.clone(),
+                };
+                let (request, cert) = self.issue(tx, ready, role, &policy, now)?;
+                return Ok(self.view(&policy, request, Some(cert), true));
+            }
+            Ok(self.view(&policy, request.clone(), None, true))
+        });
+        let view = match view {
+            Ok(v) => v,
+            Err(e @ Error::ResourceExhausted(_)) => return Err(self.refuse(caller, &new.role, e, now)),
+            Err(e) => return Err(e),
+        };
+        tracing::info!(
+            request_id = %view.request.id,
+            caller = %caller.name,
+            role = %view.request.role,
+            principals = ?view.request.principals,
+            ttl_secs = view.request.ttl_secs,
+            fingerprint = %view.request.fingerprint,
+            "access request created"
+        );
+        let _ = self.changes.send(view.request.id.clone());
+        Ok(view)
+    }
+
+    fn check_new<'p>(
+        &self,
+        caller: &Caller,
+        policy: &'p Policy,
+        new: &NewRequest,
+    ) -> Result<(&'p Role, policy::Checked, PublicKey)> {
+        let role = policy
+            .role(&new.role)
+            .filter(|r| r.may_request(caller))
+            .ok_or_else(|| {
+                Error::PermissionDenied(format!(
+                    "you may not request role {:?}; `moshca whoami` lists the roles you may request",
+                    new.role
+                ))
+            })?;
+        let checked = role
+            .check_request(&new.principals, new.ttl_secs, &new.reason)
+            .map_err(|r| match r {
+                Refusal::Invalid(m) => Error::InvalidArgument(m),
+                Refusal::Denied(m) => Error::PermissionDenied(m),
+            })?;
+        let subject = signer::parse_subject_key(&new.public_key, &self.ca_public_keys())
+            .map_err(|e| Error::InvalidArgument(e.0))?;
+        Ok((role, checked, subject))
+    }
+
+    /// Signs the certificate for a satisfied request and records it, inside `tx`.
+    fn issue(
+        &self,
+        tx: &Tx<'_>,
+        ready: Ready,
+        role: &Role,
+        policy: &Policy,
+        now: UnixTime,
+    ) -> Result<(Request, CertRecord)> {
+        let serial = loop_serial(tx)?;
+        let by = if ready.approvers.is_empty() {
+            "auto".to_owned()
+        } else {
+            ready.approvers.join(",")
+        };
+        let req = &ready.request;
+        let key_id = format!(
+            "moshca:req={}:user={}:role={}:by={}",
+            req.id, req.requester, req.role, by
+        );
+        let grant = Grant {
+            serial,
+            key_id: key_id.clone(),
+            principals: req.principals.clone(),
+            valid_after: now.saturating_sub(policy.defaults.backdate),
+            valid_before: now + ready.ttl_secs,
+            force_command: role.force_command.clone(),
+            source_address: role.source_address.clone(),
+            extensions: role.extensions.clone(),
+        };
+        let subject = PublicKey::from_openssh(&req.public_key)
+            .map_err(|e| store::Error::Corrupt(format!("stored public key: {e}")))?;
+        let cert = self.signer.sign(&grant, &subject)?;
+        let record = CertRecord {
+            serial,
+            request_id: req.id.clone(),
+            key_id,
+            principals: grant.principals.clone(),
+            valid_after: grant.valid_after,
+            valid_before: grant.valid_before,
+            fingerprint: req.fingerprint.clone(),
+            ca_fingerprint: self.signer.fingerprint(),
+            openssh: cert.to_openssh().map_err(signer::Error::from)?,
+            issued_at: now,
+        };
+        let ttl_secs = ready.ttl_secs;
+        let request = ready.issued(now);
+        tx.update_request(&request)?;
+        tx.insert_certificate(&record)?;
+        tx.append_audit(&Event::new(
+            now,
+            "moshca-server",
+            "certificate.issued",
+            Some(&request.id),
+            json!({
+                "serial": serial.to_string(),
+                "key_id": record.key_id,
+                "principals": record.principals,
+                "valid_after": record.valid_after,
+                "valid_before": record.valid_before,
+                "fingerprint": record.fingerprint,
+                "ca_fingerprint": record.ca_fingerprint,
+                "extensions": grant.extensions,
+                "force_command": grant.force_command,
+                "source_address": grant.source_address,
+            }),
+        ))?;
+        tracing::info!(
+            request_id = %request.id,
+            serial,
+            key_id = %record.key_id,
+            principals = ?record.principals,
+            ttl_secs,
+            "certificate issued"
+        );
+        Ok((request, record))
+    }
+
+    fn view(
+        &self,
+        policy: &Policy,
+        request: Request,
+        certificate: Option<CertRecord>,
+        certificate_visible: bool,
+    ) -> RequestView {
+        let approvers = policy
+            .role(&request.role)
+            .map(|r| r.approvers.iter().map(ToString::to_string).collect())
+            .unwrap_or_default();
+        RequestView {
+            request,
+            approvers,
+            certificate,
+            certificate_visible,
+        }
+    }
+
+    /// Whether the caller may see the request at all.
+    fn may_see(policy: &Policy, caller: &Caller, req: &Request) -> bool {
+        req.requester == caller.name
+            || policy
+                .role(&req.role)
+                .is_some_and(|role| role.may_approve(caller))
+    }
+
+    /// One request; the certificate only for its requester.
+    pub fn get_request(
+        &self,
+        caller: &Caller,
+        id: &str,
+        include_certificate: bool,
+    ) -> Result<RequestView> {
+        let policy = self.policy();
+        let (req, cert) = self.store.read(|tx| {
+            let req = tx.request(id)?;
+            let cert = match &req {
+                Some(r) if r.state == State::Issued => tx.certificate_for_request(id)?,
+                _ => None,
+            };
+            Ok::<_, Error>((req, cert))
+        })?;
+        let req = req
+            .filter(|r| Self::may_see(&policy, caller, r))
+            .ok_or_else(|| not_found(id))?;
+        let is_requester = req.requester == caller.name;
+        if include_certificate && !is_requester {
+            return Err(Error::PermissionDenied(format!(
+                "only the requester of {id} can fetch its certificate"
+            )));
+        }
+        Ok(self.view(&policy, req, cert, is_requester && include_certificate))
+    }
+
+    /// Requests the caller may see: their own, and those of roles they may approve.
+    pub fn list_requests(
+        &self,
+        caller: &Caller,
+        pending_only: bool,
+        mine_only: bool,
+        limit: u32,
+    ) -> Result<Vec<RequestView>> {
+        let policy = self.policy();
+        let approvable: Vec<String> = policy
+            .roles()
+            .filter(|r| r.may_approve(caller))
+            .map(|r| r.name.clone())
+            .collect();
+        let limit = if limit == 0 { 100 } else { limit.min(1000) };
+        let filter = RequestFilter {
+            pending_only,
+            requester: mine_only.then(|| caller.name.clone()),
+            roles: None,
+            limit: u32::MAX,
+        };
+        let mut found = self.store.read(|tx| tx.requests(&filter))?;
+        found.retain(|r| r.requester == caller.name || approvable.contains(&r.role));
+        found.truncate(limit as usize);
+        Ok(found
+            .into_iter()
+            .map(|r| self.view(&policy, r, None, false))
+            .collect())
+    }
+
+    /// Approves or denies a pending request.
+    pub fn review_at(
+        &self,
+        caller: &Caller,
+        id: &str,
+        verdict: Verdict,
+        ttl_secs: Option<u64>,
+        comment: &str,
+        now: UnixTime,
+    ) -> Result<RequestView> {
+        if comment.len() > policy::MAX_REASON_LEN || comment.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(
+                "comment must be at most 1024 bytes without control characters".into(),
+            ));
+        }
+        if verdict == Verdict::Deny && comment.trim().is_empty() {
+            return Err(Error::InvalidArgument(
+                "a denial needs a reason: moshca deny ID --reason TEXT".into(),
+            ));
+        }
+        let policy = self.policy();
+        let result = self.store.transact(|tx| {
+            let req = tx
+                .request(id)?
+                .filter(|r| Self::may_see(&policy, caller, r))
+                .ok_or_else(|| not_found(id))?;
+            let role = policy.role(&req.role).ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "role {} no longer exists in the policy; request {id} cannot be approved",
+                    req.role
+                ))
+            })?;
+            if req.requester == caller.name {
+                return Err(Error::PermissionDenied(format!(
+                    "you cannot review your own request {id}; another approver must"
+                )));
+            }
+            if !role.may_approve(caller) {
+                return Err(Error::PermissionDenied(format!(
+                    "you may not approve role {}; its approvers are {}",
+                    role.name,
+                    role.approvers
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            let pending = req.pending_at(now).map_err(transition_error)?;
+            match verdict {
+                Verdict::Deny => {
+                    let req = pending
+                        .deny_at(&caller.name, comment.trim(), now)
+                        .map_err(transition_error)?;
+                    tx.update_request(&req)?;
+                    tx.append_audit(&Event::new(
+                        now,
+                        &caller.name,
+                        "request.denied",
+                        Some(id),
+                        json!({ "reason": comment.trim() }),
+                    ))?;
+                    Ok(self.view(&policy, req, None, false))
+                }
+                Verdict::Approve => {
+                    let outcome = pending
+                        .approve_at(&caller.name, ttl_secs, comment.trim(), now)
+                        .map_err(transition_error)?;
+                    tx.append_audit(&Event::new(
+                        now,
+                        &caller.name,
+                        "request.approved",
+                        Some(id),
+                        json!({ "ttl_secs": ttl_secs, "comment": comment.trim() }),
+                    ))?;
+                    match self.recheck(tx, outcome, role, &policy)? {
+                        Approval::Waiting(req) => {
+                            tx.update_request(&req)?;
+                            Ok(self.view(&policy, req, None, false))
+                        }
+                        Approval::Satisfied(ready) => {
+                            let (req, cert) = self.issue(tx, ready, role, &policy, now)?;
+                            Ok(self.view(&policy, req, Some(cert), false))
+                        }
+                    }
+                }
+            }
+        });
+        match &result {
+            Ok(view) => {
+                tracing::info!(request_id = %id, approver = %caller.name, state = %view.request.state, "request reviewed");
+                let _ = self.changes.send(id.to_owned());
+            }
+            Err(Error::PermissionDenied(m)) => {
+                tracing::warn!(request_id = %id, caller = %caller.name, "review refused: {m}");
+                let _ = self.store.transact(|tx| {
+                    tx.append_audit(&Event::new(
+                        now,
+                        &caller.name,
+                        "review.refused",
+                        Some(id),
+                        json!({ "reason": m }),
+                    ))
+                });
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Re-checks a satisfied approval against the policy and users as they are now: every
+    /// counted approver must still be enabled and entitled, and the request must still fit
+    /// its role. Stale approvals stop counting; a request that no longer fits is refused.
+    fn recheck(
+        &self,
+        tx: &Tx<'_>,
+        outcome: Approval,
+        role: &Role,
+        policy: &Policy,
+    ) -> Result<Approval> {
+        let Approval::Satisfied(ready) = outcome else {
+            return Ok(outcome);
+        };
+        let req = &ready.request;
+        let requester_ok = tx
+            .user(&req.requester)?
+            .is_some_and(|u| !u.disabled && role.may_request(&Caller { name: u.name, groups: u.groups }));
+        if !requester_ok {
+            return Err(Error::FailedPrecondition(format!(
+                "requester {} is disabled or may no longer request role {}",
+                req.requester, role.name
+            )));
+        }
+        if let Some(p) = req.principals.iter().find(|p| !role.logins.contains(p)) {
+            return Err(Error::FailedPrecondition(format!(
+                "policy changed: principal {p:?} is no longer allowed for role {}; the requester must ask again",
+                role.name
+            )));
+        }
+        if ready.ttl_secs > role.max_ttl || ready.ttl_secs > policy.defaults.max_ttl {
+            return Err(Error::FailedPrecondition(format!(
+                "policy changed: ttl exceeds role {}'s max_ttl now; approve with a shorter --ttl",
+                role.name
+            )));
+        }
+        let mut valid = 0u32;
+        for approver in &ready.approvers {
+            let ok = tx.user(approver)?.is_some_and(|u| {
+                !u.disabled
+                    && u.name != req.requester
+                    && role.may_approve(&Caller {
+                        name: u.name.clone(),
+                        groups: u.groups.clone(),
+                    })
+            });
+            valid += u32::from(ok);
+        }
+        let required = match role.approval {
+            policy::Approval::Manual { required } => required.max(req.approvals_required),
+            policy::Approval::Auto => req.approvals_required,
+        };
+        if valid < required.max(1) {
+            return Ok(Approval::Waiting(ready.request));
+        }
+        Ok(Approval::Satisfied(ready))
+    }
+
+    /// Cancels the caller's own pending request.
+    pub fn cancel_at(&self, caller: &Caller, id: &str, now: UnixTime) -> Result<RequestView> {
+        let policy = self.policy();
+        let view = self.store.transact(|tx| {
+            let req = tx
+                .request(id)?
+                .filter(|r| Self::may_see(&policy, caller, r))
+                .ok_or_else(|| not_found(id))?;
+            let req = req
+                .pending_at(now)
+                .map_err(transition_error)?
+                .cancel_at(&caller.name, now)
+                .map_err(transition_error)?;
+            tx.update_request(&req)?;
+            tx.append_audit(&Event::new(
+                now,
+                &caller.name,
+                "request.cancelled",
+                Some(id),
+                json!({}),
+            ))?;
+            Ok::<_, Error>(self.view(&policy, req, None, false))
+        })?;
+        tracing::info!(request_id = %id, caller = %caller.name, "request cancelled");
+        let _ = self.changes.send(id.to_owned());
+        Ok(view)
+    }
+
+    /// Expires pending requests whose time is up; returns how many.
+    pub fn expire_due_at(&self, now: UnixTime) -> Result<usize> {
+        let expired = self.store.transact(|tx| {
+            let due = tx.expired_pending(now)?;
+            let mut ids = Vec::new();
+            for req in due {
+                let (req, changed) = req.expire_at(now);
+                if changed {
+                    tx.update_request(&req)?;
+                    tx.append_audit(&Event::new(
+                        now,
+                        "moshca-server",
+                        "request.expired",
+                        Some(&req.id),
+                        json!({ "requester": req.requester }),
+                    ))?;
+                    ids.push(req.id);
+                }
+            }
+            Ok::<_, Error>(ids)
+        })?;
+        for id in &expired {
+            tracing::info!(request_id = %id, "pending request expired");
+            let _ = self.changes.send(id.clone());
+        }
+        Ok(expired.len())
+    }
+
+    /// Roles the caller may request and approve.
+    pub fn roles_of(&self, caller: &Caller) -> (Vec<String>, Vec<String>) {
+        let policy = self.policy();
+        let request = policy
+            .roles()
+            .filter(|r| r.may_request(caller))
+            .map(|r| r.name.clone())
+            .collect();
+        let approve = policy
+            .roles()
+            .filter(|r| r.may_approve(caller))
+            .map(|r| r.name.clone())
+            .collect();
+        (request, approve)
+    }
+}
+
+fn loop_serial(tx: &Tx<'_>) -> Result<u64> {
+    let mut rng = rand::rngs::OsRng;
+    for _ in 0..16 {
+        let serial: u64 = rng.r#gen();
+        if serial != 0 && !tx.serial_exists(serial)? {
+            return Ok(serial);
+        }
+    }
+    Err(store::Error::Corrupt("could not find a free serial".into()).into())
+}
+
+fn not_found(id: &str) -> Error {
+    Error::NotFound(format!(
+        "no request {id} that you can see; `moshca requests` lists yours"
+    ))
+}
+
+fn transition_error(e: approvals::Error) -> Error {
+    match e {
+        approvals::Error::SelfReview(_) | approvals::Error::NotRequester(_) => {
+            Error::PermissionDenied(e.to_string())
+        }
+        approvals::Error::BadTtl(_) => Error::InvalidArgument(e.to_string()),
+        approvals::Error::NotPending { .. }
+        | approvals::Error::Expired(_)
+        | approvals::Error::AlreadyReviewed { .. } => Error::FailedPrecondition(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ssh_key::{Algorithm, PrivateKey};
+
+    const T0: UnixTime = 1_790_000_000;
+    const DAY: u64 = 86_400;
+
+    const POLICY: &str = r#"
+[[role]]
+name = "db"
+requesters = ["group:oncall"]
+approvers = ["group:leads"]
+logins = ["postgres", "ubuntu"]
+max_ttl = "1h"
+
+[[role]]
+name = "two"
+requesters = ["group:oncall"]
+approvers = ["group:leads"]
+approvals_required = 2
+logins = ["postgres"]
+
+[[role]]
+name = "auto"
+requesters = ["group:ci"]
+approval = "auto"
+logins = ["deploy"]
+max_ttl = "10m"
+force_command = "/bin/deploy"
+"#;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        auth: Authority,
+        store: Arc<Store>,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::generate(&dir.path().join("ca"), None, "t").unwrap();
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        store
+            .transact(|tx| {
+                tx.insert_user("alice", &["oncall".into(), "leads".into()], 0)?;
+                tx.insert_user("bob", &["leads".into()], 0)?;
+                tx.insert_user("carol", &["leads".into()], 0)?;
+                tx.insert_user("mallory", &["oncall".into()], 0)?;
+                tx.insert_user("ci", &["ci".into()], 0)
+            })
+            .unwrap();
+        let policy = Policy::parse(POLICY, "p", DAY).unwrap();
+        Fixture {
+            auth: Authority::new(store.clone(), signer, policy),
+            store,
+            _dir: dir,
+        }
+    }
+
+    fn who(name: &str, groups: &[&str]) -> Caller {
+        Caller {
+            name: name.into(),
+            groups: groups.iter().map(|g| (*g).into()).collect(),
+        }
+    }
+
+    fn alice() -> Caller {
+        who("alice", &["oncall", "leads"])
+    }
+    fn bob() -> Caller {
+        who("bob", &["leads"])
+    }
+
+    fn key() -> String {
+        PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519)
+            .unwrap()
+            .public_key()
+            .to_openssh()
+            .unwrap()
+    }
+
+    fn ask(role: &str, principals: &[&str], ttl: Option<u64>) -> NewRequest {
+        NewRequest {
+            role: role.into(),
+            principals: principals.iter().map(|p| (*p).into()).collect(),
+            ttl_secs: ttl,
+            reason: "INC-4312 replica lag".into(),
+            public_key: key(),
+        }
+    }
+
+    fn count_requests(f: &Fixture) -> usize {
+        f.store
+            .read(|tx| {
+                tx.requests(&RequestFilter {
+                    limit: 1000,
+                    ..Default::default()
+                })
+            })
+            .unwrap()
+            .len()
+    }
+
+    fn audit_actions(f: &Fixture) -> Vec<String> {
+        f.store
+            .read(|tx| tx.audit_rows())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.event.action)
+            .collect()
+    }
+
+    #[test]
+    fn approved_request_issues_exactly_what_was_granted() {
+        let f = fixture();
+        let v = f
+            .auth
+            .create_request_at(&alice(), ask("db", &["postgres"], Some(900)), T0)
+            .unwrap();
+        assert_eq!(v.request.state, State::Pending);
+        let v = f
+            .auth
+            .review_at(&bob(), &v.request.id, Verdict::Approve, None, "ok", T0 + 10)
+            .unwrap();
+        assert_eq!(v.request.state, State::Issued);
+        let cert = v.certificate.unwrap();
+        assert_eq!(cert.principals, ["postgres"]);
+        assert_eq!(cert.valid_after, T0 + 10 - 60);
+        assert_eq!(cert.valid_before, T0 + 10 + 900);
+        assert_ne!(cert.serial, 0);
+        assert_eq!(
+            cert.key_id,
+            format!("moshca:req={}:user=alice:role=db:by=bob", v.request.id)
+        );
+        let parsed = ssh_key::Certificate::from_openssh(&cert.openssh).unwrap();
+        assert_eq!(parsed.valid_principals(), ["postgres"]);
+        assert_eq!(parsed.extensions().keys().collect::<Vec<_>>(), ["permit-pty"]);
+        assert_eq!(
+            audit_actions(&f),
+            ["request.created", "request.approved", "certificate.issued"]
+        );
+        assert_eq!(
+            crate::audit::verify(f.store.read(|tx| tx.audit_rows()).unwrap()).unwrap(),
+            3
+        );
+    }
+
+    #[test]
+    fn requester_holding_approver_group_cannot_approve_own() {
+        let f = fixture();
+        let v = f
+            .auth
+            .create_request_at(&alice(), ask("db", &[], None), T0)
+            .unwrap();
+        let e = f
+            .auth
+            .review_at(&alice(), &v.request.id, Verdict::Approve, None, "", T0)
+            .unwrap_err();
+        assert!(matches!(e, Error::PermissionDenied(_)), "{e:?}");
+        let still = f.auth.get_request(&alice(), &v.request.id, false).unwrap();
+        assert_eq!(still.request.state, State::Pending);
+        assert!(audit_actions(&f).contains(&"review.refused".to_owned()));
+    }
+
+    #[test]
+    fn refusals_store_nothing_but_an_audit_row() {
+        let f = fixture();
+        let cases = [
+            ask("db", &["root"], None),
+            ask("db", &["postgres", "root"], None),
+            ask("db", &["postgres,root"], None),
+            ask("db", &[], Some(7200)),
+            ask("db", &[], Some(0)),
+            ask("nope", &[], None),
+            NewRequest {
+                public_key: "ssh-dss AAAA".into(),
+                ..ask("db", &[], None)
+            },
+        ];
+        for c in cases {
+            assert!(f.auth.create_request_at(&alice(), c, T0).is_err());
+        }
+        // Not a requester of the role.
+        assert!(matches!(
+            f.auth.create_request_at(&bob(), ask("db", &[], None), T0),
+            Err(Error::PermissionDenied(_))
+        ));
+        assert_eq!(count_requests(&f), 0);
+        assert_eq!(audit_actions(&f), vec!["request.refused"; 8]);
+    }
+
+    #[test]
+    fn two_approvals_needed_and_each_counts_once() {
+        let f = fixture();
+        let id = f
+            .auth
+            .create_request_at(&alice(), ask("two", &[], None), T0)
+            .unwrap()
+            .request
+            .id;
+        let v = f
+            .auth
+            .review_at(&bob(), &id, Verdict::Approve, None, "", T0)
+            .unwrap();
+        assert_eq!(v.request.state, State::Pending);
+        assert!(matches!(
+            f.auth.review_at(&bob(), &id, Verdict::Approve, None, "", T0),
+            Err(Error::FailedPrecondition(_))
+        ));
+        let v = f
+            .auth
+            .review_at(&who("carol", &["leads"]), &id, Verdict::Approve, None, "", T0)
+            .unwrap();
+        assert_eq!(v.request.state, State::Issued);
+        assert!(v.certificate.unwrap().key_id.ends_with("by=bob,carol"));
+    }
+
+    #[test]
+    fn disabled_earlier_approver_no_longer_counts() {
+        let f = fixture();
+        let id = f
+            .auth
+            .create_request_at(&alice(), ask("two", &[], None), T0)
+            .unwrap()
+            .request
+            .id;
+        f.auth
+            .review_at(&bob(), &id, Verdict::Approve, None, "", T0)
+            .unwrap();
+        f.store
+            .transact(|tx| tx.set_user_disabled("bob", true))
+            .unwrap();
+        let v = f
+            .auth
+            .review_at(&who("carol", &["leads"]), &id, Verdict::Approve, None, "", T0)
+            .unwrap();
+        assert_eq!(v.request.state, State::Pending, "bob's approval is stale");
+    }
+
+    #[test]
+    fn decided_requests_cannot_be_reviewed_again() {
+        let f = fixture();
+        let id = f
+            .auth
+            .create_request_at(&alice(), ask("db", &[], None), T0)
+            .unwrap()
+            .request
+            .id;
+        f.auth
+            .review_at(&bob(), &id, Verdict::Deny, None, "not now", T0)
+            .unwrap();
+        assert!(matches!(
+            f.auth.review_at(&who("carol", &["leads"]), &id, Verdict::Approve, None, "", T0),
+            Err(Error::FailedPrecondition(_))
+        ));
+        let v = f.auth.get_request(&alice(), &id, true).unwrap();
+        assert_eq!(v.request.state, State::Denied);
+        assert!(v.certificate.is_none());
+    }
+
+    #[test]
+    fn approve_twice_yields_one_certificate() {
+        let f = fixture();
+        let id = f
+            .auth
+            .create_request_at(&alice(), ask("db", &[], None), T0)
+            .unwrap()
+            .request
+            .id;
+        let first = f
+            .auth
+            .review_at(&bob(), &id, Verdict::Approve, None, "", T0)
+            .unwrap();
+        assert!(f
+            .auth
+            .review_at(&who("carol", &["leads"]), &id, Verdict::Approve, None, "", T0)
+            .is_err());
+        let a = f.auth.get_request(&alice(), &id, true).unwrap().certificate.unwrap();
+        let b = f.auth.get_request(&alice(), &id, true).unwrap().certificate.unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.serial, first.certificate.unwrap().serial);
+    }
+
+    #[test]
+    fn only_requester_fetches_certificate() {
+        let f = fixture();
+        let id = f
+            .auth
+            .create_request_at(&alice(), ask("db", &[], None), T0)
+            .unwrap()
+            .request
+            .id;
+        f.auth
+            .review_at(&bob(), &id, Verdict::Approve, None, "", T0)
+            .unwrap();
+        assert!(matches!(
+            f.auth.get_request(&bob(), &id, true),
+            Err(Error::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            f.auth.get_request(&who("mallory", &["oncall"]), &id, false),
+            Err(Error::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn approver_can_shorten_not_lengthen() {
+        let f = fixture();
+        let id = f
+            .auth
+            .create_request_at(&alice(), ask("db", &[], Some(1800)), T0)
+            .unwrap()
+            .request
+            .id;
+        assert!(matches!(
+            f.auth.review_at(&bob(), &id, Verdict::Approve, Some(3600), "", T0),
+            Err(Error::InvalidArgument(_))
+        ));
+        let v = f
+            .auth
+            .review_at(&bob(), &id, Verdict::Approve, Some(600), "", T0)
+            .unwrap();
+        let c = v.certificate.unwrap();
+        assert_eq!(c.valid_before - T0, 600);
+    }
+
+    #[test]
+    fn auto_role_issues_at_once_with_force_command() {
+        let f = fixture();
+        let v = f
+            .auth
+            .create_request_at(&who("ci", &["ci"]), ask("auto", &[], Some(300)), T0)
+            .unwrap();
+        assert_eq!(v.request.state, State::Issued);
+        let c = v.certificate.unwrap();
+        assert!(c.key_id.ends_with(":by=auto"));
+        let parsed = ssh_key::Certificate::from_openssh(&c.openssh).unwrap();
+        assert_eq!(
+            parsed.critical_options().get("force-command").unwrap(),
+            "/bin/deploy"
+        );
+    }
+
+    #[test]
+    fn pending_requests_expire_and_cannot_be_approved() {
+        let f = fixture();
+        let id = f
+            .auth
+            .create_request_at(&alice(), ask("db", &[], None), T0)
+            .unwrap()
+            .request
+            .id;
+        assert!(matches!(
+            f.auth.review_at(&bob(), &id, Verdict::Approve, None, "", T0 + 3600),
+            Err(Error::FailedPrecondition(_))
+        ));
+        assert_eq!(f.auth.expire_due_at(T0 + 3599).unwrap(), 0);
+        assert_eq!(f.auth.expire_due_at(T0 + 3600).unwrap(), 1);
+        let v = f.auth.get_request(&alice(), &id, false).unwrap();
+        assert_eq!(v.request.state, State::Expired);
+    }
+
+    #[test]
+    fn cancel_only_own() {
+        let f = fixture();
+        let id = f
+            .auth
+            .create_request_at(&alice(), ask("db", &[], None), T0)
+            .unwrap()
+            .request
+            .id;
+        assert!(matches!(
+            f.auth.cancel_at(&bob(), &id, T0),
+            Err(Error::PermissionDenied(_))
+        ));
+        assert_eq!(
+            f.auth.cancel_at(&alice(), &id, T0).unwrap().request.state,
+            State::Cancelled
+        );
+        assert!(f.auth.cancel_at(&alice(), &id, T0).is_err());
+    }
+
+    #[test]
+    fn pending_cap_per_requester() {
+        let f = fixture();
+        for _ in 0..MAX_PENDING_PER_REQUESTER {
+            f.auth
+                .create_request_at(&alice(), ask("db", &[], None), T0)
+                .unwrap();
+        }
+        assert!(matches!(
+            f.auth.create_request_at(&alice(), ask("db", &[], None), T0),
+            Err(Error::ResourceExhausted(_))
+        ));
+        assert_eq!(count_requests(&f), MAX_PENDING_PER_REQUESTER as usize);
+    }
+
+    #[test]
+    fn policy_change_before_issuance_is_rechecked() {
+        let f = fixture();
+        let id = f
+            .auth
+            .create_request_at(&alice(), ask("db", &["ubuntu"], None), T0)
+            .unwrap()
+            .request
+            .id;
+        let narrowed = POLICY.replace(r#"logins = ["postgres", "ubuntu"]"#, r#"logins = ["postgres"]"#);
+        f.auth
+            .replace_policy(Policy::parse(&narrowed, "p", DAY).unwrap(), T0)
+            .unwrap();
+        assert!(matches!(
+            f.auth.review_at(&bob(), &id, Verdict::Approve, None, "", T0),
+            Err(Error::FailedPrecondition(_))
+        ));
+        let v = f.auth.get_request(&alice(), &id, true).unwrap();
+        assert_eq!(v.request.state, State::Pending);
+        assert!(v.certificate.is_none());
+    }
+
+    #[test]
+    fn concurrent_approvals_issue_once() {
+        let f = fixture();
+        let id = f
+            .auth
+            .create_request_at(&alice(), ask("db", &[], None), T0)
+            .unwrap()
+            .request
+            .id;
+        let results: Vec<bool> = std::thread::scope(|s| {
+            let handles: Vec<_> = ["bob", "carol", "bob", "carol"]
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let auth = &f.auth;
+                    let id = id.clone();
+                    s.spawn(move || {
+                        let verdict = if i == 3 { Verdict::Deny } else { Verdict::Approve };
+                        auth.review_at(&who(name, &["leads"]), &id, verdict, None, "r", T0)
+                            .is_ok()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(results.iter().filter(|ok| **ok).count(), 1, "{results:?}");
+        let certs = f
+            .store
+            .read(|tx| tx.certificate_for_request(&id))
+            .unwrap();
+        let state = f.auth.get_request(&alice(), &id, false).unwrap().request.state;
+        assert_eq!(certs.is_some(), state == State::Issued);
+    }
+}

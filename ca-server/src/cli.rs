@@ -1,0 +1,126 @@
+//! Command-line arguments of `moshca-server` (clap declarations only; doc comments are the
+//! help text).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// moshca-server: a short-lived SSH certificate authority.
+#[derive(Debug, Parser)]
+#[command(name = "moshca-server", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the server keeps its state.
+#[derive(Debug, Args, Clone)]
+pub struct DataDir {
+    /// Data directory (config.toml, policy.toml, CA key, TLS files, database).
+    #[arg(long, env = "MOSHCA_DATA_DIR", default_value = "/var/lib/moshca")]
+    pub data_dir: PathBuf,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a data directory: CA key, TLS certificate, database, config and an example policy.
+    Init {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Encrypt the CA key with the passphrase in this file.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Serve the gRPC API over TLS. SIGHUP reloads the policy; SIGTERM stops gracefully.
+    Serve {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Listen address, overriding config.toml (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// File holding the CA key passphrase, overriding config.toml.
+        #[arg(long, env = "MOSHCA_CA_PASSPHRASE_FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Manage users and their bearer tokens (works while the server runs).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// CA keys.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `moshca-server user ...`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user and print their first token (shown once).
+    Add {
+        /// User name.
+        name: String,
+        /// Group memberships (repeatable).
+        #[arg(long = "group", short = 'g')]
+        groups: Vec<String>,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Print a new token for an existing user (shown once).
+    Token {
+        /// User name.
+        name: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Disable a user: their tokens stop working at once.
+    Disable {
+        /// User name.
+        name: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Re-enable a disabled user.
+    Enable {
+        /// User name.
+        name: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// List users.
+    List {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `moshca-server ca ...`
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the CA public keys hosts should trust (TrustedUserCAKeys).
+    PublicKeys {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+}
+
+/// `moshca-server audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; exits non-zero and names the first bad event.
+    Verify {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Write the audit trail as JSON lines.
+    Export {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+}

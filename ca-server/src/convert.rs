@@ -1,0 +1,126 @@
+//! Proto <-> domain conversions, and the one place errors become `tonic::Status`.
+//!
+//! Internal failures are logged whole here and reach clients only as "internal error":
+//! no SQL, paths or key material ever goes over the wire.
+
+use moshca_proto::v1 as pb;
+use tonic::Status;
+
+use crate::approvals::{State, Verdict};
+use crate::authority::{self, RequestView};
+
+impl From<authority::Error> for Status {
+    fn from(e: authority::Error) -> Self {
+        use authority::Error as E;
+        match e {
+            E::InvalidArgument(m) => Status::invalid_argument(m),
+            E::Unauthenticated(m) => Status::unauthenticated(m),
+            E::PermissionDenied(m) => Status::permission_denied(m),
+            E::FailedPrecondition(m) => Status::failed_precondition(m),
+            E::NotFound(m) => Status::not_found(m),
+            E::ResourceExhausted(m) => Status::resource_exhausted(m),
+            E::Store(ref inner) => {
+                tracing::error!(error = %inner, "store failure");
+                if is_unavailable(inner) {
+                    Status::unavailable("the CA cannot write to its database right now; try again shortly")
+                } else {
+                    Status::internal("internal error")
+                }
+            }
+            E::Signer(ref inner) => {
+                tracing::error!(error = %inner, "signer failure");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+/// Disk full, read-only or locked database: the client should retry, nothing was issued.
+fn is_unavailable(e: &crate::store::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    match e {
+        crate::store::Error::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+            f.code,
+            C::DiskFull | C::ReadOnly | C::DatabaseBusy | C::DatabaseLocked | C::CannotOpen
+        ),
+        _ => false,
+    }
+}
+
+/// Unix seconds for the wire.
+fn wire_time(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+fn state(s: State) -> pb::State {
+    match s {
+        State::Pending => pb::State::Pending,
+        State::Issued => pb::State::Issued,
+        State::Denied => pb::State::Denied,
+        State::Cancelled => pb::State::Cancelled,
+        State::Expired => pb::State::Expired,
+    }
+}
+
+fn decision(v: Verdict) -> pb::Decision {
+    match v {
+        Verdict::Approve => pb::Decision::Approve,
+        Verdict::Deny => pb::Decision::Deny,
+    }
+}
+
+/// Reads a review decision off the wire.
+pub fn verdict(d: i32) -> Result<Verdict, Status> {
+    match pb::Decision::try_from(d) {
+        Ok(pb::Decision::Approve) => Ok(Verdict::Approve),
+        Ok(pb::Decision::Deny) => Ok(Verdict::Deny),
+        _ => Err(Status::invalid_argument(
+            "decision must be DECISION_APPROVE or DECISION_DENY",
+        )),
+    }
+}
+
+/// A request view for the wire.
+pub fn request(v: RequestView) -> pb::AccessRequest {
+    let r = v.request;
+    let serial = v.certificate.as_ref().map_or(0, |c| c.serial);
+    let valid_before = v.certificate.as_ref().map_or(0, |c| wire_time(c.valid_before));
+    let certificate = v
+        .certificate
+        .filter(|_| v.certificate_visible)
+        .map(|c| pb::Certificate {
+            openssh: c.openssh,
+            serial: c.serial,
+            key_id: c.key_id,
+            principals: c.principals,
+            valid_after: wire_time(c.valid_after),
+            valid_before: wire_time(c.valid_before),
+        });
+    pb::AccessRequest {
+        id: r.id,
+        requester: r.requester,
+        role: r.role,
+        principals: r.principals,
+        ttl_secs: r.ttl_secs,
+        reason: r.reason,
+        fingerprint: r.fingerprint,
+        state: state(r.state) as i32,
+        reviews: r
+            .reviews
+            .into_iter()
+            .map(|rev| pb::Review {
+                approver: rev.approver,
+                decision: decision(rev.verdict) as i32,
+                comment: rev.comment,
+                at: wire_time(rev.at),
+            })
+            .collect(),
+        created_at: wire_time(r.created_at),
+        expires_at: wire_time(r.expires_at),
+        approvers: v.approvers,
+        approvals_required: r.approvals_required,
+        certificate,
+        serial,
+        valid_before,
+    }
+}

@@ -1,0 +1,156 @@
+//! Creating a data directory: CA key, TLS certificate, database, config and policy.
+//!
+//! Never overwrites a CA key. Private files are created 0600 in a 0700 directory.
+
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use crate::audit::Event;
+use crate::config::{self, Config};
+use crate::policy;
+use crate::server::read_passphrase;
+use crate::signer::Signer;
+use crate::store::Store;
+
+/// What `init` made.
+#[derive(Debug)]
+pub struct Initialized {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// CA public key, OpenSSH line.
+    pub ca_public_key: String,
+    /// CA key fingerprint.
+    pub ca_fingerprint: String,
+    /// The TLS certificate clients must trust.
+    pub tls_cert: PathBuf,
+}
+
+/// Creates everything the server needs in `data_dir`.
+pub fn init(data_dir: &Path, passphrase_file: Option<&Path>, now: u64) -> anyhow::Result<Initialized> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let config_path = data_dir.join("config.toml");
+    if !config_path.exists() {
+        write_new(&config_path, config::example(passphrase_file).as_bytes(), 0o644)?;
+    }
+    let config = Config::load(data_dir)?;
+    if config.ca_key.exists() {
+        anyhow::bail!(
+            "{} already exists; refusing to overwrite a CA key (use a new --data-dir, or `moshca-server ca rotate` later)",
+            config.ca_key.display()
+        );
+    }
+    if !config.policy.exists() {
+        write_new(&config.policy, policy::EXAMPLE.as_bytes(), 0o644)?;
+    }
+    let passphrase = passphrase_file.map(read_passphrase).transpose()?;
+    let signer = Signer::generate(
+        &config.ca_key,
+        passphrase.as_ref().map(|p| p.as_slice()),
+        "moshca-ca",
+    )?;
+    if !config.tls_cert.exists() {
+        write_tls(&config.tls_cert, &config.tls_key)?;
+    }
+    let store = Store::open(&config.database)
+        .with_context(|| format!("creating database {}", config.database.display()))?;
+    store.transact(|tx| {
+        tx.append_audit(&Event::new(
+            now,
+            "operator",
+            "ca.initialized",
+            None,
+            json!({ "ca_fingerprint": signer.fingerprint() }),
+        ))
+    })?;
+    Ok(Initialized {
+        data_dir: data_dir.to_owned(),
+        ca_public_key: signer.public_key().to_openssh()?,
+        ca_fingerprint: signer.fingerprint(),
+        tls_cert: config.tls_cert,
+    })
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    if let Some(parent) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// A self-signed end-entity certificate for this host's loopback names and host name.
+fn write_tls(cert_path: &Path, key_path: &Path) -> anyhow::Result<()> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let host = host.trim();
+        if !host.is_empty() && host != "localhost" {
+            names.push(host.to_owned());
+        }
+    }
+    let certified = rcgen::generate_simple_self_signed(names).context("making TLS certificate")?;
+    write_new(key_path, certified.signing_key.serialize_pem().as_bytes(), 0o600)?;
+    write_new(cert_path, certified.cert.pem().as_bytes(), 0o644)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn creates_everything_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("ca");
+        let out = init(&d, None, 1).unwrap();
+        assert!(out.ca_public_key.starts_with("ssh-ed25519 "));
+        for f in ["config.toml", "policy.toml", "ca_key", "ca_key.pub", "tls/cert.pem", "tls/key.pem", "moshca.db"] {
+            assert!(d.join(f).exists(), "{f}");
+        }
+        let mode = |p: &str| std::fs::metadata(d.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("ca_key"), 0o600);
+        assert_eq!(mode("tls/key.pem"), 0o600);
+        let config = Config::load(&d).unwrap();
+        crate::server::load_policy(&config).unwrap();
+        let before = std::fs::read(d.join("ca_key")).unwrap();
+        let again = init(&d, None, 2).unwrap_err().to_string();
+        assert!(again.contains("refusing to overwrite"), "{again}");
+        assert_eq!(std::fs::read(d.join("ca_key")).unwrap(), before);
+    }
+
+    #[test]
+    fn passphrase_encrypts_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let pass = dir.path().join("pass");
+        std::fs::write(&pass, "s3cret\n").unwrap();
+        let d = dir.path().join("ca");
+        init(&d, Some(&pass), 1).unwrap();
+        assert!(Signer::load(&d.join("ca_key"), None).is_err());
+        assert!(Signer::load(&d.join("ca_key"), Some(b"s3cret")).is_ok());
+        let config = Config::load(&d).unwrap();
+        assert_eq!(config.passphrase_file.as_deref(), Some(pass.as_path()));
+    }
+}

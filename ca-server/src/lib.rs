@@ -1,0 +1,39 @@
+//! moshca-server: a short-lived SSH certificate authority.
+//!
+//! An engineer asks for access to a role, another person approves, and the CA signs an
+//! OpenSSH user certificate valid only for the approved principals and time window.
+//!
+//! # Layout
+//!
+//! | module | job |
+//! |---|---|
+//! | [`config`] | `config.toml` -> validated [`config::Config`] (pure) |
+//! | [`policy`] | roles, selectors, request checks (pure) |
+//! | [`approvals`] | the request state machine (pure, takes `now`) |
+//! | [`signer`] | owns the CA key; grant + subject key -> certificate |
+//! | [`auth`] | bearer tokens -> [`auth::Caller`] |
+//! | [`authority`] | use cases; orchestrates the above with the store and audit |
+//! | [`store`] | all SQL and migrations |
+//! | [`audit`] | audit events, hash chain, verification |
+//! | [`users`] | user accounts and tokens, for the operator's commands |
+//! | [`init`] | creating a data directory |
+//! | [`convert`] | proto <-> domain, and the one error -> `tonic::Status` mapping |
+//! | [`service`] | the gRPC service: authenticate, convert, call `authority` |
+//! | [`server`] | transport: TLS, health, reflection, background tasks, shutdown |
+//! | [`clock`] | the only reader of the wall clock |
+
+pub mod approvals;
+pub mod audit;
+pub mod auth;
+pub mod authority;
+pub mod clock;
+pub mod config;
+pub mod policy;
+pub mod signer;
+pub mod store;
+pub mod cli;
+pub mod convert;
+pub mod init;
+pub mod server;
+pub mod service;
+pub mod users;

@@ -1,0 +1,136 @@
+//! `moshca-server`: parse arguments, set up logging, call the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use moshca_server::cli::{AuditCommand, CaCommand, Cli, Command, UserCommand};
+use moshca_server::config::Config;
+use moshca_server::store::Store;
+use moshca_server::{audit, clock, init, server, users};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("moshca-server: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Store::open(&config.database)
+        .with_context(|| format!("opening database {}", config.database.display()))
+}
+
+#[allow(clippy::print_stdout)]
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Init {
+            dir,
+            passphrase_file,
+        } => {
+            let out = init::init(&dir.data_dir, passphrase_file.as_deref(), clock::now())?;
+            println!("initialized {}", out.data_dir.display());
+            println!("CA public key ({}):", out.ca_fingerprint);
+            println!("  {}", out.ca_public_key);
+            println!("clients trust the server with MOSHCA_CA_CERT={}", out.tls_cert.display());
+            println!(
+                "next: edit {}/policy.toml, add users with `moshca-server user add NAME --group G`, then `moshca-server serve`",
+                out.data_dir.display()
+            );
+        }
+        Command::Serve {
+            dir,
+            listen,
+            passphrase_file,
+        } => {
+            let config = Config::load(&dir.data_dir)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(server::serve(config, listen, passphrase_file.as_deref()))?;
+        }
+        Command::User(cmd) => match cmd {
+            UserCommand::Add { name, groups, dir } => {
+                let store = open_store(&Config::load(&dir.data_dir)?)?;
+                let token = users::add(&store, &name, &groups, clock::now())?;
+                println!("{}", token.expose());
+                eprintln!("moshca-server: user {name} added; the token above is shown only once");
+            }
+            UserCommand::Token { name, dir } => {
+                let store = open_store(&Config::load(&dir.data_dir)?)?;
+                let token = users::new_token(&store, &name, clock::now())?;
+                println!("{}", token.expose());
+            }
+            UserCommand::Disable { name, dir } => {
+                let store = open_store(&Config::load(&dir.data_dir)?)?;
+                users::set_disabled(&store, &name, true, clock::now())?;
+                eprintln!("moshca-server: user {name} disabled; their tokens no longer work");
+            }
+            UserCommand::Enable { name, dir } => {
+                let store = open_store(&Config::load(&dir.data_dir)?)?;
+                users::set_disabled(&store, &name, false, clock::now())?;
+                eprintln!("moshca-server: user {name} enabled");
+            }
+            UserCommand::List { dir, json } => {
+                let store = open_store(&Config::load(&dir.data_dir)?)?;
+                let list = users::list(&store)?;
+                if json {
+                    let v: Vec<_> = list
+                        .iter()
+                        .map(|u| serde_json::json!({"name": u.name, "groups": u.groups, "disabled": u.disabled, "created_at": u.created_at}))
+                        .collect();
+                    println!("{}", serde_json::Value::Array(v));
+                } else {
+                    for u in list {
+                        let state = if u.disabled { "disabled" } else { "enabled" };
+                        println!("{}\t{}\t{}", u.name, state, u.groups.join(","));
+                    }
+                }
+            }
+        },
+        Command::Ca(CaCommand::PublicKeys { dir }) => {
+            let config = Config::load(&dir.data_dir)?;
+            let pub_path = config.ca_key.with_extension("pub");
+            let text = std::fs::read_to_string(&pub_path)
+                .with_context(|| format!("reading {}", pub_path.display()))?;
+            print!("{text}");
+        }
+        Command::Audit(AuditCommand::Verify { dir }) => {
+            let store = open_store(&Config::load(&dir.data_dir)?)?;
+            let rows = store.read(|tx| tx.audit_rows())?;
+            match audit::verify(rows) {
+                Ok(n) => println!("audit chain intact: {n} events"),
+                Err(broken) => {
+                    eprintln!("moshca-server: {broken}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        Command::Audit(AuditCommand::Export { dir }) => {
+            let store = open_store(&Config::load(&dir.data_dir)?)?;
+            for row in store.read(|tx| tx.audit_rows())? {
+                let line = serde_json::json!({
+                    "seq": row.seq,
+                    "at": row.event.at,
+                    "actor": row.event.actor,
+                    "action": row.event.action,
+                    "request_id": row.event.request_id,
+                    "details": row.event.details,
+                    "prev_hash": row.prev_hash,
+                    "hash": row.hash,
+                });
+                println!("{line}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

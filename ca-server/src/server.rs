@@ -1,0 +1,218 @@
+//! Transport: TLS, limits, the health and reflection services, background tasks, signals
+//! and graceful shutdown.
+//!
+//! [`run`] takes a bound listener so tests can bind port 0 and drive the real server;
+//! [`serve`] builds everything from a data directory for the binary.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use moshca_proto::v1::certificate_authority_server::CertificateAuthorityServer;
+use tokio::net::TcpListener;
+use tonic::transport::{Identity, ServerTlsConfig};
+
+use crate::authority::Authority;
+use crate::config::Config;
+use crate::policy::Policy;
+use crate::service::Service;
+use crate::signer::Signer;
+use crate::store::Store;
+use crate::clock;
+
+/// Largest accepted gRPC message. Requests are small; a public key is at most 16 KiB.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    authority: Arc<Authority>,
+    tls: Option<Identity>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<CertificateAuthorityServer<Service>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(moshca_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let api = CertificateAuthorityServer::new(Service::new(authority.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(4 * 1024 * 1024);
+
+    let sweeper = tokio::spawn(expire_pending(authority));
+
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .max_concurrent_streams(Some(256))
+        .max_frame_size(Some(16 * 1024));
+    if let Some(identity) = tls {
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .context("configuring TLS")?;
+    }
+    let result = builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(api)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .context("serving gRPC");
+    sweeper.abort();
+    result
+}
+
+/// Expires pending requests once a second; cheap thanks to the (state, expires_at) index.
+async fn expire_pending(authority: Arc<Authority>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let a = authority.clone();
+        match tokio::task::spawn_blocking(move || a.expire_due_at(clock::now())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "expiring pending requests failed"),
+            Err(e) => tracing::error!(error = %e, "expiry task failed"),
+        }
+    }
+}
+
+/// Reads the passphrase file, if any, without its trailing newline.
+pub fn read_passphrase(path: &Path) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+    let mut bytes = zeroize::Zeroizing::new(
+        std::fs::read(path)
+            .with_context(|| format!("reading passphrase file {}", path.display()))?,
+    );
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    anyhow::ensure!(
+        !bytes.is_empty(),
+        "passphrase file {} is empty",
+        path.display()
+    );
+    Ok(bytes)
+}
+
+/// Refuses a CA key file that others can read or that another user owns.
+fn check_key_file(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("reading CA key {}", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        anyhow::bail!(
+            "CA key {} is accessible by group or others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            meta.mode() & 0o777,
+            path.display()
+        );
+    }
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(meta.uid());
+    if meta.uid() != uid {
+        anyhow::bail!(
+            "CA key {} is owned by uid {}, not by the user running moshca-server (uid {uid}); chown it",
+            path.display(),
+            meta.uid()
+        );
+    }
+    Ok(())
+}
+
+/// Loads policy, store, CA key and TLS identity from the data directory.
+pub fn open(
+    config: &Config,
+    passphrase_file: Option<&Path>,
+) -> anyhow::Result<(Arc<Authority>, Identity)> {
+    let policy = load_policy(config)?;
+    check_key_file(&config.ca_key)?;
+    let passphrase = passphrase_file
+        .or(config.passphrase_file.as_deref())
+        .map(read_passphrase)
+        .transpose()?;
+    let signer = Signer::load(&config.ca_key, passphrase.as_ref().map(|p| p.as_slice()))?;
+    let store = Store::open(&config.database)
+        .with_context(|| format!("opening database {}", config.database.display()))?;
+    let cert = std::fs::read(&config.tls_cert)
+        .with_context(|| format!("reading TLS certificate {}", config.tls_cert.display()))?;
+    let key = std::fs::read(&config.tls_key)
+        .with_context(|| format!("reading TLS key {}", config.tls_key.display()))?;
+    tracing::info!(ca = %signer.fingerprint(), "CA key loaded");
+    Ok((
+        Arc::new(Authority::new(Arc::new(store), signer, policy)),
+        Identity::from_pem(cert, key),
+    ))
+}
+
+/// Reads and validates the policy file named by the config.
+pub fn load_policy(config: &Config) -> anyhow::Result<Policy> {
+    let text = std::fs::read_to_string(&config.policy)
+        .with_context(|| format!("reading policy {}", config.policy.display()))?;
+    Ok(Policy::parse(
+        &text,
+        &config.policy.display().to_string(),
+        config.max_ttl,
+    )?)
+}
+
+/// Runs the server for the binary: bind, announce, serve until SIGTERM or Ctrl-C, reload
+/// the policy on SIGHUP.
+pub async fn serve(
+    config: Config,
+    listen: Option<SocketAddr>,
+    passphrase_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let (authority, identity) = open(&config, passphrase_file)?;
+    let addr = listen.unwrap_or(config.listen);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let reload_authority = authority.clone();
+    let reload_config = config.clone();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match load_policy(&reload_config) {
+                Ok(policy) => match reload_authority.replace_policy(policy, clock::now()) {
+                    Ok(()) => tracing::info!("policy reloaded"),
+                    Err(e) => tracing::error!(error = %e, "recording policy reload failed"),
+                },
+                Err(e) => tracing::error!("policy reload refused, keeping the old policy:\n{e:#}"),
+            }
+        }
+    });
+
+    let mut term = signal(SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    tracing::info!(%local, "listening");
+    announce(local);
+    run(listener, authority, Some(identity), shutdown).await
+}
+
+#[allow(clippy::print_stdout)]
+fn announce(addr: SocketAddr) {
+    use std::io::Write as _;
+    println!("moshca-server listening on https://{addr}");
+    let _ = std::io::stdout().flush();
+}

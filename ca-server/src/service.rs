@@ -1,0 +1,263 @@
+//! The `moshca.v1.CertificateAuthority` gRPC service.
+//!
+//! Each handler authenticates, converts, calls [`Authority`] on a blocking thread, and
+//! converts back. No policy, state or SQL here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use moshca_proto::v1 as pb;
+use moshca_proto::v1::certificate_authority_server::CertificateAuthority;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
+
+use crate::auth::{self, Caller};
+use crate::authority::{Authority, NewRequest};
+use crate::{clock, convert};
+
+/// Longest accepted request id, to keep junk out of logs.
+const MAX_ID_LEN: usize = 64;
+
+/// The gRPC service over an [`Authority`].
+#[derive(Debug, Clone)]
+pub struct Service {
+    authority: Arc<Authority>,
+}
+
+impl Service {
+    /// A service over `authority`.
+    pub fn new(authority: Arc<Authority>) -> Self {
+        Service { authority }
+    }
+
+    /// Runs blocking authority work off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Authority) -> Result<T, crate::authority::Error> + Send + 'static,
+    ) -> Result<T, Status> {
+        let authority = self.authority.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| f(&authority)))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "blocking task failed");
+                Status::internal("internal error")
+            })?
+            .map_err(Status::from)
+    }
+
+    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or_default());
+        let peer = req
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+        let token = match auth::parse_bearer(header) {
+            Ok(t) => t,
+            Err(msg) => {
+                tracing::warn!(peer = %peer, "authentication failed: {msg}");
+                return Err(Status::unauthenticated(msg));
+            }
+        };
+        let caller = self
+            .blocking(move |a| a.authenticate_at(&token, &peer, clock::now()))
+            .await;
+        if let Err(s) = &caller {
+            tracing::warn!("authentication failed: {}", s.message());
+        }
+        let caller = caller?;
+        tracing::Span::current().record("caller", caller.name.as_str());
+        Ok(caller)
+    }
+}
+
+fn check_id(id: &str) -> Result<String, Status> {
+    if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(Status::invalid_argument(
+            "request id must be the id printed by `moshca login` or `moshca request`",
+        ));
+    }
+    Ok(id.to_owned())
+}
+
+fn ttl(secs: u64) -> Option<u64> {
+    (secs != 0).then_some(secs)
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::AccessRequest, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl CertificateAuthority for Service {
+    async fn get_ca_public_keys(
+        &self,
+        _req: Request<pb::GetCaPublicKeysRequest>,
+    ) -> Result<Response<pb::GetCaPublicKeysResponse>, Status> {
+        let public_keys = self
+            .authority
+            .ca_public_keys()
+            .iter()
+            .filter_map(|k| k.to_openssh().ok())
+            .collect();
+        Ok(Response::new(pb::GetCaPublicKeysResponse { public_keys }))
+    }
+
+    #[tracing::instrument(skip_all, fields(caller, role, request_id))]
+    async fn create_access_request(
+        &self,
+        req: Request<pb::CreateAccessRequestRequest>,
+    ) -> Result<Response<pb::AccessRequest>, Status> {
+        let caller = self.caller(&req).await?;
+        let m = req.into_inner();
+        tracing::Span::current().record("role", m.role.as_str());
+        let new = NewRequest {
+            role: m.role,
+            principals: m.principals,
+            ttl_secs: ttl(m.ttl_secs),
+            reason: m.reason,
+            public_key: m.public_key,
+        };
+        let view = self
+            .blocking(move |a| a.create_request_at(&caller, new, clock::now()))
+            .await
+            .inspect_err(|s| tracing::warn!("request refused: {}", s.message()))?;
+        tracing::Span::current().record("request_id", view.request.id.as_str());
+        Ok(Response::new(convert::request(view)))
+    }
+
+    #[tracing::instrument(skip_all, fields(caller, request_id))]
+    async fn get_access_request(
+        &self,
+        req: Request<pb::GetAccessRequestRequest>,
+    ) -> Result<Response<pb::AccessRequest>, Status> {
+        let caller = self.caller(&req).await?;
+        let m = req.into_inner();
+        let id = check_id(&m.id)?;
+        tracing::Span::current().record("request_id", id.as_str());
+        let view = self
+            .blocking(move |a| a.get_request(&caller, &id, m.include_certificate))
+            .await?;
+        Ok(Response::new(convert::request(view)))
+    }
+
+    type WatchAccessRequestStream = WatchStream;
+
+    #[tracing::instrument(skip_all, fields(caller, request_id))]
+    async fn watch_access_request(
+        &self,
+        req: Request<pb::WatchAccessRequestRequest>,
+    ) -> Result<Response<Self::WatchAccessRequestStream>, Status> {
+        let caller = self.caller(&req).await?;
+        let m = req.into_inner();
+        let id = check_id(&m.id)?;
+        tracing::Span::current().record("request_id", id.as_str());
+        // Subscribe before the first read so no change between the two is missed.
+        let mut changes = self.authority.subscribe();
+        let (c, i, inc) = (caller.clone(), id.clone(), m.include_certificate);
+        let first = self.blocking(move |a| a.get_request(&c, &i, inc)).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let service = self.clone();
+        tokio::spawn(
+            async move {
+                let mut current = first;
+                loop {
+                    let terminal = current.request.state.is_terminal();
+                    if tx.send(Ok(convert::request(current))).await.is_err() || terminal {
+                        return;
+                    }
+                    // Wake on a change of this request, or re-read every few seconds anyway
+                    // (cheap, and it covers a lagged channel).
+                    let deadline = tokio::time::sleep(Duration::from_secs(5));
+                    tokio::pin!(deadline);
+                    loop {
+                        tokio::select! {
+                            changed = changes.recv() => match changed {
+                                Ok(changed_id) if changed_id != id => continue,
+                                _ => break,
+                            },
+                            () = &mut deadline => break,
+                            () = tx.closed() => return,
+                        }
+                    }
+                    let (c, i) = (caller.clone(), id.clone());
+                    current = match service.blocking(move |a| a.get_request(&c, &i, inc)).await {
+                        Ok(v) => v,
+                        Err(s) => {
+                            let _ = tx.send(Err(s)).await;
+                            return;
+                        }
+                    };
+                }
+            }
+            .instrument(tracing::Span::current()),
+        );
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    #[tracing::instrument(skip_all, fields(caller))]
+    async fn list_access_requests(
+        &self,
+        req: Request<pb::ListAccessRequestsRequest>,
+    ) -> Result<Response<pb::ListAccessRequestsResponse>, Status> {
+        let caller = self.caller(&req).await?;
+        let m = req.into_inner();
+        let views = self
+            .blocking(move |a| a.list_requests(&caller, m.pending_only, m.mine_only, m.limit))
+            .await?;
+        Ok(Response::new(pb::ListAccessRequestsResponse {
+            requests: views.into_iter().map(convert::request).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(caller, request_id))]
+    async fn review_access_request(
+        &self,
+        req: Request<pb::ReviewAccessRequestRequest>,
+    ) -> Result<Response<pb::AccessRequest>, Status> {
+        let caller = self.caller(&req).await?;
+        let m = req.into_inner();
+        let id = check_id(&m.id)?;
+        tracing::Span::current().record("request_id", id.as_str());
+        let verdict = convert::verdict(m.decision)?;
+        let view = self
+            .blocking(move |a| {
+                a.review_at(&caller, &id, verdict, ttl(m.ttl_secs), &m.comment, clock::now())
+            })
+            .await?;
+        Ok(Response::new(convert::request(view)))
+    }
+
+    #[tracing::instrument(skip_all, fields(caller, request_id))]
+    async fn cancel_access_request(
+        &self,
+        req: Request<pb::CancelAccessRequestRequest>,
+    ) -> Result<Response<pb::AccessRequest>, Status> {
+        let caller = self.caller(&req).await?;
+        let id = check_id(&req.into_inner().id)?;
+        tracing::Span::current().record("request_id", id.as_str());
+        let view = self
+            .blocking(move |a| a.cancel_at(&caller, &id, clock::now()))
+            .await?;
+        Ok(Response::new(convert::request(view)))
+    }
+
+    #[tracing::instrument(skip_all, fields(caller))]
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let caller = self.caller(&req).await?;
+        let (requestable_roles, approvable_roles) = self.authority.roles_of(&caller);
+        Ok(Response::new(pb::WhoAmIResponse {
+            name: caller.name,
+            groups: caller.groups,
+            requestable_roles,
+            approvable_roles,
+        }))
+    }
+}

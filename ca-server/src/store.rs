@@ -1,0 +1,803 @@
+//! All SQL: the SQLite schema, its migrations, and typed reads and writes.
+//!
+//! One connection behind a mutex, WAL, `synchronous=FULL`: a commit is on disk before
+//! anyone is told it happened. Writes that belong together (a request's new state, its
+//! certificate and their audit events) go through one [`Store::transact`] call, an
+//! immediate transaction that either commits whole or not at all. Nothing here decides
+//! anything: policy and state rules live in `policy`, `approvals` and `authority`.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
+
+use crate::approvals::{Request, Review, State, Verdict};
+use crate::audit::{self, Event};
+use crate::auth::Caller;
+
+/// Store failures. Callers log these whole and tell clients "internal error".
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// SQLite said no.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A row holds something this version cannot read.
+    #[error("database holds an unreadable value: {0}")]
+    Corrupt(String),
+    /// The database was made by a newer moshca.
+    #[error("database schema version {0} is newer than this moshca-server understands")]
+    TooNew(i64),
+}
+
+/// Store result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Name.
+    pub name: String,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// Disabled users cannot authenticate or be counted as approvers.
+    pub disabled: bool,
+    /// Creation time.
+    pub created_at: u64,
+}
+
+/// An issued certificate as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertRecord {
+    /// Serial, unique.
+    pub serial: u64,
+    /// The request it answers; one certificate per request.
+    pub request_id: String,
+    /// Key id.
+    pub key_id: String,
+    /// Principals.
+    pub principals: Vec<String>,
+    /// Unix seconds.
+    pub valid_after: u64,
+    /// Unix seconds.
+    pub valid_before: u64,
+    /// Subject key fingerprint.
+    pub fingerprint: String,
+    /// Signing CA key fingerprint.
+    pub ca_fingerprint: String,
+    /// The certificate line.
+    pub openssh: String,
+    /// When it was signed.
+    pub issued_at: u64,
+}
+
+/// Which requests to list.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFilter {
+    /// Only pending ones.
+    pub pending_only: bool,
+    /// Only this requester's.
+    pub requester: Option<String>,
+    /// Only these roles (None = any).
+    pub roles: Option<Vec<String>>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+/// The database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE users (
+    name TEXT PRIMARY KEY,
+    groups TEXT NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE tokens (
+    hash TEXT PRIMARY KEY,
+    user TEXT NOT NULL REFERENCES users(name),
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    revoked INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE TABLE requests (
+    id TEXT PRIMARY KEY,
+    requester TEXT NOT NULL,
+    role TEXT NOT NULL,
+    principals TEXT NOT NULL,
+    ttl_secs INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    decided_at INTEGER,
+    approvals_required INTEGER NOT NULL
+) STRICT;
+CREATE INDEX requests_by_state ON requests(state, expires_at);
+CREATE INDEX requests_by_requester ON requests(requester, state);
+CREATE TABLE reviews (
+    request_id TEXT NOT NULL REFERENCES requests(id),
+    position INTEGER NOT NULL,
+    approver TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    ttl_secs INTEGER,
+    comment TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (request_id, position)
+) STRICT;
+CREATE TABLE certificates (
+    serial INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL UNIQUE REFERENCES requests(id),
+    key_id TEXT NOT NULL,
+    principals TEXT NOT NULL,
+    valid_after INTEGER NOT NULL,
+    valid_before INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    ca_fingerprint TEXT NOT NULL,
+    openssh TEXT NOT NULL,
+    issued_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    request_id TEXT,
+    details TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+) STRICT;
+"#];
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        Self::setup(conn)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn open_in_memory() -> Result<Self> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<Self> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(Error::TooNew(version));
+        }
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        }
+        tx.commit()?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Runs `f` in one immediate transaction; commits only if it returns `Ok`.
+    pub fn transact<T, E>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        // A poisoned lock means a panic mid-call; the transaction it held rolled back on
+        // drop, so the connection itself is still consistent.
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(Error::from)?;
+        let out = f(&Tx { tx: &tx })?;
+        tx.commit().map_err(Error::from)?;
+        Ok(out)
+    }
+
+    /// Runs read-only `f` in a deferred transaction (a consistent snapshot).
+    pub fn read<T, E>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(Error::from)?;
+        f(&Tx { tx: &tx })
+    }
+}
+
+/// A transaction: the only way to read or write rows.
+#[allow(missing_debug_implementations)]
+pub struct Tx<'c> {
+    tx: &'c rusqlite::Transaction<'c>,
+}
+
+fn json_list(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+fn parse_list(s: &str) -> Result<Vec<String>> {
+    serde_json::from_str(s).map_err(|e| Error::Corrupt(format!("list {s:?}: {e}")))
+}
+
+fn to_i64(v: u64) -> i64 {
+    // SQLite integers are signed; u64 values round-trip through the same bits.
+    v as i64
+}
+
+fn to_u64(v: i64) -> u64 {
+    v as u64
+}
+
+impl Tx<'_> {
+    // --- users and tokens ---
+
+    /// Adds a user; `false` if the name is taken.
+    pub fn insert_user(&self, name: &str, groups: &[String], now: u64) -> Result<bool> {
+        let n = self.tx.execute(
+            "INSERT OR IGNORE INTO users (name, groups, created_at) VALUES (?1, ?2, ?3)",
+            params![name, json_list(groups), to_i64(now)],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// A user by name.
+    pub fn user(&self, name: &str) -> Result<Option<User>> {
+        self.tx
+            .query_row(
+                "SELECT name, groups, disabled, created_at FROM users WHERE name = ?1",
+                [name],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
+            )
+            .optional()?
+            .map(|(name, groups, disabled, created)| {
+                Ok(User {
+                    name,
+                    groups: parse_list(&groups)?,
+                    disabled: disabled != 0,
+                    created_at: to_u64(created),
+                })
+            })
+            .transpose()
+    }
+
+    /// All users, by name.
+    pub fn users(&self) -> Result<Vec<User>> {
+        let mut stmt = self
+            .tx
+            .prepare("SELECT name FROM users ORDER BY name")?;
+        let names: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        names
+            .iter()
+            .filter_map(|n| self.user(n).transpose())
+            .collect()
+    }
+
+    /// Enables or disables a user; `false` if there is no such user.
+    pub fn set_user_disabled(&self, name: &str, disabled: bool) -> Result<bool> {
+        let n = self.tx.execute(
+            "UPDATE users SET disabled = ?2 WHERE name = ?1",
+            params![name, i64::from(disabled)],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Stores a token hash for a user.
+    pub fn insert_token(&self, hash: &str, user: &str, now: u64) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO tokens (hash, user, created_at) VALUES (?1, ?2, ?3)",
+            params![hash, user, to_i64(now)],
+        )?;
+        Ok(())
+    }
+
+    /// The enabled user a valid, unrevoked, unexpired token belongs to.
+    pub fn caller_by_token(&self, hash: &str, now: u64) -> Result<Option<Caller>> {
+        let row: Option<(String, String)> = self
+            .tx
+            .query_row(
+                "SELECT u.name, u.groups FROM tokens t JOIN users u ON u.name = t.user
+                 WHERE t.hash = ?1 AND t.revoked = 0 AND u.disabled = 0
+                   AND (t.expires_at IS NULL OR t.expires_at > ?2)",
+                params![hash, to_i64(now)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(name, groups)| {
+            Ok(Caller {
+                name,
+                groups: parse_list(&groups)?,
+            })
+        })
+        .transpose()
+    }
+
+    // --- requests ---
+
+    /// Stores a new request.
+    pub fn insert_request(&self, r: &Request) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO requests (id, requester, role, principals, ttl_secs, reason, public_key,
+                 fingerprint, state, created_at, expires_at, decided_at, approvals_required)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                r.id,
+                r.requester,
+                r.role,
+                json_list(&r.principals),
+                to_i64(r.ttl_secs),
+                r.reason,
+                r.public_key,
+                r.fingerprint,
+                r.state.as_str(),
+                to_i64(r.created_at),
+                to_i64(r.expires_at),
+                r.decided_at.map(to_i64),
+                r.approvals_required,
+            ],
+        )?;
+        self.write_reviews(r)
+    }
+
+    /// Writes a request's state, ttl and reviews.
+    pub fn update_request(&self, r: &Request) -> Result<()> {
+        self.tx.execute(
+            "UPDATE requests SET state = ?2, ttl_secs = ?3, decided_at = ?4 WHERE id = ?1",
+            params![
+                r.id,
+                r.state.as_str(),
+                to_i64(r.ttl_secs),
+                r.decided_at.map(to_i64)
+            ],
+        )?;
+        self.write_reviews(r)
+    }
+
+    fn write_reviews(&self, r: &Request) -> Result<()> {
+        self.tx
+            .execute("DELETE FROM reviews WHERE request_id = ?1", [&r.id])?;
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO reviews (request_id, position, approver, verdict, ttl_secs, comment, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for (i, rev) in r.reviews.iter().enumerate() {
+            stmt.execute(params![
+                r.id,
+                i as i64,
+                rev.approver,
+                rev.verdict.as_str(),
+                rev.ttl_secs.map(to_i64),
+                rev.comment,
+                to_i64(rev.at)
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// A request with its reviews.
+    pub fn request(&self, id: &str) -> Result<Option<Request>> {
+        let mut found = self.query_requests("WHERE id = ?1", params![id])?;
+        Ok(found.pop())
+    }
+
+    /// Requests matching the filter, newest first.
+    pub fn requests(&self, f: &RequestFilter) -> Result<Vec<Request>> {
+        let mut out = self.query_requests(
+            "WHERE (?1 = 0 OR state = 'pending') AND (?2 IS NULL OR requester = ?2)
+             ORDER BY created_at DESC, id DESC",
+            params![i64::from(f.pending_only), f.requester],
+        )?;
+        if let Some(roles) = &f.roles {
+            out.retain(|r| roles.contains(&r.role));
+        }
+        out.truncate(f.limit as usize);
+        Ok(out)
+    }
+
+    /// Pending requests whose time is up at `now`.
+    pub fn expired_pending(&self, now: u64) -> Result<Vec<Request>> {
+        self.query_requests(
+            "WHERE state = 'pending' AND expires_at <= ?1",
+            params![to_i64(now)],
+        )
+    }
+
+    /// How many requests of `requester` are pending.
+    pub fn pending_count(&self, requester: &str) -> Result<u64> {
+        let n: i64 = self.tx.query_row(
+            "SELECT COUNT(*) FROM requests WHERE requester = ?1 AND state = 'pending'",
+            [requester],
+            |r| r.get(0),
+        )?;
+        Ok(to_u64(n))
+    }
+
+    fn query_requests(&self, clause: &str, args: impl rusqlite::Params) -> Result<Vec<Request>> {
+        let sql = format!(
+            "SELECT id, requester, role, principals, ttl_secs, reason, public_key, fingerprint,
+                    state, created_at, expires_at, decided_at, approvals_required
+             FROM requests {clause}"
+        );
+        let mut stmt = self.tx.prepare_cached(&sql)?;
+        let rows = stmt
+            .query_map(args, |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, i64>(9)?,
+                    r.get::<_, i64>(10)?,
+                    r.get::<_, Option<i64>>(11)?,
+                    r.get::<_, u32>(12)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|row| {
+                let state = State::parse(&row.8)
+                    .ok_or_else(|| Error::Corrupt(format!("request state {:?}", row.8)))?;
+                Ok(Request {
+                    reviews: self.reviews(&row.0)?,
+                    id: row.0,
+                    requester: row.1,
+                    role: row.2,
+                    principals: parse_list(&row.3)?,
+                    ttl_secs: to_u64(row.4),
+                    reason: row.5,
+                    public_key: row.6,
+                    fingerprint: row.7,
+                    state,
+                    created_at: to_u64(row.9),
+                    expires_at: to_u64(row.10),
+                    decided_at: row.11.map(to_u64),
+                    approvals_required: row.12,
+                })
+            })
+            .collect()
+    }
+
+    fn reviews(&self, request_id: &str) -> Result<Vec<Review>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT approver, verdict, ttl_secs, comment, at FROM reviews
+             WHERE request_id = ?1 ORDER BY position",
+        )?;
+        let rows = stmt
+            .query_map([request_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(approver, verdict, ttl, comment, at)| {
+                Ok(Review {
+                    verdict: Verdict::parse(&verdict)
+                        .ok_or_else(|| Error::Corrupt(format!("verdict {verdict:?}")))?,
+                    approver,
+                    ttl_secs: ttl.map(to_u64),
+                    comment,
+                    at: to_u64(at),
+                })
+            })
+            .collect()
+    }
+
+    // --- certificates ---
+
+    /// Whether a serial is already used.
+    pub fn serial_exists(&self, serial: u64) -> Result<bool> {
+        Ok(self
+            .tx
+            .query_row(
+                "SELECT 1 FROM certificates WHERE serial = ?1",
+                [to_i64(serial)],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Stores an issued certificate.
+    pub fn insert_certificate(&self, c: &CertRecord) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO certificates (serial, request_id, key_id, principals, valid_after,
+                 valid_before, fingerprint, ca_fingerprint, openssh, issued_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                to_i64(c.serial),
+                c.request_id,
+                c.key_id,
+                json_list(&c.principals),
+                to_i64(c.valid_after),
+                to_i64(c.valid_before),
+                c.fingerprint,
+                c.ca_fingerprint,
+                c.openssh,
+                to_i64(c.issued_at)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The certificate issued for a request.
+    pub fn certificate_for_request(&self, request_id: &str) -> Result<Option<CertRecord>> {
+        let row = self
+            .tx
+            .query_row(
+                "SELECT serial, request_id, key_id, principals, valid_after, valid_before,
+                        fingerprint, ca_fingerprint, openssh, issued_at
+                 FROM certificates WHERE request_id = ?1",
+                [request_id],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, String>(6)?,
+                        r.get::<_, String>(7)?,
+                        r.get::<_, String>(8)?,
+                        r.get::<_, i64>(9)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|r| {
+            Ok(CertRecord {
+                serial: to_u64(r.0),
+                request_id: r.1,
+                key_id: r.2,
+                principals: parse_list(&r.3)?,
+                valid_after: to_u64(r.4),
+                valid_before: to_u64(r.5),
+                fingerprint: r.6,
+                ca_fingerprint: r.7,
+                openssh: r.8,
+                issued_at: to_u64(r.9),
+            })
+        })
+        .transpose()
+    }
+
+    // --- audit ---
+
+    /// Appends an event to the hash chain.
+    pub fn append_audit(&self, event: &Event) -> Result<()> {
+        let (seq, prev): (i64, String) = self
+            .tx
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .unwrap_or((0, audit::GENESIS.to_owned()));
+        let hash = event.chain_hash(&prev);
+        self.tx.execute(
+            "INSERT INTO audit (seq, at, actor, action, request_id, details, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                seq + 1,
+                to_i64(event.at),
+                event.actor,
+                event.action,
+                event.request_id,
+                event.details.to_string(),
+                prev,
+                hash
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every audit row, in order.
+    pub fn audit_rows(&self) -> Result<Vec<audit::Row>> {
+        let mut stmt = self.tx.prepare(
+            "SELECT seq, at, actor, action, request_id, details, prev_hash, hash
+             FROM audit ORDER BY seq",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(audit::Row {
+                    seq: to_u64(r.0),
+                    event: Event {
+                        at: to_u64(r.1),
+                        actor: r.2,
+                        action: r.3,
+                        request_id: r.4,
+                        details: serde_json::from_str(&r.5)
+                            .map_err(|e| Error::Corrupt(format!("audit details: {e}")))?,
+                    },
+                    prev_hash: r.6,
+                    hash: r.7,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(id: &str, created: u64) -> Request {
+        Request {
+            id: id.into(),
+            requester: "alice".into(),
+            role: "db".into(),
+            principals: vec!["postgres".into()],
+            ttl_secs: 1800,
+            reason: "INC-1".into(),
+            public_key: "ssh-ed25519 AAAA".into(),
+            fingerprint: "SHA256:x".into(),
+            state: State::Pending,
+            created_at: created,
+            expires_at: created + 3600,
+            decided_at: None,
+            approvals_required: 1,
+            reviews: vec![],
+        }
+    }
+
+    #[test]
+    fn migrates_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.transact(|tx| tx.insert_user("alice", &["oncall".into()], 1).map(|_| ()))
+                .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let u = s.read(|tx| tx.user("alice")).unwrap().unwrap();
+        assert_eq!(u.groups, ["oncall"]);
+        let mode: String = s
+            .conn
+            .lock()
+            .unwrap()
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn failed_transaction_leaves_nothing() {
+        let s = Store::open_in_memory().unwrap();
+        let r: Result<(), Error> = s.transact(|tx| {
+            tx.insert_request(&req("A", 10))?;
+            tx.append_audit(&Event::new(10, "alice", "request.created", Some("A"), serde_json::json!({})))?;
+            Err(Error::Corrupt("boom".into()))
+        });
+        assert!(r.is_err());
+        assert!(s.read(|tx| tx.request("A")).unwrap().is_none());
+        assert!(s.read(|tx| tx.audit_rows()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn request_roundtrip_with_reviews() {
+        let s = Store::open_in_memory().unwrap();
+        let mut r = req("A", 10);
+        s.transact(|tx| tx.insert_request(&r)).unwrap();
+        r.reviews.push(Review {
+            approver: "bob".into(),
+            verdict: Verdict::Deny,
+            ttl_secs: None,
+            comment: "no".into(),
+            at: 11,
+        });
+        r.state = State::Denied;
+        r.decided_at = Some(11);
+        s.transact(|tx| tx.update_request(&r)).unwrap();
+        assert_eq!(s.read(|tx| tx.request("A")).unwrap().unwrap(), r);
+    }
+
+    #[test]
+    fn one_certificate_per_request_and_unique_serials() {
+        let s = Store::open_in_memory().unwrap();
+        s.transact(|tx| {
+            tx.insert_request(&req("A", 1))?;
+            tx.insert_request(&req("B", 2))
+        })
+        .unwrap();
+        let cert = |serial, req: &str| CertRecord {
+            serial,
+            request_id: req.into(),
+            key_id: "k".into(),
+            principals: vec!["p".into()],
+            valid_after: 1,
+            valid_before: 2,
+            fingerprint: "f".into(),
+            ca_fingerprint: "c".into(),
+            openssh: "o".into(),
+            issued_at: 1,
+        };
+        s.transact(|tx| tx.insert_certificate(&cert(u64::MAX, "A"))).unwrap();
+        assert!(s.read(|tx| tx.serial_exists(u64::MAX)).unwrap());
+        assert!(s.transact(|tx| tx.insert_certificate(&cert(7, "A"))).is_err());
+        assert!(s.transact(|tx| tx.insert_certificate(&cert(u64::MAX, "B"))).is_err());
+        let got = s.read(|tx| tx.certificate_for_request("A")).unwrap().unwrap();
+        assert_eq!(got.serial, u64::MAX);
+    }
+
+    #[test]
+    fn tokens_stop_working_when_user_disabled() {
+        let s = Store::open_in_memory().unwrap();
+        s.transact(|tx| {
+            tx.insert_user("bob", &["leads".into()], 1)?;
+            tx.insert_token("h", "bob", 1)
+        })
+        .unwrap();
+        assert_eq!(
+            s.read(|tx| tx.caller_by_token("h", 5)).unwrap().unwrap().name,
+            "bob"
+        );
+        assert!(s.read(|tx| tx.caller_by_token("other", 5)).unwrap().is_none());
+        s.transact(|tx| tx.set_user_disabled("bob", true)).unwrap();
+        assert!(s.read(|tx| tx.caller_by_token("h", 5)).unwrap().is_none());
+    }
+
+    #[test]
+    fn audit_chain_in_store_verifies_and_detects_edits() {
+        let s = Store::open_in_memory().unwrap();
+        for i in 0..4 {
+            s.transact(|tx| {
+                tx.append_audit(&Event::new(i, "a", "x.y", None, serde_json::json!({"i": i})))
+            })
+            .unwrap();
+        }
+        assert_eq!(audit::verify(s.read(|tx| tx.audit_rows()).unwrap()).unwrap(), 4);
+        s.conn
+            .lock()
+            .unwrap()
+            .execute("UPDATE audit SET actor = 'mallory' WHERE seq = 2", [])
+            .unwrap();
+        let err = audit::verify(s.read(|tx| tx.audit_rows()).unwrap()).unwrap_err();
+        assert_eq!(err.seq, 2);
+    }
+}
