@@ -405,7 +405,11 @@ mod tests {
                 .approve_at("bob", None, "", T0)
                 .unwrap(),
         );
-        let again = req.clone().pending_at(T0).unwrap().approve_at("bob", None, "", T0);
+        let again = req
+            .clone()
+            .pending_at(T0)
+            .unwrap()
+            .approve_at("bob", None, "", T0);
         assert!(matches!(again, Err(Error::AlreadyReviewed { .. })));
         let ready = satisfied(
             req.pending_at(T0)
@@ -466,7 +470,10 @@ mod tests {
         assert_eq!(denied.state, State::Denied);
         assert!(matches!(
             denied.clone().pending_at(T0),
-            Err(Error::NotPending { state: State::Denied, .. })
+            Err(Error::NotPending {
+                state: State::Denied,
+                ..
+            })
         ));
         let issued = satisfied(
             request(1)
@@ -478,7 +485,10 @@ mod tests {
         .issued(T0);
         assert!(matches!(
             issued.pending_at(T0),
-            Err(Error::NotPending { state: State::Issued, .. })
+            Err(Error::NotPending {
+                state: State::Issued,
+                ..
+            })
         ));
     }
 

@@ -114,6 +114,11 @@ mod tests {
         assert!(parse_bearer(None).is_err());
         assert!(parse_bearer(Some(t.expose())).is_err());
         assert!(parse_bearer(Some("Bearer mca_short")).is_err());
-        assert!(parse_bearer(Some("Bearer mca_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA!")).is_err());
+        assert!(
+            parse_bearer(Some(
+                "Bearer mca_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA!"
+            ))
+            .is_err()
+        );
     }
 }

@@ -244,7 +244,9 @@ impl Authority {
         });
         let view = match view {
             Ok(v) => v,
-            Err(e @ Error::ResourceExhausted(_)) => return Err(self.refuse(caller, &new.role, e, now)),
+            Err(e @ Error::ResourceExhausted(_)) => {
+                return Err(self.refuse(caller, &new.role, e, now));
+            }
             Err(e) => return Err(e),
         };
         tracing::info!(
@@ -573,9 +575,13 @@ impl Authority {
             return Ok(outcome);
         };
         let req = &ready.request;
-        let requester_ok = tx
-            .user(&req.requester)?
-            .is_some_and(|u| !u.disabled && role.may_request(&Caller { name: u.name, groups: u.groups }));
+        let requester_ok = tx.user(&req.requester)?.is_some_and(|u| {
+            !u.disabled
+                && role.may_request(&Caller {
+                    name: u.name,
+                    groups: u.groups,
+                })
+        });
         if !requester_ok {
             return Err(Error::FailedPrecondition(format!(
                 "requester {} is disabled or may no longer request role {}",
@@ -854,7 +860,10 @@ force_command = "/bin/deploy"
         );
         let parsed = ssh_key::Certificate::from_openssh(&cert.openssh).unwrap();
         assert_eq!(parsed.valid_principals(), ["postgres"]);
-        assert_eq!(parsed.extensions().keys().collect::<Vec<_>>(), ["permit-pty"]);
+        assert_eq!(
+            parsed.extensions().keys().collect::<Vec<_>>(),
+            ["permit-pty"]
+        );
         assert_eq!(
             audit_actions(&f),
             ["request.created", "request.approved", "certificate.issued"]
@@ -924,12 +933,20 @@ force_command = "/bin/deploy"
             .unwrap();
         assert_eq!(v.request.state, State::Pending);
         assert!(matches!(
-            f.auth.review_at(&bob(), &id, Verdict::Approve, None, "", T0),
+            f.auth
+                .review_at(&bob(), &id, Verdict::Approve, None, "", T0),
             Err(Error::FailedPrecondition(_))
         ));
         let v = f
             .auth
-            .review_at(&who("carol", &["leads"]), &id, Verdict::Approve, None, "", T0)
+            .review_at(
+                &who("carol", &["leads"]),
+                &id,
+                Verdict::Approve,
+                None,
+                "",
+                T0,
+            )
             .unwrap();
         assert_eq!(v.request.state, State::Issued);
         assert!(v.certificate.unwrap().key_id.ends_with("by=bob,carol"));
@@ -952,7 +969,14 @@ force_command = "/bin/deploy"
             .unwrap();
         let v = f
             .auth
-            .review_at(&who("carol", &["leads"]), &id, Verdict::Approve, None, "", T0)
+            .review_at(
+                &who("carol", &["leads"]),
+                &id,
+                Verdict::Approve,
+                None,
+                "",
+                T0,
+            )
             .unwrap();
         assert_eq!(v.request.state, State::Pending, "bob's approval is stale");
     }
@@ -970,7 +994,14 @@ force_command = "/bin/deploy"
             .review_at(&bob(), &id, Verdict::Deny, None, "not now", T0)
             .unwrap();
         assert!(matches!(
-            f.auth.review_at(&who("carol", &["leads"]), &id, Verdict::Approve, None, "", T0),
+            f.auth.review_at(
+                &who("carol", &["leads"]),
+                &id,
+                Verdict::Approve,
+                None,
+                "",
+                T0
+            ),
             Err(Error::FailedPrecondition(_))
         ));
         let v = f.auth.get_request(&alice(), &id, true).unwrap();
@@ -991,12 +1022,30 @@ force_command = "/bin/deploy"
             .auth
             .review_at(&bob(), &id, Verdict::Approve, None, "", T0)
             .unwrap();
-        assert!(f
+        assert!(
+            f.auth
+                .review_at(
+                    &who("carol", &["leads"]),
+                    &id,
+                    Verdict::Approve,
+                    None,
+                    "",
+                    T0
+                )
+                .is_err()
+        );
+        let a = f
             .auth
-            .review_at(&who("carol", &["leads"]), &id, Verdict::Approve, None, "", T0)
-            .is_err());
-        let a = f.auth.get_request(&alice(), &id, true).unwrap().certificate.unwrap();
-        let b = f.auth.get_request(&alice(), &id, true).unwrap().certificate.unwrap();
+            .get_request(&alice(), &id, true)
+            .unwrap()
+            .certificate
+            .unwrap();
+        let b = f
+            .auth
+            .get_request(&alice(), &id, true)
+            .unwrap()
+            .certificate
+            .unwrap();
         assert_eq!(a, b);
         assert_eq!(a.serial, first.certificate.unwrap().serial);
     }
@@ -1033,7 +1082,8 @@ force_command = "/bin/deploy"
             .request
             .id;
         assert!(matches!(
-            f.auth.review_at(&bob(), &id, Verdict::Approve, Some(3600), "", T0),
+            f.auth
+                .review_at(&bob(), &id, Verdict::Approve, Some(3600), "", T0),
             Err(Error::InvalidArgument(_))
         ));
         let v = f
@@ -1071,7 +1121,8 @@ force_command = "/bin/deploy"
             .request
             .id;
         assert!(matches!(
-            f.auth.review_at(&bob(), &id, Verdict::Approve, None, "", T0 + 3600),
+            f.auth
+                .review_at(&bob(), &id, Verdict::Approve, None, "", T0 + 3600),
             Err(Error::FailedPrecondition(_))
         ));
         assert_eq!(f.auth.expire_due_at(T0 + 3599).unwrap(), 0);
@@ -1124,12 +1175,16 @@ force_command = "/bin/deploy"
             .unwrap()
             .request
             .id;
-        let narrowed = POLICY.replace(r#"logins = ["postgres", "ubuntu"]"#, r#"logins = ["postgres"]"#);
+        let narrowed = POLICY.replace(
+            r#"logins = ["postgres", "ubuntu"]"#,
+            r#"logins = ["postgres"]"#,
+        );
         f.auth
             .replace_policy(Policy::parse(&narrowed, "p", DAY).unwrap(), T0)
             .unwrap();
         assert!(matches!(
-            f.auth.review_at(&bob(), &id, Verdict::Approve, None, "", T0),
+            f.auth
+                .review_at(&bob(), &id, Verdict::Approve, None, "", T0),
             Err(Error::FailedPrecondition(_))
         ));
         let v = f.auth.get_request(&alice(), &id, true).unwrap();
@@ -1154,7 +1209,11 @@ force_command = "/bin/deploy"
                     let auth = &f.auth;
                     let id = id.clone();
                     s.spawn(move || {
-                        let verdict = if i == 3 { Verdict::Deny } else { Verdict::Approve };
+                        let verdict = if i == 3 {
+                            Verdict::Deny
+                        } else {
+                            Verdict::Approve
+                        };
                         auth.review_at(&who(name, &["leads"]), &id, verdict, None, "r", T0)
                             .is_ok()
                     })
@@ -1163,11 +1222,13 @@ force_command = "/bin/deploy"
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert_eq!(results.iter().filter(|ok| **ok).count(), 1, "{results:?}");
-        let certs = f
-            .store
-            .read(|tx| tx.certificate_for_request(&id))
-            .unwrap();
-        let state = f.auth.get_request(&alice(), &id, false).unwrap().request.state;
+        let certs = f.store.read(|tx| tx.certificate_for_request(&id)).unwrap();
+        let state = f
+            .auth
+            .get_request(&alice(), &id, false)
+            .unwrap()
+            .request
+            .state;
         assert_eq!(certs.is_some(), state == State::Issued);
     }
 }

@@ -171,11 +171,8 @@ mod tests {
 
     #[test]
     fn every_error_reported() {
-        let e = Config::parse(
-            "listen = \"nowhere\"\nmax_ttl = \"90d\"\n",
-            Path::new("/d"),
-        )
-        .unwrap_err();
+        let e = Config::parse("listen = \"nowhere\"\nmax_ttl = \"90d\"\n", Path::new("/d"))
+            .unwrap_err();
         assert_eq!(e.errors.len(), 2, "{e}");
         assert!(e.errors[0].contains("listen"));
         assert!(e.errors[1].contains("max_ttl"));

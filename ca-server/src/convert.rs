@@ -22,7 +22,9 @@ impl From<authority::Error> for Status {
             E::Store(ref inner) => {
                 tracing::error!(error = %inner, "store failure");
                 if is_unavailable(inner) {
-                    Status::unavailable("the CA cannot write to its database right now; try again shortly")
+                    Status::unavailable(
+                        "the CA cannot write to its database right now; try again shortly",
+                    )
                 } else {
                     Status::internal("internal error")
                 }
@@ -84,7 +86,10 @@ pub fn verdict(d: i32) -> Result<Verdict, Status> {
 pub fn request(v: RequestView) -> pb::AccessRequest {
     let r = v.request;
     let serial = v.certificate.as_ref().map_or(0, |c| c.serial);
-    let valid_before = v.certificate.as_ref().map_or(0, |c| wire_time(c.valid_before));
+    let valid_before = v
+        .certificate
+        .as_ref()
+        .map_or(0, |c| wire_time(c.valid_before));
     let certificate = v
         .certificate
         .filter(|_| v.certificate_visible)

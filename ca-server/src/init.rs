@@ -29,7 +29,11 @@ pub struct Initialized {
 }
 
 /// Creates everything the server needs in `data_dir`.
-pub fn init(data_dir: &Path, passphrase_file: Option<&Path>, now: u64) -> anyhow::Result<Initialized> {
+pub fn init(
+    data_dir: &Path,
+    passphrase_file: Option<&Path>,
+    now: u64,
+) -> anyhow::Result<Initialized> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -37,7 +41,11 @@ pub fn init(data_dir: &Path, passphrase_file: Option<&Path>, now: u64) -> anyhow
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let config_path = data_dir.join("config.toml");
     if !config_path.exists() {
-        write_new(&config_path, config::example(passphrase_file).as_bytes(), 0o644)?;
+        write_new(
+            &config_path,
+            config::example(passphrase_file).as_bytes(),
+            0o644,
+        )?;
     }
     let config = Config::load(data_dir)?;
     if config.ca_key.exists() {
@@ -111,7 +119,11 @@ fn write_tls(cert_path: &Path, key_path: &Path) -> anyhow::Result<()> {
         }
     }
     let certified = rcgen::generate_simple_self_signed(names).context("making TLS certificate")?;
-    write_new(key_path, certified.signing_key.serialize_pem().as_bytes(), 0o600)?;
+    write_new(
+        key_path,
+        certified.signing_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
     write_new(cert_path, certified.cert.pem().as_bytes(), 0o644)?;
     Ok(())
 }
@@ -127,7 +139,15 @@ mod tests {
         let d = dir.path().join("ca");
         let out = init(&d, None, 1).unwrap();
         assert!(out.ca_public_key.starts_with("ssh-ed25519 "));
-        for f in ["config.toml", "policy.toml", "ca_key", "ca_key.pub", "tls/cert.pem", "tls/key.pem", "moshca.db"] {
+        for f in [
+            "config.toml",
+            "policy.toml",
+            "ca_key",
+            "ca_key.pub",
+            "tls/cert.pem",
+            "tls/key.pem",
+            "moshca.db",
+        ] {
             assert!(d.join(f).exists(), "{f}");
         }
         let mode = |p: &str| std::fs::metadata(d.join(p)).unwrap().permissions().mode() & 0o777;

@@ -43,7 +43,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("initialized {}", out.data_dir.display());
             println!("CA public key ({}):", out.ca_fingerprint);
             println!("  {}", out.ca_public_key);
-            println!("clients trust the server with MOSHCA_CA_CERT={}", out.tls_cert.display());
+            println!(
+                "clients trust the server with MOSHCA_CA_CERT={}",
+                out.tls_cert.display()
+            );
             println!(
                 "next: edit {}/policy.toml, add users with `moshca-server user add NAME --group G`, then `moshca-server serve`",
                 out.data_dir.display()

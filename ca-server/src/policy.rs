@@ -156,8 +156,7 @@ pub fn selects(selectors: &[Selector], caller: &Caller) -> bool {
 /// A user, group or role name: `[A-Za-z0-9._-]{1,64}`.
 pub fn valid_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
@@ -458,12 +457,7 @@ struct RawBreakGlass {
     max_ttl: Option<String>,
 }
 
-fn duration_field(
-    value: Option<&str>,
-    default: u64,
-    key: &str,
-    errors: &mut Vec<String>,
-) -> u64 {
+fn duration_field(value: Option<&str>, default: u64, key: &str, errors: &mut Vec<String>) -> u64 {
     match value.map(parse_duration) {
         None => default,
         Some(Ok(secs)) => secs,
@@ -907,7 +901,15 @@ source_address = ["127.0.0.1/8"]
     fn hostile_principals_are_malformed() {
         let role = policy(BASIC).role("db").unwrap().clone();
         for bad in [
-            "", "*", "a,b", "a b", "a\nb", "a\0b", "-x", "@x", "postgres,root",
+            "",
+            "*",
+            "a,b",
+            "a b",
+            "a\nb",
+            "a\0b",
+            "-x",
+            "@x",
+            "postgres,root",
         ] {
             let r = role.check_request(&[bad.to_owned()], None, "x");
             assert!(matches!(r, Err(Refusal::Invalid(_))), "{bad:?}: {r:?}");
@@ -974,9 +976,16 @@ reason_pattern = "^(INC|CHG)-[0-9]+"
 "#,
         );
         let role = p.role("db").unwrap();
-        assert!(matches!(role.check_request(&[], None, "short"), Err(Refusal::Invalid(m)) if m.contains("at least 10")));
-        assert!(matches!(role.check_request(&[], None, "because I want to"), Err(Refusal::Invalid(m)) if m.contains("^(INC|CHG)-[0-9]+")));
-        assert!(role.check_request(&[], None, "INC-4312 replica lag").is_ok());
+        assert!(
+            matches!(role.check_request(&[], None, "short"), Err(Refusal::Invalid(m)) if m.contains("at least 10"))
+        );
+        assert!(
+            matches!(role.check_request(&[], None, "because I want to"), Err(Refusal::Invalid(m)) if m.contains("^(INC|CHG)-[0-9]+"))
+        );
+        assert!(
+            role.check_request(&[], None, "INC-4312 replica lag")
+                .is_ok()
+        );
         assert!(matches!(
             role.check_request(&[], None, "INC-4312 lag\u{7}"),
             Err(Refusal::Invalid(_))

@@ -16,12 +16,12 @@ use tokio::net::TcpListener;
 use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::authority::Authority;
+use crate::clock;
 use crate::config::Config;
 use crate::policy::Policy;
 use crate::service::Service;
 use crate::signer::Signer;
 use crate::store::Store;
-use crate::clock;
 
 /// Largest accepted gRPC message. Requests are small; a public key is at most 16 KiB.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -107,8 +107,8 @@ pub fn read_passphrase(path: &Path) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>
 /// Refuses a CA key file that others can read or that another user owns.
 fn check_key_file(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("reading CA key {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("reading CA key {}", path.display()))?;
     if meta.mode() & 0o077 != 0 {
         anyhow::bail!(
             "CA key {} is accessible by group or others (mode {:o}); run `chmod 600 {}`",

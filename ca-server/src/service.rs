@@ -226,7 +226,14 @@ impl CertificateAuthority for Service {
         let verdict = convert::verdict(m.decision)?;
         let view = self
             .blocking(move |a| {
-                a.review_at(&caller, &id, verdict, ttl(m.ttl_secs), &m.comment, clock::now())
+                a.review_at(
+                    &caller,
+                    &id,
+                    verdict,
+                    ttl(m.ttl_secs),
+                    &m.comment,
+                    clock::now(),
+                )
             })
             .await?;
         Ok(Response::new(convert::request(view)))

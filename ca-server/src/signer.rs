@@ -138,20 +138,21 @@ impl Signer {
             path: path.display().to_string(),
             reason,
         };
-        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-            Error::Io {
+        let text =
+            zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| Error::Io {
                 path: path.display().to_string(),
                 source,
-            }
-        })?);
+            })?);
         let key = PrivateKey::from_openssh(text.as_bytes())
             .map_err(|e| bad(format!("not an OpenSSH private key ({e})")))?;
         let key = if key.is_encrypted() {
             let p = passphrase.ok_or_else(|| {
-                bad("is encrypted; set passphrase_file in config.toml or MOSHCA_CA_PASSPHRASE_FILE".into())
+                bad(
+                    "is encrypted; set passphrase_file in config.toml or MOSHCA_CA_PASSPHRASE_FILE"
+                        .into(),
+                )
             })?;
-            key.decrypt(p)
-                .map_err(|_| bad("wrong passphrase".into()))?
+            key.decrypt(p).map_err(|_| bad("wrong passphrase".into()))?
         } else {
             key
         };
@@ -161,10 +162,7 @@ impl Signer {
     fn from_private(key: &PrivateKey, path: &Path) -> Result<Self, Error> {
         let pair = key.key_data().ed25519().ok_or_else(|| Error::BadKey {
             path: path.display().to_string(),
-            reason: format!(
-                "is {}; moshca signs with ed25519 CA keys",
-                key.algorithm()
-            ),
+            reason: format!("is {}; moshca signs with ed25519 CA keys", key.algorithm()),
         })?;
         let secret = zeroize::Zeroizing::new(pair.private.to_bytes());
         let signing = ed25519_dalek::SigningKey::from_bytes(&secret);
@@ -273,7 +271,9 @@ pub fn parse_subject_key(text: &str, ca_keys: &[PublicKey]) -> Result<PublicKey,
         return Err(reject("public key must be a single line"));
     }
     let key = PublicKey::from_openssh(text).map_err(|_| {
-        reject("public key does not parse as an OpenSSH public key (\"ssh-ed25519 AAAA... comment\")")
+        reject(
+            "public key does not parse as an OpenSSH public key (\"ssh-ed25519 AAAA... comment\")",
+        )
     })?;
     match key.key_data() {
         KeyData::Ed25519(_) | KeyData::SkEd25519(_) | KeyData::SkEcdsaSha2NistP256(_) => {}
@@ -396,7 +396,10 @@ mod tests {
             &std::fs::metadata(&plain).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
-        assert!(Signer::generate(&plain, None, "x").is_err(), "must not overwrite");
+        assert!(
+            Signer::generate(&plain, None, "x").is_err(),
+            "must not overwrite"
+        );
 
         let enc = dir.path().join("enc");
         let c = Signer::generate(&enc, Some(b"correct horse"), "x").unwrap();
@@ -425,13 +428,19 @@ mod tests {
         assert!(parse_subject_key(&ok, &ca).is_ok());
         // The CA's own key.
         let own = s.public_key().to_openssh().unwrap();
-        assert!(parse_subject_key(&own, &ca).unwrap_err().0.contains("CA's own key"));
+        assert!(
+            parse_subject_key(&own, &ca)
+                .unwrap_err()
+                .0
+                .contains("CA's own key")
+        );
         // Too big, truncated, trailing bytes, wrong label, garbage.
         assert!(parse_subject_key(&"A".repeat(17 * 1024), &ca).is_err());
         let b64 = ok.split(' ').nth(1).unwrap();
         let truncated = format!("ssh-ed25519 {}", &b64[..b64.len() - 8]);
         assert!(parse_subject_key(&truncated, &ca).is_err());
-        let mut blob = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap();
+        let mut blob =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap();
         blob.extend_from_slice(&[0, 0, 0, 0]);
         let trailing = format!(
             "ssh-ed25519 {}",
@@ -444,11 +453,18 @@ mod tests {
         assert!(parse_subject_key("", &ca).is_err());
         // A certificate in place of a key.
         let cert = s.sign(&grant(), &subject()).unwrap().to_openssh().unwrap();
-        assert!(parse_subject_key(&cert, &ca).unwrap_err().0.contains("certificate"));
-        assert!(parse_subject_key("ssh-dss AAAAB3NzaC1kc3MAAACBAP", &ca)
-            .unwrap_err()
-            .0
-            .contains("DSA"));
+        assert!(
+            parse_subject_key(&cert, &ca)
+                .unwrap_err()
+                .0
+                .contains("certificate")
+        );
+        assert!(
+            parse_subject_key("ssh-dss AAAAB3NzaC1kc3MAAACBAP", &ca)
+                .unwrap_err()
+                .0
+                .contains("DSA")
+        );
     }
 
     #[test]
@@ -464,7 +480,12 @@ mod tests {
             };
             PublicKey::new(KeyData::Rsa(key), "").to_openssh().unwrap()
         };
-        assert!(parse_subject_key(&rsa(1024), &[]).unwrap_err().0.contains("1024 bits"));
+        assert!(
+            parse_subject_key(&rsa(1024), &[])
+                .unwrap_err()
+                .0
+                .contains("1024 bits")
+        );
         assert!(parse_subject_key(&rsa(2040), &[]).is_err());
         assert!(parse_subject_key(&rsa(2048), &[]).is_ok());
         assert!(parse_subject_key(&rsa(4096), &[]).is_ok());

@@ -281,9 +281,7 @@ impl Tx<'_> {
 
     /// All users, by name.
     pub fn users(&self) -> Result<Vec<User>> {
-        let mut stmt = self
-            .tx
-            .prepare("SELECT name FROM users ORDER BY name")?;
+        let mut stmt = self.tx.prepare("SELECT name FROM users ORDER BY name")?;
         let names: Vec<String> = stmt
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
@@ -711,7 +709,13 @@ mod tests {
         let s = Store::open_in_memory().unwrap();
         let r: Result<(), Error> = s.transact(|tx| {
             tx.insert_request(&req("A", 10))?;
-            tx.append_audit(&Event::new(10, "alice", "request.created", Some("A"), serde_json::json!({})))?;
+            tx.append_audit(&Event::new(
+                10,
+                "alice",
+                "request.created",
+                Some("A"),
+                serde_json::json!({}),
+            ))?;
             Err(Error::Corrupt("boom".into()))
         });
         assert!(r.is_err());
@@ -757,11 +761,21 @@ mod tests {
             openssh: "o".into(),
             issued_at: 1,
         };
-        s.transact(|tx| tx.insert_certificate(&cert(u64::MAX, "A"))).unwrap();
+        s.transact(|tx| tx.insert_certificate(&cert(u64::MAX, "A")))
+            .unwrap();
         assert!(s.read(|tx| tx.serial_exists(u64::MAX)).unwrap());
-        assert!(s.transact(|tx| tx.insert_certificate(&cert(7, "A"))).is_err());
-        assert!(s.transact(|tx| tx.insert_certificate(&cert(u64::MAX, "B"))).is_err());
-        let got = s.read(|tx| tx.certificate_for_request("A")).unwrap().unwrap();
+        assert!(
+            s.transact(|tx| tx.insert_certificate(&cert(7, "A")))
+                .is_err()
+        );
+        assert!(
+            s.transact(|tx| tx.insert_certificate(&cert(u64::MAX, "B")))
+                .is_err()
+        );
+        let got = s
+            .read(|tx| tx.certificate_for_request("A"))
+            .unwrap()
+            .unwrap();
         assert_eq!(got.serial, u64::MAX);
     }
 
@@ -774,10 +788,17 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            s.read(|tx| tx.caller_by_token("h", 5)).unwrap().unwrap().name,
+            s.read(|tx| tx.caller_by_token("h", 5))
+                .unwrap()
+                .unwrap()
+                .name,
             "bob"
         );
-        assert!(s.read(|tx| tx.caller_by_token("other", 5)).unwrap().is_none());
+        assert!(
+            s.read(|tx| tx.caller_by_token("other", 5))
+                .unwrap()
+                .is_none()
+        );
         s.transact(|tx| tx.set_user_disabled("bob", true)).unwrap();
         assert!(s.read(|tx| tx.caller_by_token("h", 5)).unwrap().is_none());
     }
@@ -787,11 +808,20 @@ mod tests {
         let s = Store::open_in_memory().unwrap();
         for i in 0..4 {
             s.transact(|tx| {
-                tx.append_audit(&Event::new(i, "a", "x.y", None, serde_json::json!({"i": i})))
+                tx.append_audit(&Event::new(
+                    i,
+                    "a",
+                    "x.y",
+                    None,
+                    serde_json::json!({"i": i}),
+                ))
             })
             .unwrap();
         }
-        assert_eq!(audit::verify(s.read(|tx| tx.audit_rows()).unwrap()).unwrap(), 4);
+        assert_eq!(
+            audit::verify(s.read(|tx| tx.audit_rows()).unwrap()).unwrap(),
+            4
+        );
         s.conn
             .lock()
             .unwrap()

@@ -86,8 +86,18 @@ pub fn set_disabled(store: &Store, name: &str, disabled: bool, now: u64) -> Resu
         if !tx.set_user_disabled(name, disabled)? {
             return Err(Error::NotFound(name.to_owned()));
         }
-        let action = if disabled { "user.disabled" } else { "user.enabled" };
-        tx.append_audit(&Event::new(now, "operator", action, None, json!({ "user": name })))?;
+        let action = if disabled {
+            "user.disabled"
+        } else {
+            "user.enabled"
+        };
+        tx.append_audit(&Event::new(
+            now,
+            "operator",
+            action,
+            None,
+            json!({ "user": name }),
+        ))?;
         Ok(())
     })
 }
@@ -107,16 +117,37 @@ mod tests {
         let t = add(&s, "bob", &["leads".into(), "leads".into()], 1).unwrap();
         assert!(matches!(add(&s, "bob", &[], 1), Err(Error::Exists(_))));
         assert!(matches!(add(&s, "bo b", &[], 1), Err(Error::Invalid(_))));
-        assert!(matches!(add(&s, "x", &["a:b".into()], 1), Err(Error::Invalid(_))));
-        let caller = s.read(|tx| tx.caller_by_token(&t.hash(), 2)).unwrap().unwrap();
+        assert!(matches!(
+            add(&s, "x", &["a:b".into()], 1),
+            Err(Error::Invalid(_))
+        ));
+        let caller = s
+            .read(|tx| tx.caller_by_token(&t.hash(), 2))
+            .unwrap()
+            .unwrap();
         assert_eq!(caller.groups, ["leads"]);
         let t2 = new_token(&s, "bob", 2).unwrap();
         set_disabled(&s, "bob", true, 3).unwrap();
-        assert!(s.read(|tx| tx.caller_by_token(&t.hash(), 4)).unwrap().is_none());
-        assert!(s.read(|tx| tx.caller_by_token(&t2.hash(), 4)).unwrap().is_none());
+        assert!(
+            s.read(|tx| tx.caller_by_token(&t.hash(), 4))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.read(|tx| tx.caller_by_token(&t2.hash(), 4))
+                .unwrap()
+                .is_none()
+        );
         set_disabled(&s, "bob", false, 5).unwrap();
-        assert!(s.read(|tx| tx.caller_by_token(&t2.hash(), 6)).unwrap().is_some());
-        assert!(matches!(set_disabled(&s, "nobody", true, 1), Err(Error::NotFound(_))));
+        assert!(
+            s.read(|tx| tx.caller_by_token(&t2.hash(), 6))
+                .unwrap()
+                .is_some()
+        );
+        assert!(matches!(
+            set_disabled(&s, "nobody", true, 1),
+            Err(Error::NotFound(_))
+        ));
         let actions: Vec<String> = s
             .read(|tx| tx.audit_rows())
             .unwrap()
@@ -125,7 +156,12 @@ mod tests {
             .collect();
         assert_eq!(
             actions,
-            ["user.added", "user.token_issued", "user.disabled", "user.enabled"]
+            [
+                "user.added",
+                "user.token_issued",
+                "user.disabled",
+                "user.enabled"
+            ]
         );
         // The token itself is never in the audit trail.
         let rows = format!("{:?}", s.read(|tx| tx.audit_rows()).unwrap());

@@ -1,0 +1,381 @@
+//! The real server on 127.0.0.1:0 with TLS, driven through the generated gRPC client.
+//!
+//! Checks the wire behaviour: authentication, status codes, watch streams, certificate
+//! visibility, health. Domain rules are unit-tested next to their modules; these tests
+//! show they hold through the API.
+
+use std::sync::Arc;
+
+use moshca_proto::v1 as pb;
+use moshca_proto::v1::certificate_authority_client::CertificateAuthorityClient;
+use moshca_server::config::Config;
+use moshca_server::{init, server, users};
+use ssh_key::{Algorithm, PrivateKey};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::{Code, Request};
+
+const POLICY: &str = r#"
+[[role]]
+name = "db"
+requesters = ["group:oncall"]
+approvers = ["group:leads"]
+logins = ["postgres", "ubuntu"]
+max_ttl = "1h"
+"#;
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    channel: Channel,
+    tokens: std::collections::HashMap<&'static str, String>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn start() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ca");
+    init::init(&data, None, 0).unwrap();
+    std::fs::write(data.join("policy.toml"), POLICY).unwrap();
+    let config = Config::load(&data).unwrap();
+    let store = moshca_server::store::Store::open(&config.database).unwrap();
+    let mut tokens = std::collections::HashMap::new();
+    for (name, groups) in [
+        ("alice", vec!["oncall", "leads"]),
+        ("bob", vec!["leads"]),
+        ("eve", vec!["other"]),
+    ] {
+        let groups: Vec<String> = groups.into_iter().map(String::from).collect();
+        let t = users::add(&store, name, &groups, 0).unwrap();
+        tokens.insert(name, t.expose().to_owned());
+    }
+    drop(store);
+    let (authority, identity) = server::open(&config, None).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::run(
+        listener,
+        Arc::clone(&authority),
+        Some(identity),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let pem = std::fs::read(&config.tls_cert).unwrap();
+    let channel = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Harness {
+        _dir: dir,
+        channel,
+        tokens,
+        shutdown: Some(tx),
+    }
+}
+
+impl Harness {
+    fn client(&self) -> CertificateAuthorityClient<Channel> {
+        CertificateAuthorityClient::new(self.channel.clone())
+    }
+
+    fn req<T>(&self, who: &str, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        let value = format!("Bearer {}", self.tokens[who]);
+        r.metadata_mut()
+            .insert("authorization", value.parse().unwrap());
+        r
+    }
+
+    async fn create(
+        &self,
+        who: &str,
+        principals: &[&str],
+        ttl: u64,
+    ) -> Result<pb::AccessRequest, tonic::Status> {
+        let key = PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519).unwrap();
+        self.client()
+            .create_access_request(self.req(
+                who,
+                pb::CreateAccessRequestRequest {
+                    role: "db".into(),
+                    principals: principals.iter().map(|p| (*p).into()).collect(),
+                    ttl_secs: ttl,
+                    reason: "INC-1 replica lag".into(),
+                    public_key: key.public_key().to_openssh().unwrap(),
+                },
+            ))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn review(
+        &self,
+        who: &str,
+        id: &str,
+        d: pb::Decision,
+    ) -> Result<pb::AccessRequest, tonic::Status> {
+        self.client()
+            .review_access_request(self.req(
+                who,
+                pb::ReviewAccessRequestRequest {
+                    id: id.into(),
+                    decision: d as i32,
+                    ttl_secs: 0,
+                    comment: "reviewed".into(),
+                },
+            ))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn pending(&self, who: &str) -> Vec<pb::AccessRequest> {
+        self.client()
+            .list_access_requests(self.req(
+                who,
+                pb::ListAccessRequestsRequest {
+                    pending_only: true,
+                    mine_only: false,
+                    limit: 0,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .requests
+    }
+}
+
+#[tokio::test]
+async fn ca_keys_need_no_token_everything_else_does() {
+    let h = start().await;
+    let keys = h
+        .client()
+        .get_ca_public_keys(pb::GetCaPublicKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(keys.public_keys.len(), 1);
+    assert!(keys.public_keys[0].starts_with("ssh-ed25519 "));
+
+    let err = h.client().who_am_i(pb::WhoAmIRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut bad = Request::new(pb::WhoAmIRequest {});
+    bad.metadata_mut().insert(
+        "authorization",
+        "Bearer mca_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+            .parse()
+            .unwrap(),
+    );
+    let err = h.client().who_am_i(bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(!err.message().contains("mca_"), "{}", err.message());
+
+    let me = h
+        .client()
+        .who_am_i(h.req("alice", pb::WhoAmIRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.name, "alice");
+    assert_eq!(me.requestable_roles, ["db"]);
+    assert_eq!(me.approvable_roles, ["db"]);
+}
+
+#[tokio::test]
+async fn refusals_have_the_right_codes_and_leave_nothing_pending() {
+    let h = start().await;
+    let cases: [(&str, &[&str], u64, Code); 5] = [
+        ("alice", &["root"], 0, Code::PermissionDenied),
+        ("alice", &["postgres", "root"], 0, Code::PermissionDenied),
+        ("alice", &["postgres,root"], 0, Code::InvalidArgument),
+        ("alice", &[], 7200, Code::PermissionDenied),
+        ("eve", &[], 0, Code::PermissionDenied),
+    ];
+    for (who, principals, ttl, code) in cases {
+        let err = h.create(who, principals, ttl).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            code,
+            "{who} {principals:?} {ttl}: {}",
+            err.message()
+        );
+        assert!(!err.message().contains('\n'));
+    }
+    assert!(h.pending("bob").await.is_empty());
+}
+
+#[tokio::test]
+async fn approve_flow_watch_and_certificate_visibility() {
+    let h = start().await;
+    let created = h.create("alice", &["postgres"], 600).await.unwrap();
+    assert_eq!(created.state, pb::State::Pending as i32);
+    assert_eq!(created.approvers, ["group:leads"]);
+    assert_eq!(h.pending("bob").await.len(), 1);
+
+    let mut stream = h
+        .client()
+        .watch_access_request(h.req(
+            "alice",
+            pb::WatchAccessRequestRequest {
+                id: created.id.clone(),
+                include_certificate: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.state, pb::State::Pending as i32);
+
+    // The requester holds the approver group, and still cannot approve.
+    let own = h
+        .review("alice", &created.id, pb::Decision::Approve)
+        .await
+        .unwrap_err();
+    assert_eq!(own.code(), Code::PermissionDenied);
+
+    let approved = h
+        .review("bob", &created.id, pb::Decision::Approve)
+        .await
+        .unwrap();
+    assert_eq!(approved.state, pb::State::Issued as i32);
+    assert!(
+        approved.certificate.is_none(),
+        "approver must not receive the certificate"
+    );
+    assert_ne!(approved.serial, 0);
+
+    let issued = stream.message().await.unwrap().unwrap();
+    assert_eq!(issued.state, pb::State::Issued as i32);
+    let cert = issued.certificate.unwrap();
+    assert_eq!(cert.principals, ["postgres"]);
+    assert_eq!(cert.valid_before - cert.valid_after, 600 + 60);
+    assert!(
+        stream.message().await.unwrap().is_none(),
+        "stream ends at a terminal state"
+    );
+
+    let again = h
+        .review("bob", &created.id, pb::Decision::Approve)
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+
+    let bob_fetch = h
+        .client()
+        .get_access_request(h.req(
+            "bob",
+            pb::GetAccessRequestRequest {
+                id: created.id.clone(),
+                include_certificate: true,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bob_fetch.code(), Code::PermissionDenied);
+    let eve_read = h
+        .client()
+        .get_access_request(h.req(
+            "eve",
+            pb::GetAccessRequestRequest {
+                id: created.id.clone(),
+                include_certificate: false,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(eve_read.code(), Code::NotFound);
+    let twice: Vec<String> = futures_twice(&h, &created.id).await;
+    assert_eq!(twice[0], twice[1]);
+    assert_eq!(twice[0], cert.openssh);
+}
+
+async fn futures_twice(h: &Harness, id: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        let r = h
+            .client()
+            .get_access_request(h.req(
+                "alice",
+                pb::GetAccessRequestRequest {
+                    id: id.into(),
+                    include_certificate: true,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        out.push(r.certificate.unwrap().openssh);
+    }
+    out
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_messages_are_refused() {
+    let h = start().await;
+    let key = "A".repeat(100 * 1024);
+    let err = h
+        .client()
+        .create_access_request(h.req(
+            "alice",
+            pb::CreateAccessRequestRequest {
+                role: "db".into(),
+                principals: vec![],
+                ttl_secs: 0,
+                reason: "INC-1 replica lag".into(),
+                public_key: key,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::ResourceExhausted | Code::OutOfRange),
+        "{err:?}"
+    );
+    let err = h
+        .client()
+        .get_access_request(h.req(
+            "alice",
+            pb::GetAccessRequestRequest {
+                id: "../../etc".into(),
+                include_certificate: false,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = h
+        .review("bob", "01J", pb::Decision::Unspecified)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(h.pending("bob").await.is_empty());
+}
+
+#[tokio::test]
+async fn health_service_reports_serving() {
+    let h = start().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel.clone());
+    let resp = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "moshca.v1.CertificateAuthority".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
