@@ -51,6 +51,38 @@ pub enum Error {
     /// Signing failed.
     #[error(transparent)]
     Signer(#[from] signer::Error),
+    /// The KRL could not be encoded.
+    #[error("KRL encoding failed: {0}")]
+    Krl(#[from] crate::krl::Error),
+}
+
+impl Error {
+    /// Whether this is a fault of the server rather than an answer to the caller.
+    pub fn is_internal(&self) -> bool {
+        matches!(self, Error::Store(_) | Error::Signer(_) | Error::Krl(_))
+    }
+}
+
+/// What to revoke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeTarget {
+    /// One certificate.
+    Serial(u64),
+    /// The certificate of one request.
+    Request(String),
+    /// Every live certificate of a user, who is also disabled.
+    User(String),
+    /// Every certificate for a subject key, and the key itself for good.
+    PublicKey(String),
+}
+
+/// What a revocation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    /// Serials newly revoked.
+    pub serials: Vec<u64>,
+    /// The KRL version that includes them.
+    pub krl_version: u64,
 }
 
 /// Authority result.
@@ -217,6 +249,12 @@ impl Authority {
                     "limit reached: at most {MAX_PENDING_PER_REQUESTER} pending requests per requester; cancel one with `moshca cancel ID`"
                 )));
             }
+            if tx.key_revoked(&request.fingerprint)? {
+                return Err(Error::PermissionDenied(format!(
+                    "public key {} is revoked; generate a new key",
+                    request.fingerprint
+                )));
+            }
             tx.insert_request(&request)?;
             tx.append_audit(&Event::new(
                 now,
@@ -332,6 +370,9 @@ impl Authority {
             ca_fingerprint: self.signer.fingerprint(),
             openssh: cert.to_openssh().map_err(signer::Error::from)?,
             issued_at: now,
+            requester: req.requester.clone(),
+            role: req.role.clone(),
+            revoked_at: None,
         };
         let ttl_secs = ready.ttl_secs;
         let request = ready.issued(now);
@@ -678,6 +719,148 @@ impl Authority {
         Ok(expired.len())
     }
 
+    /// Revokes certificates (and, for a key, the key itself). Who may: `defaults.revokers`
+    /// for anything, a role's `revokers` for that role's certificates, and a requester for
+    /// their own.
+    pub fn revoke_at(
+        &self,
+        caller: &Caller,
+        target: RevokeTarget,
+        reason: &str,
+        now: UnixTime,
+    ) -> Result<Revoked> {
+        let reason = reason.trim();
+        if reason.is_empty()
+            || reason.len() > policy::MAX_REASON_LEN
+            || reason.chars().any(char::is_control)
+        {
+            return Err(Error::InvalidArgument(
+                "a revocation needs a reason of at most 1024 bytes: --reason TEXT".into(),
+            ));
+        }
+        let policy = self.policy();
+        let global = policy::selects(&policy.defaults.revokers, caller);
+        let may_revoke = |cert: &CertRecord| {
+            global
+                || cert.requester == caller.name
+                || policy
+                    .role(&cert.role)
+                    .is_some_and(|r| r.may_revoke(caller, &policy.defaults))
+        };
+        let denied = |what: &str| {
+            Error::PermissionDenied(format!(
+                "you may not revoke {what}; revokers are listed in the policy (defaults.revokers, role revokers)"
+            ))
+        };
+        let result = self.store.transact(|tx| {
+            let mut changed = false;
+            let (certs, target_desc) = match &target {
+                RevokeTarget::Serial(serial) => {
+                    let cert = tx.certificate_by_serial(*serial)?.ok_or_else(|| {
+                        Error::NotFound(format!("no certificate with serial {serial}"))
+                    })?;
+                    if !may_revoke(&cert) {
+                        return Err(denied(&format!("certificate {serial}")));
+                    }
+                    (vec![cert], json!({ "serial": serial.to_string() }))
+                }
+                RevokeTarget::Request(id) => {
+                    let cert = tx.certificate_for_request(id)?.ok_or_else(|| {
+                        Error::NotFound(format!("request {id} has no certificate"))
+                    })?;
+                    if !may_revoke(&cert) {
+                        return Err(denied(&format!("the certificate of request {id}")));
+                    }
+                    (vec![cert], json!({ "request_id": id }))
+                }
+                RevokeTarget::User(name) => {
+                    if !global && *name != caller.name {
+                        return Err(denied(&format!("user {name}'s certificates")));
+                    }
+                    let user = tx
+                        .user(name)?
+                        .ok_or_else(|| Error::NotFound(format!("no user named {name}")))?;
+                    if !user.disabled {
+                        tx.set_user_disabled(name, true)?;
+                        changed = true;
+                    }
+                    (tx.live_certificates_of(name, now)?, json!({ "user": name }))
+                }
+                RevokeTarget::PublicKey(text) => {
+                    let key = PublicKey::from_openssh(text.trim()).map_err(|_| {
+                        Error::InvalidArgument(
+                            "public key does not parse as an OpenSSH public key".into(),
+                        )
+                    })?;
+                    let key = PublicKey::new(key.key_data().clone(), "");
+                    let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+                    let certs = tx.live_certificates_for_key(&fingerprint, now)?;
+                    let own = !certs.is_empty() && certs.iter().all(|c| c.requester == caller.name);
+                    if !global && !own {
+                        return Err(denied(&format!("key {fingerprint}")));
+                    }
+                    let text = key.to_openssh().map_err(signer::Error::from)?;
+                    changed |=
+                        tx.insert_revoked_key(&fingerprint, &text, reason, &caller.name, now)?;
+                    (certs, json!({ "fingerprint": fingerprint }))
+                }
+            };
+            let mut serials = Vec::new();
+            for cert in certs {
+                if cert.valid_before > now && tx.revoke_certificate(cert.serial, now)? {
+                    serials.push(cert.serial);
+                }
+            }
+            changed |= !serials.is_empty();
+            let krl_version = if changed {
+                tx.bump_krl_version()?
+            } else {
+                tx.krl_version()?
+            };
+            tx.append_audit(&Event::new(
+                now,
+                &caller.name,
+                "certificate.revoked",
+                None,
+                json!({
+                    "target": target_desc,
+                    "serials": serials.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "reason": reason,
+                    "krl_version": krl_version,
+                }),
+            ))?;
+            Ok(Revoked {
+                serials,
+                krl_version,
+            })
+        });
+        match &result {
+            Ok(r) => {
+                tracing::info!(caller = %caller.name, serials = ?r.serials, krl_version = r.krl_version, "certificates revoked")
+            }
+            Err(e) if !e.is_internal() => {
+                tracing::warn!(caller = %caller.name, "revocation refused: {e}");
+                let _ = self.store.transact(|tx| {
+                    tx.append_audit(&Event::new(
+                        now,
+                        &caller.name,
+                        "revocation.refused",
+                        None,
+                        json!({ "reason": e.to_string() }),
+                    ))
+                });
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// The KRL for `now`: every revoked certificate not yet expired, by serial under its
+    /// CA key, and every revoked subject key.
+    pub fn krl_at(&self, now: UnixTime) -> Result<(Vec<u8>, u64)> {
+        krl_from_store(&self.store, &self.ca_public_keys(), now)
+    }
+
     /// Roles the caller may request and approve.
     pub fn roles_of(&self, caller: &Caller) -> (Vec<String>, Vec<String>) {
         let policy = self.policy();
@@ -693,6 +876,55 @@ impl Authority {
             .collect();
         (request, approve)
     }
+}
+
+/// Builds the KRL from the store for the given CA public keys (offline use needs no private
+/// key): every revoked, unexpired certificate by serial under its CA, every revoked key.
+pub fn krl_from_store(
+    store: &Store,
+    ca_keys: &[PublicKey],
+    now: UnixTime,
+) -> Result<(Vec<u8>, u64)> {
+    let (revoked, keys, version) = store.read(|tx| {
+        Ok::<_, Error>((
+            tx.revoked_live_certificates(now)?,
+            tx.revoked_keys()?,
+            tx.krl_version()?,
+        ))
+    })?;
+    let mut sections: Vec<crate::krl::CaSection> = Vec::new();
+    for ca in ca_keys {
+        let fingerprint = ca.fingerprint(HashAlg::Sha256).to_string();
+        let serials: Vec<u64> = revoked
+            .iter()
+            .filter(|r| r.ca_fingerprint == fingerprint)
+            .map(|r| r.serial)
+            .collect();
+        if !serials.is_empty() {
+            sections.push(crate::krl::CaSection {
+                ca_key: ca.to_bytes().map_err(signer::Error::from)?,
+                serials,
+                key_ids: Vec::new(),
+            });
+        }
+    }
+    let explicit_keys = keys
+        .iter()
+        .map(|k| {
+            PublicKey::from_openssh(k)
+                .and_then(|k| k.to_bytes())
+                .map_err(|e| store::Error::Corrupt(format!("revoked key: {e}")).into())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let krl = crate::krl::Krl {
+        version,
+        generated_at: now,
+        comment: format!("moshca KRL version {version}"),
+        ca_sections: sections,
+        explicit_keys,
+        sha256_keys: Vec::new(),
+    };
+    Ok((krl.encode()?, version))
 }
 
 fn loop_serial(tx: &Tx<'_>) -> Result<u64> {
@@ -739,6 +971,9 @@ requesters = ["group:oncall"]
 approvers = ["group:leads"]
 logins = ["postgres", "ubuntu"]
 max_ttl = "1h"
+
+[defaults]
+revokers = ["group:security"]
 
 [[role]]
 name = "two"
@@ -1230,5 +1465,172 @@ force_command = "/bin/deploy"
             .request
             .state;
         assert_eq!(certs.is_some(), state == State::Issued);
+    }
+
+    fn issued(f: &Fixture, who: Caller) -> CertRecord {
+        let id = f
+            .auth
+            .create_request_at(&who, ask("db", &[], None), T0)
+            .unwrap()
+            .request
+            .id;
+        f.auth
+            .review_at(&bob(), &id, Verdict::Approve, None, "", T0)
+            .unwrap()
+            .certificate
+            .unwrap()
+    }
+
+    fn krl_serials(f: &Fixture, now: UnixTime) -> (Vec<u8>, u64) {
+        f.auth.krl_at(now).unwrap()
+    }
+
+    #[test]
+    fn revocation_permissions() {
+        let f = fixture();
+        let alices = issued(&f, alice());
+        let mallorys = issued(&f, who("mallory", &["oncall"]));
+        // Another requester may not revoke alice's certificate.
+        assert!(matches!(
+            f.auth.revoke_at(
+                &who("mallory", &["oncall"]),
+                RevokeTarget::Serial(alices.serial),
+                "x",
+                T0
+            ),
+            Err(Error::PermissionDenied(_))
+        ));
+        // Nor anyone's by user, nor a key.
+        assert!(matches!(
+            f.auth.revoke_at(
+                &who("mallory", &["oncall"]),
+                RevokeTarget::User("alice".into()),
+                "x",
+                T0
+            ),
+            Err(Error::PermissionDenied(_))
+        ));
+        // A requester may revoke their own.
+        let r = f
+            .auth
+            .revoke_at(
+                &alice(),
+                RevokeTarget::Request(alices.request_id.clone()),
+                "lost laptop",
+                T0 + 1,
+            )
+            .unwrap();
+        assert_eq!(r.serials, [alices.serial]);
+        assert_eq!(r.krl_version, 1);
+        // Revoking again changes nothing and keeps the version.
+        let again = f
+            .auth
+            .revoke_at(
+                &alice(),
+                RevokeTarget::Serial(alices.serial),
+                "again",
+                T0 + 2,
+            )
+            .unwrap();
+        assert!(again.serials.is_empty());
+        assert_eq!(again.krl_version, 1);
+        // A global revoker may revoke anyone, and the user is then blocked.
+        let sec = who("sam", &["security"]);
+        let r = f
+            .auth
+            .revoke_at(
+                &sec,
+                RevokeTarget::User("mallory".into()),
+                "offboarded",
+                T0 + 3,
+            )
+            .unwrap();
+        assert_eq!(r.serials, [mallorys.serial]);
+        assert!(
+            f.store
+                .read(|tx| tx.user("mallory"))
+                .unwrap()
+                .unwrap()
+                .disabled
+        );
+        assert!(matches!(
+            f.auth
+                .revoke_at(&sec, RevokeTarget::Serial(alices.serial), "", T0),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            f.auth.revoke_at(&sec, RevokeTarget::Serial(12345), "x", T0),
+            Err(Error::NotFound(_))
+        ));
+        let actions = audit_actions(&f);
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| *a == "certificate.revoked")
+                .count(),
+            3
+        );
+        // Two policy refusals and the unknown serial; a missing reason is malformed input.
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| *a == "revocation.refused")
+                .count(),
+            3
+        );
+    }
+
+    #[test]
+    fn revoked_key_cannot_get_new_certificates() {
+        let f = fixture();
+        let req = ask("db", &[], None);
+        let key = req.public_key.clone();
+        let id = f
+            .auth
+            .create_request_at(&alice(), req, T0)
+            .unwrap()
+            .request
+            .id;
+        f.auth
+            .review_at(&bob(), &id, Verdict::Approve, None, "", T0)
+            .unwrap();
+        let r = f
+            .auth
+            .revoke_at(
+                &who("sam", &["security"]),
+                RevokeTarget::PublicKey(key.clone()),
+                "stolen",
+                T0,
+            )
+            .unwrap();
+        assert_eq!(r.serials.len(), 1);
+        let again = NewRequest {
+            public_key: key,
+            ..ask("db", &[], None)
+        };
+        assert!(matches!(
+            f.auth.create_request_at(&alice(), again, T0),
+            Err(Error::PermissionDenied(m)) if m.contains("revoked")
+        ));
+    }
+
+    #[test]
+    fn krl_lists_only_revoked_unexpired_certificates() {
+        let f = fixture();
+        let a = issued(&f, alice());
+        let b = issued(&f, who("mallory", &["oncall"]));
+        let (empty, v0) = krl_serials(&f, T0);
+        assert_eq!(v0, 0);
+        f.auth
+            .revoke_at(&alice(), RevokeTarget::Serial(a.serial), "x", T0)
+            .unwrap();
+        let (one, v1) = krl_serials(&f, T0);
+        assert_eq!(v1, 1);
+        assert!(one.len() > empty.len());
+        assert!(one.windows(8).any(|w| w == a.serial.to_be_bytes()));
+        assert!(!one.windows(8).any(|w| w == b.serial.to_be_bytes()));
+        // Once the certificate expired it drops out of the KRL.
+        let (later, _) = krl_serials(&f, a.valid_before);
+        assert_eq!(later.len(), empty.len());
     }
 }

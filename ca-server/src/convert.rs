@@ -29,6 +29,10 @@ impl From<authority::Error> for Status {
                     Status::internal("internal error")
                 }
             }
+            E::Krl(ref inner) => {
+                tracing::error!(error = %inner, "KRL failure");
+                Status::internal("internal error")
+            }
             E::Signer(ref inner) => {
                 tracing::error!(error = %inner, "signer failure");
                 Status::internal("internal error")

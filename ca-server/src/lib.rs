@@ -15,6 +15,7 @@
 //! | [`authority`] | use cases; orchestrates the above with the store and audit |
 //! | [`store`] | all SQL and migrations |
 //! | [`audit`] | audit events, hash chain, verification |
+//! | [`krl`] | OpenSSH key revocation list encoder (pure) |
 //! | [`users`] | user accounts and tokens, for the operator's commands |
 //! | [`init`] | creating a data directory |
 //! | [`convert`] | proto <-> domain, and the one error -> `tonic::Status` mapping |
@@ -31,6 +32,7 @@ pub mod clock;
 pub mod config;
 pub mod convert;
 pub mod init;
+pub mod krl;
 pub mod policy;
 pub mod server;
 pub mod service;

@@ -73,6 +73,8 @@ pub struct Role {
     pub requesters: Vec<Selector>,
     /// Who may approve requests for it.
     pub approvers: Vec<Selector>,
+    /// Who may revoke its certificates (besides `defaults.revokers` and the requester).
+    pub revokers: Vec<Selector>,
     /// The approval rule.
     pub approval: Approval,
     /// Shortest accepted reason.
@@ -293,6 +295,11 @@ impl Role {
         selects(&self.approvers, caller)
     }
 
+    /// Whether the caller may revoke any certificate of this role.
+    pub fn may_revoke(&self, caller: &Caller, defaults: &Defaults) -> bool {
+        selects(&self.revokers, caller) || selects(&defaults.revokers, caller)
+    }
+
     /// Checks requested principals, ttl and reason against the role.
     ///
     /// An empty `principals` means every login of the role; `ttl_secs` of `None` means the
@@ -434,6 +441,8 @@ struct RawRole {
     requesters: Vec<String>,
     #[serde(default)]
     approvers: Vec<String>,
+    #[serde(default)]
+    revokers: Vec<String>,
     approval: Option<String>,
     approvals_required: Option<i64>,
     reason_min_len: Option<i64>,
@@ -549,6 +558,7 @@ fn validate_role(
     }
     let requesters = selectors(&r.requesters, &format!("{at}.requesters"), errors);
     let approvers = selectors(&r.approvers, &format!("{at}.approvers"), errors);
+    let revokers = selectors(&r.revokers, &format!("{at}.revokers"), errors);
     if r.workloads.is_some() {
         errors.push(format!(
             "{at}.workloads: OIDC workload identity is not supported by this server version"
@@ -713,6 +723,7 @@ fn validate_role(
         name: r.name,
         requesters,
         approvers,
+        revokers,
         approval,
         reason_min_len,
         reason_pattern,
@@ -733,6 +744,7 @@ pub const EXAMPLE: &str = r#"# moshca policy. Reloaded on SIGHUP; an invalid fil
 max_ttl = "8h"          # no role may exceed this
 pending_ttl = "1h"      # unapproved requests expire after this
 backdate = "1m"         # valid_after = issue time - backdate, for clock skew
+revokers = ["group:security"]   # may revoke anyone's certificates
 
 [[role]]
 name = "db-oncall"
@@ -745,6 +757,7 @@ logins = ["postgres", "ubuntu"]
 default_ttl = "30m"
 max_ttl = "1h"
 extensions = ["permit-pty"]
+# revokers = ["group:dba-leads"]  # may revoke this role's certificates too
 "#;
 
 #[cfg(test)]

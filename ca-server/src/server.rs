@@ -42,7 +42,8 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
-    let api = CertificateAuthorityServer::new(Service::new(authority.clone()))
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let api = CertificateAuthorityServer::new(Service::new(authority.clone(), stop_rx))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(4 * 1024 * 1024);
 
@@ -65,7 +66,10 @@ pub async fn run(
         .add_service(api)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
+            async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            },
         )
         .await
         .context("serving gRPC");

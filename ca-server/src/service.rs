@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::auth::{self, Caller};
-use crate::authority::{Authority, NewRequest};
+use crate::authority::{Authority, NewRequest, RevokeTarget};
 use crate::{clock, convert};
 
 /// Longest accepted request id, to keep junk out of logs.
@@ -24,12 +24,17 @@ const MAX_ID_LEN: usize = 64;
 #[derive(Debug, Clone)]
 pub struct Service {
     authority: Arc<Authority>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Service {
-    /// A service over `authority`.
-    pub fn new(authority: Arc<Authority>) -> Self {
-        Service { authority }
+    /// A service over `authority`; watch streams end when `stopping` turns true, so a
+    /// graceful shutdown does not wait for requests that may stay pending for an hour.
+    pub fn new(authority: Arc<Authority>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        Service {
+            authority,
+            stopping,
+        }
     }
 
     /// Runs blocking authority work off the async threads.
@@ -160,6 +165,7 @@ impl CertificateAuthority for Service {
         let first = self.blocking(move |a| a.get_request(&c, &i, inc)).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let service = self.clone();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(
             async move {
                 let mut current = first;
@@ -180,6 +186,14 @@ impl CertificateAuthority for Service {
                             },
                             () = &mut deadline => break,
                             () = tx.closed() => return,
+                            _ = async { stopping.wait_for(|s| *s).await.is_ok() } => {
+                                let _ = tx
+                                    .send(Err(Status::unavailable(
+                                        "server is shutting down; watch again when it is back",
+                                    )))
+                                    .await;
+                                return;
+                            }
                         }
                     }
                     let (c, i) = (caller.clone(), id.clone());
@@ -266,5 +280,43 @@ impl CertificateAuthority for Service {
             requestable_roles,
             approvable_roles,
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(caller))]
+    async fn revoke_certificates(
+        &self,
+        req: Request<pb::RevokeCertificatesRequest>,
+    ) -> Result<Response<pb::RevokeCertificatesResponse>, Status> {
+        use pb::revoke_certificates_request::Target;
+        let caller = self.caller(&req).await?;
+        let m = req.into_inner();
+        let target = match m.target {
+            Some(Target::Serial(s)) if s != 0 => RevokeTarget::Serial(s),
+            Some(Target::RequestId(id)) => RevokeTarget::Request(check_id(&id)?),
+            Some(Target::User(u)) if crate::policy::valid_name(&u) => RevokeTarget::User(u),
+            Some(Target::PublicKey(k)) if k.len() <= crate::signer::MAX_SUBJECT_KEY_LEN => {
+                RevokeTarget::PublicKey(k)
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "name what to revoke: --serial N, --request ID, --user NAME or --public-key FILE",
+                ));
+            }
+        };
+        let revoked = self
+            .blocking(move |a| a.revoke_at(&caller, target, &m.reason, clock::now()))
+            .await?;
+        Ok(Response::new(pb::RevokeCertificatesResponse {
+            serials: revoked.serials,
+            krl_version: revoked.krl_version,
+        }))
+    }
+
+    async fn get_krl(
+        &self,
+        _req: Request<pb::GetKrlRequest>,
+    ) -> Result<Response<pb::GetKrlResponse>, Status> {
+        let (krl, version) = self.blocking(|a| a.krl_at(clock::now())).await?;
+        Ok(Response::new(pb::GetKrlResponse { krl, version }))
     }
 }

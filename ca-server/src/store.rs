@@ -69,6 +69,23 @@ pub struct CertRecord {
     pub openssh: String,
     /// When it was signed.
     pub issued_at: u64,
+    /// Who asked for it.
+    pub requester: String,
+    /// Its role.
+    pub role: String,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<u64>,
+}
+
+/// A revoked certificate still inside its validity window, for the KRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedCert {
+    /// Serial.
+    pub serial: u64,
+    /// Key id.
+    pub key_id: String,
+    /// Fingerprint of the CA key that signed it.
+    pub ca_fingerprint: String,
 }
 
 /// Which requests to list.
@@ -90,7 +107,8 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     name TEXT PRIMARY KEY,
     groups TEXT NOT NULL,
@@ -153,7 +171,31 @@ CREATE TABLE audit (
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 ) STRICT;
-"#];
+"#,
+    r#"
+ALTER TABLE certificates ADD COLUMN revoked_at INTEGER;
+ALTER TABLE certificates ADD COLUMN requester TEXT NOT NULL DEFAULT '';
+ALTER TABLE certificates ADD COLUMN role TEXT NOT NULL DEFAULT '';
+UPDATE certificates SET
+    requester = (SELECT requester FROM requests WHERE requests.id = certificates.request_id),
+    role = (SELECT role FROM requests WHERE requests.id = certificates.request_id);
+CREATE INDEX certificates_by_requester ON certificates(requester, valid_before);
+CREATE INDEX certificates_by_fingerprint ON certificates(fingerprint);
+CREATE INDEX certificates_revoked ON certificates(valid_before) WHERE revoked_at IS NOT NULL;
+CREATE TABLE revoked_keys (
+    fingerprint TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    revoked_by TEXT NOT NULL,
+    revoked_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE krl_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+) STRICT;
+INSERT INTO krl_state (id, version) VALUES (1, 0);
+"#,
+];
 
 impl Store {
     /// Opens (creating if needed) and migrates the database at `path`.
@@ -529,8 +571,9 @@ impl Tx<'_> {
     pub fn insert_certificate(&self, c: &CertRecord) -> Result<()> {
         self.tx.execute(
             "INSERT INTO certificates (serial, request_id, key_id, principals, valid_after,
-                 valid_before, fingerprint, ca_fingerprint, openssh, issued_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 valid_before, fingerprint, ca_fingerprint, openssh, issued_at, requester, role,
+                 revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 to_i64(c.serial),
                 c.request_id,
@@ -541,7 +584,10 @@ impl Tx<'_> {
                 c.fingerprint,
                 c.ca_fingerprint,
                 c.openssh,
-                to_i64(c.issued_at)
+                to_i64(c.issued_at),
+                c.requester,
+                c.role,
+                c.revoked_at.map(to_i64)
             ],
         )?;
         Ok(())
@@ -549,15 +595,140 @@ impl Tx<'_> {
 
     /// The certificate issued for a request.
     pub fn certificate_for_request(&self, request_id: &str) -> Result<Option<CertRecord>> {
-        let row = self
+        Ok(self
+            .query_certificates("WHERE request_id = ?1", params![request_id])?
+            .pop())
+    }
+
+    /// The certificate with this serial.
+    pub fn certificate_by_serial(&self, serial: u64) -> Result<Option<CertRecord>> {
+        Ok(self
+            .query_certificates("WHERE serial = ?1", params![to_i64(serial)])?
+            .pop())
+    }
+
+    /// Unrevoked certificates of a requester still valid at `now`.
+    pub fn live_certificates_of(&self, requester: &str, now: u64) -> Result<Vec<CertRecord>> {
+        self.query_certificates(
+            "WHERE requester = ?1 AND valid_before > ?2 AND revoked_at IS NULL",
+            params![requester, to_i64(now)],
+        )
+    }
+
+    /// Unrevoked certificates for a subject key still valid at `now`.
+    pub fn live_certificates_for_key(
+        &self,
+        fingerprint: &str,
+        now: u64,
+    ) -> Result<Vec<CertRecord>> {
+        self.query_certificates(
+            "WHERE fingerprint = ?1 AND valid_before > ?2 AND revoked_at IS NULL",
+            params![fingerprint, to_i64(now)],
+        )
+    }
+
+    /// Marks a certificate revoked; `false` if it was already.
+    pub fn revoke_certificate(&self, serial: u64, now: u64) -> Result<bool> {
+        let n = self.tx.execute(
+            "UPDATE certificates SET revoked_at = ?2 WHERE serial = ?1 AND revoked_at IS NULL",
+            params![to_i64(serial), to_i64(now)],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Revoked certificates that have not expired at `now`, by serial.
+    pub fn revoked_live_certificates(&self, now: u64) -> Result<Vec<RevokedCert>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT serial, key_id, ca_fingerprint FROM certificates
+             WHERE revoked_at IS NOT NULL AND valid_before > ?1 ORDER BY serial",
+        )?;
+        let rows = stmt
+            .query_map([to_i64(now)], |r| {
+                Ok(RevokedCert {
+                    serial: to_u64(r.get(0)?),
+                    key_id: r.get(1)?,
+                    ca_fingerprint: r.get(2)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Records a revoked subject key; `false` if it already was.
+    pub fn insert_revoked_key(
+        &self,
+        fingerprint: &str,
+        public_key: &str,
+        reason: &str,
+        by: &str,
+        now: u64,
+    ) -> Result<bool> {
+        let n = self.tx.execute(
+            "INSERT OR IGNORE INTO revoked_keys (fingerprint, public_key, reason, revoked_by, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![fingerprint, public_key, reason, by, to_i64(now)],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Whether a subject key is revoked.
+    pub fn key_revoked(&self, fingerprint: &str) -> Result<bool> {
+        Ok(self
             .tx
             .query_row(
-                "SELECT serial, request_id, key_id, principals, valid_after, valid_before,
-                        fingerprint, ca_fingerprint, openssh, issued_at
-                 FROM certificates WHERE request_id = ?1",
-                [request_id],
-                |r| {
-                    Ok((
+                "SELECT 1 FROM revoked_keys WHERE fingerprint = ?1",
+                [fingerprint],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Every revoked subject key, OpenSSH text.
+    pub fn revoked_keys(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT public_key FROM revoked_keys ORDER BY fingerprint")?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The KRL version now.
+    pub fn krl_version(&self) -> Result<u64> {
+        let v: i64 = self
+            .tx
+            .query_row("SELECT version FROM krl_state WHERE id = 1", [], |r| {
+                r.get(0)
+            })?;
+        Ok(to_u64(v))
+    }
+
+    /// Increments the KRL version and returns the new one.
+    pub fn bump_krl_version(&self) -> Result<u64> {
+        self.tx.execute(
+            "UPDATE krl_state SET version = version + 1 WHERE id = 1",
+            [],
+        )?;
+        self.krl_version()
+    }
+
+    fn query_certificates(
+        &self,
+        clause: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<CertRecord>> {
+        let sql = format!(
+            "SELECT serial, request_id, key_id, principals, valid_after, valid_before,
+                    fingerprint, ca_fingerprint, openssh, issued_at, requester, role, revoked_at
+             FROM certificates {clause}"
+        );
+        let mut stmt = self.tx.prepare_cached(&sql)?;
+        let rows = stmt
+            .query_map(args, |r| {
+                Ok((
+                    (
                         r.get::<_, i64>(0)?,
                         r.get::<_, String>(1)?,
                         r.get::<_, String>(2)?,
@@ -565,28 +736,37 @@ impl Tx<'_> {
                         r.get::<_, i64>(4)?,
                         r.get::<_, i64>(5)?,
                         r.get::<_, String>(6)?,
+                    ),
+                    (
                         r.get::<_, String>(7)?,
                         r.get::<_, String>(8)?,
                         r.get::<_, i64>(9)?,
-                    ))
-                },
-            )
-            .optional()?;
-        row.map(|r| {
-            Ok(CertRecord {
-                serial: to_u64(r.0),
-                request_id: r.1,
-                key_id: r.2,
-                principals: parse_list(&r.3)?,
-                valid_after: to_u64(r.4),
-                valid_before: to_u64(r.5),
-                fingerprint: r.6,
-                ca_fingerprint: r.7,
-                openssh: r.8,
-                issued_at: to_u64(r.9),
+                        r.get::<_, String>(10)?,
+                        r.get::<_, String>(11)?,
+                        r.get::<_, Option<i64>>(12)?,
+                    ),
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(a, b)| {
+                Ok(CertRecord {
+                    serial: to_u64(a.0),
+                    request_id: a.1,
+                    key_id: a.2,
+                    principals: parse_list(&a.3)?,
+                    valid_after: to_u64(a.4),
+                    valid_before: to_u64(a.5),
+                    fingerprint: a.6,
+                    ca_fingerprint: b.0,
+                    openssh: b.1,
+                    issued_at: to_u64(b.2),
+                    requester: b.3,
+                    role: b.4,
+                    revoked_at: b.5.map(to_u64),
+                })
             })
-        })
-        .transpose()
+            .collect()
     }
 
     // --- audit ---
@@ -760,6 +940,9 @@ mod tests {
             ca_fingerprint: "c".into(),
             openssh: "o".into(),
             issued_at: 1,
+            requester: "alice".into(),
+            role: "db".into(),
+            revoked_at: None,
         };
         s.transact(|tx| tx.insert_certificate(&cert(u64::MAX, "A")))
             .unwrap();

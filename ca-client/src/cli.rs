@@ -1,0 +1,279 @@
+//! Command-line declarations for `moshca`: arguments, subcommands and their help text.
+//!
+//! Only clap derive types and the value parsers they use live here. This module does no I/O
+//! and reads neither the environment nor the config file (that is `config`); doc comments
+//! are the help text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+/// Short-lived SSH certificates for production access, approved by a colleague.
+#[derive(Debug, Parser)]
+#[command(
+    name = "moshca",
+    version,
+    after_help = "Settings come from flags, then MOSHCA_SERVER, MOSHCA_CA_CERT, MOSHCA_TOKEN \
+                  (or MOSHCA_TOKEN_FILE), then ~/.config/moshca/config.toml (keys server, \
+                  ca_cert, token_file).\n\nExit codes: 0 ok, 1 error, 2 usage, 3 denied, \
+                  4 expired or timed out."
+)]
+pub struct Cli {
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted before or after any subcommand.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// CA server URL, e.g. https://ca.example.net:7443 [env: MOSHCA_SERVER]
+    #[arg(long, global = true, value_name = "URL")]
+    pub server: Option<String>,
+
+    /// PEM file with the CA server's TLS certificate [env: MOSHCA_CA_CERT]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// File holding your bearer token [env: MOSHCA_TOKEN_FILE; MOSHCA_TOKEN holds the token
+    /// itself]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Print machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More logs on stderr (-v, -vv, -vvv); RUST_LOG overrides
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Request access, wait for approval, and load the certificate into ssh-agent
+    Login(LoginArgs),
+    /// Request a certificate for an existing public key; prints the request id
+    Request(RequestArgs),
+    /// Show one request
+    Status(IdArgs),
+    /// Write the certificate of an issued request
+    Fetch(FetchArgs),
+    /// Cancel your own pending request
+    Cancel(IdArgs),
+    /// List your requests and those you may approve, newest first
+    Requests(RequestsArgs),
+    /// Approve a pending request
+    Approve(ApproveArgs),
+    /// Deny a pending request
+    Deny(DenyArgs),
+    /// Print the CA public keys hosts should trust (TrustedUserCAKeys)
+    CaKeys(CaKeysArgs),
+    /// Show who the server thinks you are and which roles you may request or approve
+    Whoami,
+}
+
+/// Arguments of `moshca login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Role to request, e.g. db-oncall
+    #[arg(long)]
+    pub role: String,
+
+    /// Login to request; repeat for several (default: all of the role's logins)
+    #[arg(long = "principal", value_name = "LOGIN")]
+    pub principals: Vec<String>,
+
+    /// Certificate lifetime, e.g. 30m (default: the role's default)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+
+    /// Why you need access, e.g. "INC-4312 replica lag"
+    #[arg(long)]
+    pub reason: String,
+
+    /// Stop waiting (and cancel the request) after this long, e.g. 10m (default: until the
+    /// request is decided or expires)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+/// Arguments of `moshca request`.
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// Role to request, e.g. db-oncall
+    #[arg(long)]
+    pub role: String,
+
+    /// Login to request; repeat for several (default: all of the role's logins)
+    #[arg(long = "principal", value_name = "LOGIN")]
+    pub principals: Vec<String>,
+
+    /// Certificate lifetime, e.g. 30m (default: the role's default)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+
+    /// Why you need access
+    #[arg(long)]
+    pub reason: String,
+
+    /// OpenSSH public key file to certify, e.g. ~/.ssh/id_ed25519.pub
+    #[arg(long, value_name = "FILE")]
+    pub public_key: PathBuf,
+}
+
+/// A command that takes only a request id.
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Request id
+    pub id: String,
+}
+
+/// Arguments of `moshca fetch`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Request id
+    pub id: String,
+
+    /// Write the certificate line to this file (default: stdout)
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// Arguments of `moshca requests`.
+#[derive(Debug, Args)]
+pub struct RequestsArgs {
+    /// Only requests still waiting for approval
+    #[arg(long)]
+    pub pending: bool,
+
+    /// Only your own requests
+    #[arg(long)]
+    pub mine: bool,
+}
+
+/// Arguments of `moshca approve`.
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// Request id
+    pub id: String,
+
+    /// Shorten the certificate lifetime to this, e.g. 15m
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+
+    /// A note for the audit log
+    #[arg(long)]
+    pub comment: Option<String>,
+}
+
+/// Arguments of `moshca deny`.
+#[derive(Debug, Args)]
+pub struct DenyArgs {
+    /// Request id
+    pub id: String,
+
+    /// Why, shown to the requester
+    #[arg(long)]
+    pub reason: String,
+}
+
+/// Arguments of `moshca ca-keys`.
+#[derive(Debug, Args)]
+pub struct CaKeysArgs {
+    /// Write the keys to this file instead of stdout
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// Parses a whole, positive number of seconds written like "90s", "30m" or "1h 30m".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|err| format!("{err}; write a number and a unit, e.g. 90s, 30m, 1h"))?;
+    if duration.is_zero() {
+        return Err("must be longer than zero".to_owned());
+    }
+    if duration.subsec_nanos() != 0 {
+        return Err("must be whole seconds".to_owned());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+    }
+
+    #[test]
+    fn bad_durations_are_refused_with_an_example() {
+        for text in ["", "abc", "30", "-5m", "10 parsecs"] {
+            let err = parse_duration(text).unwrap_err();
+            assert!(err.contains("e.g. 90s, 30m, 1h"), "{text:?}: {err}");
+        }
+        assert_eq!(
+            parse_duration("0s").unwrap_err(),
+            "must be longer than zero"
+        );
+        assert_eq!(
+            parse_duration("1500ms").unwrap_err(),
+            "must be whole seconds"
+        );
+    }
+
+    #[test]
+    fn declarations_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_after_the_subcommand_too() {
+        let cli = Cli::try_parse_from([
+            "moshca",
+            "login",
+            "--role",
+            "db",
+            "--reason",
+            "INC-1 lag",
+            "--principal",
+            "postgres",
+            "--principal",
+            "ubuntu",
+            "--server",
+            "https://ca:7443",
+            "--json",
+            "-vv",
+            "--ttl",
+            "30m",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.server.as_deref(), Some("https://ca:7443"));
+        assert!(cli.global.json);
+        assert_eq!(cli.global.verbose, 2);
+        let Command::Login(login) = cli.command else {
+            panic!("not login: {:?}", cli.command);
+        };
+        assert_eq!(login.principals, ["postgres", "ubuntu"]);
+        assert_eq!(login.ttl, Some(Duration::from_secs(1800)));
+        assert_eq!(login.timeout, None);
+    }
+
+    #[test]
+    fn a_bad_ttl_is_a_usage_error() {
+        let err = Cli::try_parse_from(["moshca", "approve", "ID", "--ttl", "soon"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--ttl"), "{err}");
+    }
+}

@@ -1,0 +1,574 @@
+//! The client's error type: one line saying what went wrong, a hint saying what to do next,
+//! and the process exit code.
+//!
+//! Every failure a user can see is a variant here, so `main` has exactly one place that turns
+//! an error into output and an exit code. Messages never contain the bearer token or key
+//! material; fields hold only ids, paths, server messages and error descriptions.
+
+use std::io;
+use std::path::PathBuf;
+
+use moshca_proto::v1::{AccessRequest, Decision};
+use tonic::Code;
+
+/// Exit codes of `moshca`, as documented in the contract.
+pub mod exit {
+    /// The command did what was asked.
+    pub const OK: u8 = 0;
+    /// Any failure without a more specific code.
+    pub const ERROR: u8 = 1;
+    /// Bad command line (clap exits with this itself).
+    pub const USAGE: u8 = 2;
+    /// An approver denied the request, or the server refused with PERMISSION_DENIED.
+    pub const DENIED: u8 = 3;
+    /// The request or certificate expired, or `--timeout` ran out.
+    pub const EXPIRED: u8 = 4;
+}
+
+/// The hint for a missing or refused bearer token.
+const TOKEN_HINT: &str = "set MOSHCA_TOKEN or MOSHCA_TOKEN_FILE (or pass --token-file); \
+                          ask the CA operator for one with `moshca-server user token NAME`";
+/// The hint for a server that cannot be reached.
+const SERVER_HINT: &str = "check MOSHCA_SERVER (or --server) and that the moshca server runs";
+
+/// Everything that can make a `moshca` command fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No server URL from flags, environment or config file.
+    #[error("no CA server configured")]
+    MissingServer,
+    /// No PEM file to trust the server's TLS certificate with.
+    #[error("no TLS certificate configured to trust the CA server with")]
+    MissingCaCert,
+    /// The server URL is not an `https://` URL.
+    #[error("invalid server URL {url:?}: {reason}")]
+    BadServerUrl {
+        /// The URL as given.
+        url: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The config file does not parse or has unknown keys.
+    #[error("invalid config file {}: {message}", path.display())]
+    ConfigFile {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, on one line.
+        message: String,
+    },
+    /// No bearer token from `MOSHCA_TOKEN`, a token file or the config file.
+    #[error("no bearer token configured")]
+    MissingToken,
+    /// The token is empty or cannot travel in an HTTP header.
+    #[error("invalid bearer token from {origin}: {reason}")]
+    BadToken {
+        /// Where the token came from (`MOSHCA_TOKEN` or a file path); never the token.
+        origin: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A file could not be read.
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Read {
+        /// What the file was supposed to hold.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// A file could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// Standard output could not be written.
+    #[error("cannot write to standard output: {0}")]
+    Stdout(io::Error),
+    /// The CA certificate file holds no PEM certificate.
+    #[error("{} holds no PEM certificate", path.display())]
+    BadCaCert {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The TLS connection to the server could not be set up.
+    #[error("cannot connect to {server}: {detail}")]
+    Connect {
+        /// The server URL.
+        server: String,
+        /// The transport error chain, on one line.
+        detail: String,
+    },
+    /// The server answered a call with an error status.
+    #[error("{call}: {message}")]
+    Rpc {
+        /// What we asked for, e.g. "create request".
+        call: &'static str,
+        /// The gRPC status code.
+        code: Code,
+        /// The server's one-line message (or the transport error chain).
+        message: String,
+    },
+    /// `login` needs an ssh-agent and `SSH_AUTH_SOCK` is not set.
+    #[error("SSH_AUTH_SOCK is not set: no ssh-agent to load the certificate into")]
+    NoAgent,
+    /// Talking to ssh-agent failed.
+    #[error("ssh-agent at {}: {detail}", socket.display())]
+    Agent {
+        /// The agent socket.
+        socket: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The `--public-key` file is not a usable OpenSSH public key.
+    #[error("{}: {detail}", path.display())]
+    PublicKey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The ephemeral key could not be made or encoded.
+    #[error("cannot make an ephemeral key: {0}")]
+    Key(String),
+    /// An approver denied the request.
+    #[error("request {id} was denied by {by}: {reason}")]
+    Denied {
+        /// The request id.
+        id: String,
+        /// Who denied it.
+        by: String,
+        /// The reason they gave.
+        reason: String,
+    },
+    /// The request expired before enough approvers approved it.
+    #[error("request {id} expired before it was approved")]
+    Expired {
+        /// The request id.
+        id: String,
+    },
+    /// `--timeout` ran out while waiting.
+    #[error("gave up waiting for request {id} after {after}; {}", cancel_note(*.cancelled))]
+    TimedOut {
+        /// The request id.
+        id: String,
+        /// The timeout, human readable.
+        after: String,
+        /// Whether the request was cancelled on the server.
+        cancelled: bool,
+    },
+    /// Ctrl-C while waiting.
+    #[error("interrupted while waiting for request {id}; {}", cancel_note(*.cancelled))]
+    Interrupted {
+        /// The request id.
+        id: String,
+        /// Whether the request was cancelled on the server.
+        cancelled: bool,
+    },
+    /// The request was cancelled (by its requester, elsewhere).
+    #[error("request {id} was cancelled")]
+    Cancelled {
+        /// The request id.
+        id: String,
+    },
+    /// The request has no certificate yet.
+    #[error("request {id} is still pending")]
+    Pending {
+        /// The request id.
+        id: String,
+    },
+    /// The certificate's validity has already ended.
+    #[error("the certificate of request {id} expired at {at}")]
+    CertificateExpired {
+        /// The request id.
+        id: String,
+        /// When it expired, RFC 3339.
+        at: String,
+    },
+    /// The server sent a certificate that is not the one we asked for.
+    #[error("the certificate for request {id} does not match the request: {detail}")]
+    CertificateMismatch {
+        /// The request id.
+        id: String,
+        /// What does not match.
+        detail: String,
+    },
+    /// The server's answer makes no sense (missing fields, unparsable certificate).
+    #[error("unexpected answer from the server: {0}")]
+    BadResponse(String),
+}
+
+/// The tail of the timeout and interrupt messages.
+fn cancel_note(cancelled: bool) -> &'static str {
+    if cancelled {
+        "the request was cancelled"
+    } else {
+        "the request could not be cancelled and will expire on its own"
+    }
+}
+
+/// The result type of the client library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The error for a denied request, naming who denied it and why.
+    pub fn denied(request: &AccessRequest) -> Self {
+        let review = request
+            .reviews
+            .iter()
+            .rev()
+            .find(|r| r.decision == Decision::Deny as i32);
+        Error::Denied {
+            id: request.id.clone(),
+            by: review.map_or_else(|| "an approver".to_owned(), |r| r.approver.clone()),
+            reason: review
+                .map(|r| one_line(&r.comment))
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "no reason given".to_owned()),
+        }
+    }
+
+    /// An error for a failed call, keeping the status code and a one-line message.
+    ///
+    /// Transport failures arrive with a generic message; their cause chain is appended so
+    /// "connection refused" or a certificate error is visible.
+    pub fn rpc(call: &'static str, status: &tonic::Status) -> Self {
+        let mut message = one_line(status.message());
+        if message.is_empty() {
+            message = status.code().description().to_owned();
+        }
+        let chain = source_chain(status);
+        if !chain.is_empty() && !message.contains(&chain) {
+            message = format!("{message}: {chain}");
+        }
+        Error::Rpc {
+            call,
+            code: status.code(),
+            message,
+        }
+    }
+
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Denied { .. } => exit::DENIED,
+            Error::Rpc {
+                code: Code::PermissionDenied,
+                ..
+            } => exit::DENIED,
+            Error::Expired { .. } | Error::TimedOut { .. } | Error::CertificateExpired { .. } => {
+                exit::EXPIRED
+            }
+            _ => exit::ERROR,
+        }
+    }
+
+    /// What the user should do next, when there is something useful to say.
+    pub fn hint(&self) -> Option<String> {
+        let hint = match self {
+            Error::MissingServer => {
+                "set MOSHCA_SERVER or pass --server (e.g. https://ca.example.net:7443), \
+                 or put `server = \"https://...\"` in ~/.config/moshca/config.toml"
+            }
+            Error::MissingCaCert => {
+                "set MOSHCA_CA_CERT or pass --ca-cert with the server's TLS certificate \
+                 (DIR/tls/cert.pem on the CA host), or put `ca_cert = \"...\"` in \
+                 ~/.config/moshca/config.toml"
+            }
+            Error::BadServerUrl { .. } => "use https://HOST:PORT, e.g. https://127.0.0.1:7443",
+            Error::ConfigFile { .. } => "fix the file; its keys are server, ca_cert and token_file",
+            Error::MissingToken => TOKEN_HINT,
+            Error::BadToken { .. } => {
+                "the token is the `mca_...` line printed by `moshca-server user add` or \
+                 `moshca-server user token NAME`"
+            }
+            Error::BadCaCert { .. } => {
+                "point MOSHCA_CA_CERT (or --ca-cert) at the server's DIR/tls/cert.pem"
+            }
+            Error::Connect { .. } => {
+                "check MOSHCA_SERVER (or --server) and that the moshca server runs; a \
+                 certificate error means MOSHCA_CA_CERT does not match the server's TLS \
+                 certificate"
+            }
+            Error::Rpc { code, .. } => return rpc_hint(*code).map(str::to_owned),
+            Error::NoAgent => {
+                "start an agent with `eval \"$(ssh-agent)\"`, then run `moshca login` again"
+            }
+            Error::Agent { .. } => {
+                "check that ssh-agent runs and SSH_AUTH_SOCK points at it (`ssh-add -l`)"
+            }
+            Error::PublicKey { .. } => {
+                "pass an OpenSSH public key file, e.g. --public-key ~/.ssh/id_ed25519.pub"
+            }
+            Error::Denied { .. } => "ask the approver, or make a new request with a clearer reason",
+            Error::Expired { .. } => {
+                "nobody approved it in time; make a new request and ask an approver to run \
+                 `moshca approve ID`"
+            }
+            Error::TimedOut { .. } => {
+                "ask an approver first, or wait longer with --timeout (e.g. --timeout 30m)"
+            }
+            Error::Cancelled { .. } => "make a new request",
+            Error::Pending { id } => {
+                return Some(format!(
+                    "wait for an approver; `moshca status {id}` shows who may approve"
+                ));
+            }
+            Error::CertificateExpired { .. } => "make a new request",
+            Error::CertificateMismatch { .. } => {
+                "nothing was added to ssh-agent; report this to the CA operator"
+            }
+            Error::BadResponse(_) => {
+                "check that MOSHCA_SERVER points at a moshca server of a matching version"
+            }
+            Error::Read { .. }
+            | Error::Write { .. }
+            | Error::Stdout(_)
+            | Error::Key(_)
+            | Error::Interrupted { .. } => return None,
+        };
+        Some(hint.to_owned())
+    }
+}
+
+/// What to do after the server refused a call with `code`.
+///
+/// The server's own messages already say what to do next for refusals it decides
+/// (PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION, INVALID_ARGUMENT), so only codes
+/// where the fix is on the client's side get a hint.
+fn rpc_hint(code: Code) -> Option<&'static str> {
+    match code {
+        Code::Unauthenticated => Some(TOKEN_HINT),
+        Code::Unavailable => Some(SERVER_HINT),
+        Code::DeadlineExceeded => Some("the server did not answer in time; try again"),
+        Code::ResourceExhausted => Some("wait a little and try again"),
+        _ => None,
+    }
+}
+
+/// Prints `err` to stderr as `moshca: error: ...` and, if there is one, `moshca: hint: ...`.
+pub fn report(err: &Error) {
+    eprintln!("moshca: error: {err}");
+    if let Some(hint) = err.hint() {
+        eprintln!("moshca: hint: {hint}");
+    }
+}
+
+/// `text` with line breaks folded into spaces, so every error stays one line.
+pub(crate) fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The `source()` chain of `err` (not `err` itself), joined with ": ".
+pub(crate) fn source_chain(err: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let text = one_line(&cause.to_string());
+        // hyper and tonic repeat their cause in their own message; keep each text once.
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = cause.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_kind() -> Vec<(Error, u8)> {
+        let io = || io::Error::new(io::ErrorKind::NotFound, "gone");
+        let rpc = |code| Error::rpc("create request", &tonic::Status::new(code, "no"));
+        vec![
+            (Error::MissingServer, 1),
+            (Error::MissingCaCert, 1),
+            (
+                Error::BadServerUrl {
+                    url: "x".into(),
+                    reason: "y".into(),
+                },
+                1,
+            ),
+            (
+                Error::ConfigFile {
+                    path: "c".into(),
+                    message: "m".into(),
+                },
+                1,
+            ),
+            (Error::MissingToken, 1),
+            (
+                Error::BadToken {
+                    origin: "MOSHCA_TOKEN".into(),
+                    reason: "empty",
+                },
+                1,
+            ),
+            (
+                Error::Read {
+                    what: "token file",
+                    path: "t".into(),
+                    source: io(),
+                },
+                1,
+            ),
+            (
+                Error::Write {
+                    path: "o".into(),
+                    source: io(),
+                },
+                1,
+            ),
+            (Error::Stdout(io()), 1),
+            (Error::BadCaCert { path: "c".into() }, 1),
+            (
+                Error::Connect {
+                    server: "s".into(),
+                    detail: "d".into(),
+                },
+                1,
+            ),
+            (rpc(Code::Unauthenticated), 1),
+            (rpc(Code::Unavailable), 1),
+            (rpc(Code::InvalidArgument), 1),
+            (rpc(Code::NotFound), 1),
+            (rpc(Code::FailedPrecondition), 1),
+            (rpc(Code::Internal), 1),
+            (rpc(Code::PermissionDenied), 3),
+            (Error::NoAgent, 1),
+            (
+                Error::Agent {
+                    socket: "a".into(),
+                    detail: "d".into(),
+                },
+                1,
+            ),
+            (
+                Error::PublicKey {
+                    path: "k".into(),
+                    detail: "d".into(),
+                },
+                1,
+            ),
+            (Error::Key("k".into()), 1),
+            (
+                Error::Denied {
+                    id: "r".into(),
+                    by: "bob".into(),
+                    reason: "no".into(),
+                },
+                3,
+            ),
+            (Error::Expired { id: "r".into() }, 4),
+            (
+                Error::TimedOut {
+                    id: "r".into(),
+                    after: "10m".into(),
+                    cancelled: true,
+                },
+                4,
+            ),
+            (
+                Error::Interrupted {
+                    id: "r".into(),
+                    cancelled: true,
+                },
+                1,
+            ),
+            (Error::Cancelled { id: "r".into() }, 1),
+            (Error::Pending { id: "r".into() }, 1),
+            (
+                Error::CertificateExpired {
+                    id: "r".into(),
+                    at: "t".into(),
+                },
+                4,
+            ),
+            (
+                Error::CertificateMismatch {
+                    id: "r".into(),
+                    detail: "d".into(),
+                },
+                1,
+            ),
+            (Error::BadResponse("b".into()), 1),
+        ]
+    }
+
+    #[test]
+    fn exit_codes_follow_the_contract() {
+        for (err, code) in every_kind() {
+            assert_eq!(err.exit_code(), code, "{err:?}");
+        }
+        assert_eq!(exit::OK, 0);
+        assert_eq!(exit::USAGE, 2);
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        for (err, _) in every_kind() {
+            let text = err.to_string();
+            assert!(!text.is_empty() && !text.contains('\n'), "{text:?}");
+            if let Some(hint) = err.hint() {
+                assert!(!hint.contains('\n'), "{hint:?}");
+            }
+        }
+        let multi = Error::rpc(
+            "approve",
+            &tonic::Status::permission_denied("you may not\napprove this"),
+        );
+        assert_eq!(multi.to_string(), "approve: you may not approve this");
+    }
+
+    #[test]
+    fn hints_say_what_to_do() {
+        let unauth = Error::rpc("whoami", &tonic::Status::unauthenticated("bad token"));
+        let hint = unauth.hint().unwrap();
+        assert!(hint.contains("MOSHCA_TOKEN") && hint.contains("MOSHCA_TOKEN_FILE"));
+        assert!(hint.contains("moshca-server user token NAME"));
+
+        let down = Error::rpc("whoami", &tonic::Status::unavailable("down"));
+        assert!(down.hint().unwrap().contains("MOSHCA_SERVER"));
+
+        assert!(Error::MissingServer.hint().unwrap().contains("--server"));
+        assert!(
+            Error::NoAgent
+                .hint()
+                .unwrap()
+                .contains("eval \"$(ssh-agent)\"")
+        );
+    }
+
+    #[test]
+    fn empty_status_message_falls_back_to_the_code() {
+        let err = Error::rpc("whoami", &tonic::Status::new(Code::Internal, ""));
+        assert_eq!(err.to_string(), "whoami: Internal error");
+    }
+
+    #[test]
+    fn denial_names_the_approver_and_reason() {
+        let mut req = AccessRequest {
+            id: "01JREQ".into(),
+            ..AccessRequest::default()
+        };
+        req.reviews = vec![moshca_proto::v1::Review {
+            approver: "bob".into(),
+            decision: Decision::Deny as i32,
+            comment: "use the replica".into(),
+            at: 1,
+        }];
+        let err = Error::denied(&req);
+        assert_eq!(
+            err.to_string(),
+            "request 01JREQ was denied by bob: use the replica"
+        );
+        assert_eq!(err.exit_code(), 3);
+        req.reviews[0].comment.clear();
+        assert!(Error::denied(&req).to_string().ends_with("no reason given"));
+    }
+}

@@ -1,0 +1,79 @@
+//! `moshca`, the command-line client of the moshca SSH certificate authority.
+//!
+//! An engineer runs `moshca login --role R --reason TEXT`; the client makes an in-memory
+//! ed25519 key, asks the CA for a certificate, waits while a colleague approves, and loads
+//! key and certificate into ssh-agent for exactly the certificate's lifetime. The other
+//! commands request, inspect, approve, deny and cancel requests.
+//!
+//! # Layout
+//!
+//! | module | job |
+//! |---|---|
+//! | [`cli`] | clap declarations: arguments, subcommands, help text |
+//! | [`config`] | settings: flags, then environment, then `~/.config/moshca/config.toml` |
+//! | [`rpc`] | TLS channel to the server, bearer token on every call |
+//! | [`keys`] | the ephemeral key of `login`; reading public key files for `request` |
+//! | [`login`] | the login flow: request, wait, check, load into the agent |
+//! | [`wait`] | following a request until it is decided, times out or is interrupted |
+//! | [`agent`] | adding key + certificate to ssh-agent with a lifetime |
+//! | [`commands`] | every command but `login`: a call or two and a result |
+//! | [`output`] | the only writer of stdout: human text or `--json` |
+//! | [`error`] | the error type, its hints and exit codes |
+//! | [`clock`] | the one reader of the wall clock |
+//!
+//! `main.rs` only parses arguments, sets up logging and calls [`run`].
+
+pub mod agent;
+pub mod cli;
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod login;
+pub mod output;
+pub mod rpc;
+pub mod wait;
+
+use crate::cli::{Cli, Command};
+use crate::error::{Error, Result};
+use crate::output::Output;
+
+/// Runs one `moshca` command.
+pub async fn run(cli: Cli) -> Result<()> {
+    let env = config::Env::from_process();
+    let flags = config::Flags {
+        server: cli.global.server.clone(),
+        ca_cert: cli.global.ca_cert.clone(),
+        token_file: cli.global.token_file.clone(),
+    };
+    let settings = config::load(&flags, &env)?;
+    let out = Output::new(cli.global.json);
+
+    // The CA public keys are public: do not send the token where it is not needed.
+    if let Command::CaKeys(args) = &cli.command {
+        let mut client = rpc::connect(&settings.server, &settings.ca_cert, None).await?;
+        return commands::ca_keys(&mut client, args, out).await;
+    }
+    let agent_socket = match &cli.command {
+        Command::Login(_) => Some(env.ssh_auth_sock.as_deref().ok_or(Error::NoAgent)?),
+        _ => None,
+    };
+    let token = settings.token()?;
+    let mut client = rpc::connect(&settings.server, &settings.ca_cert, Some(&token)).await?;
+    drop(token);
+
+    match (&cli.command, agent_socket) {
+        (Command::Login(args), Some(socket)) => login::run(&mut client, args, socket, out).await,
+        (Command::Login(_), None) => Err(Error::NoAgent),
+        (Command::Request(args), _) => commands::request(&mut client, args, out).await,
+        (Command::Status(args), _) => commands::status(&mut client, &args.id, out).await,
+        (Command::Fetch(args), _) => commands::fetch(&mut client, args, out).await,
+        (Command::Cancel(args), _) => commands::cancel(&mut client, &args.id, out).await,
+        (Command::Requests(args), _) => commands::requests(&mut client, args, out).await,
+        (Command::Approve(args), _) => commands::approve(&mut client, args, out).await,
+        (Command::Deny(args), _) => commands::deny(&mut client, args, out).await,
+        (Command::CaKeys(args), _) => commands::ca_keys(&mut client, args, out).await,
+        (Command::Whoami, _) => commands::whoami(&mut client, out).await,
+    }
+}

@@ -1,0 +1,634 @@
+//! What the user reads: command results on stdout (human text or `--json`) and the
+//! `moshca: ...` notices on stderr.
+//!
+//! This is the only module that writes stdout. It formats; it makes no calls, reads no
+//! clock (callers pass `now`) and decides nothing. JSON field names are part of the contract
+//! and must not change.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use moshca_proto::v1::{AccessRequest, Decision, State, WhoAmIResponse};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Where results go, and in which form.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    json: bool,
+}
+
+impl Output {
+    /// Human text, or JSON when `json`.
+    pub fn new(json: bool) -> Self {
+        Output { json }
+    }
+
+    /// `moshca status`: the whole request.
+    pub fn request(&self, request: &AccessRequest) -> Result<()> {
+        if self.json {
+            return print_json(&RequestView::from(request));
+        }
+        print_text(&describe(request))
+    }
+
+    /// `moshca request`: the id alone on a line (or the request as JSON).
+    pub fn created(&self, request: &AccessRequest) -> Result<()> {
+        if self.json {
+            return print_json(&RequestView::from(request));
+        }
+        print_text(&format!("{}\n", request.id))
+    }
+
+    /// `moshca requests`: one line per request.
+    pub fn requests(&self, requests: &[AccessRequest]) -> Result<()> {
+        if self.json {
+            let views: Vec<RequestView<'_>> = requests.iter().map(RequestView::from).collect();
+            return print_json(&views);
+        }
+        if requests.is_empty() {
+            notice("no matching requests");
+            return Ok(());
+        }
+        print_text(&table(requests))
+    }
+
+    /// `moshca approve` / `moshca deny`: the request after the review.
+    pub fn reviewed(&self, request: &AccessRequest, decision: Decision) -> Result<()> {
+        if self.json {
+            return print_json(&RequestView::from(request));
+        }
+        let id = &request.id;
+        let line = match (decision, state(request)) {
+            (Decision::Deny, _) => format!("denied request {id}\n"),
+            (_, State::Issued) => format!("approved request {id}: certificate issued\n"),
+            (_, State::Pending) => format!(
+                "approved request {id}: {} of {} approvals, still pending\n",
+                approvals(request),
+                request.approvals_required
+            ),
+            (_, other) => format!("approved request {id}: now {}\n", state_name(other)),
+        };
+        print_text(&line)
+    }
+
+    /// `moshca cancel`.
+    pub fn cancelled(&self, request: &AccessRequest) -> Result<()> {
+        if self.json {
+            return print_json(&RequestView::from(request));
+        }
+        print_text(&format!("cancelled request {}\n", request.id))
+    }
+
+    /// `moshca fetch`: the certificate line on stdout, or a note that it went to `out`.
+    pub fn fetched(&self, request: &AccessRequest, out: Option<&Path>, line: &str) -> Result<()> {
+        if self.json {
+            return print_json(&RequestView::from(request));
+        }
+        match out {
+            None => print_text(&format!("{line}\n")),
+            Some(path) => print_text(&format!(
+                "wrote the certificate of request {} to {}\n",
+                request.id,
+                path.display()
+            )),
+        }
+    }
+
+    /// `moshca ca-keys`: the key lines, or a note that they went to `out`.
+    pub fn ca_keys(&self, keys: &[String], out: Option<&Path>) -> Result<()> {
+        if self.json {
+            #[derive(Serialize)]
+            struct View<'a> {
+                public_keys: &'a [String],
+            }
+            return print_json(&View { public_keys: keys });
+        }
+        match out {
+            None => print_text(&ca_keys_file(keys)),
+            Some(path) => print_text(&format!(
+                "wrote {} CA public key{} to {}\n",
+                keys.len(),
+                if keys.len() == 1 { "" } else { "s" },
+                path.display()
+            )),
+        }
+    }
+
+    /// `moshca whoami`.
+    pub fn whoami(&self, who: &WhoAmIResponse) -> Result<()> {
+        if self.json {
+            #[derive(Serialize)]
+            struct View<'a> {
+                name: &'a str,
+                groups: &'a [String],
+                requestable_roles: &'a [String],
+                approvable_roles: &'a [String],
+            }
+            return print_json(&View {
+                name: &who.name,
+                groups: &who.groups,
+                requestable_roles: &who.requestable_roles,
+                approvable_roles: &who.approvable_roles,
+            });
+        }
+        print_text(&format!(
+            "name:        {}\ngroups:      {}\nmay request: {}\nmay approve: {}\n",
+            who.name,
+            list_or_none(&who.groups),
+            list_or_none(&who.requestable_roles),
+            list_or_none(&who.approvable_roles),
+        ))
+    }
+
+    /// `moshca login` succeeded: the certificate is in the agent.
+    pub fn logged_in(&self, request: &AccessRequest, valid_before: u64, now: i64) -> Result<()> {
+        if self.json {
+            return print_json(&RequestView::from(request));
+        }
+        print_text(&format!("{}\n", logged_in_line(request, valid_before, now)))
+    }
+}
+
+/// Prints `moshca: {message}` on stderr.
+pub fn notice(message: &str) {
+    eprintln!("moshca: {message}");
+}
+
+/// Prints `moshca: warning: {message}` on stderr.
+pub fn warning(message: &str) {
+    eprintln!("moshca: warning: {message}");
+}
+
+/// The text of a CA public keys file: one key per line.
+pub fn ca_keys_file(keys: &[String]) -> String {
+    keys.iter().map(|k| format!("{}\n", k.trim())).collect()
+}
+
+/// `certificate for request ID added to ssh-agent: principals P1,P2; valid until T (R)`.
+fn logged_in_line(request: &AccessRequest, valid_before: u64, now: i64) -> String {
+    let remaining = valid_before.saturating_sub(u64::try_from(now).unwrap_or(0));
+    format!(
+        "certificate for request {} added to ssh-agent: principals {}; valid until {} ({})",
+        request.id,
+        request.principals.join(","),
+        rfc3339(i64::try_from(valid_before).unwrap_or(i64::MAX)),
+        humantime::format_duration(Duration::from_secs(remaining)),
+    )
+}
+
+/// Writes `text` to stdout; a closed pipe (`moshca requests | head`) is not an error.
+fn print_text(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Stdout(err)),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `value` as pretty JSON and a newline to stdout.
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|err| Error::Stdout(std::io::Error::other(err)))?;
+    print_text(&format!("{text}\n"))
+}
+
+/// The request's state, `Unspecified` for values this client does not know.
+pub fn state(request: &AccessRequest) -> State {
+    State::try_from(request.state).unwrap_or(State::Unspecified)
+}
+
+/// The contract's name for a state.
+fn state_name(state: State) -> &'static str {
+    match state {
+        State::Pending => "pending",
+        State::Issued => "issued",
+        State::Denied => "denied",
+        State::Cancelled => "cancelled",
+        State::Expired => "expired",
+        State::Unspecified => "unknown",
+    }
+}
+
+/// The contract's name for a review decision.
+fn decision_name(decision: i32) -> &'static str {
+    match Decision::try_from(decision) {
+        Ok(Decision::Approve) => "approve",
+        Ok(Decision::Deny) => "deny",
+        _ => "unknown",
+    }
+}
+
+/// How many approvals the request has.
+fn approvals(request: &AccessRequest) -> usize {
+    request
+        .reviews
+        .iter()
+        .filter(|r| r.decision == Decision::Approve as i32)
+        .count()
+}
+
+/// Unix seconds as RFC 3339 UTC (`2025-01-02T03:04:05Z`).
+pub fn rfc3339(unix: i64) -> String {
+    let secs = u64::try_from(unix).unwrap_or(0);
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// A number of seconds the way people write them (`30m`, `1h 30m`).
+fn human_secs(secs: u64) -> String {
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "(none)".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// The human form of one request, for `moshca status`.
+fn describe(r: &AccessRequest) -> String {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("request", r.id.clone()),
+        ("state", {
+            let s = state(r);
+            if s == State::Pending {
+                format!(
+                    "pending ({} of {} approvals)",
+                    approvals(r),
+                    r.approvals_required
+                )
+            } else {
+                state_name(s).to_owned()
+            }
+        }),
+        ("requester", r.requester.clone()),
+        ("role", r.role.clone()),
+        ("principals", r.principals.join(",")),
+        ("ttl", human_secs(r.ttl_secs)),
+        ("reason", r.reason.clone()),
+        ("key", r.fingerprint.clone()),
+        ("created", rfc3339(r.created_at)),
+    ];
+    if state(r) == State::Pending {
+        rows.push(("expires", rfc3339(r.expires_at)));
+    }
+    rows.push(("approvers", list_or_none(&r.approvers)));
+    for review in &r.reviews {
+        let verb = match decision_name(review.decision) {
+            "approve" => "approved",
+            "deny" => "denied",
+            other => other,
+        };
+        let comment = if review.comment.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", review.comment)
+        };
+        rows.push((
+            "review",
+            format!(
+                "{} {verb} at {}{comment}",
+                review.approver,
+                rfc3339(review.at)
+            ),
+        ));
+    }
+    if r.serial != 0 {
+        rows.push(("serial", r.serial.to_string()));
+    }
+    if r.valid_before != 0 {
+        rows.push(("valid until", rfc3339(r.valid_before)));
+    }
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    rows.iter()
+        .map(|(k, v)| format!("{:<width$} {v}\n", format!("{k}:")))
+        .collect()
+}
+
+/// The human form of a list of requests, for `moshca requests`.
+fn table(requests: &[AccessRequest]) -> String {
+    let mut rows = vec![[
+        "ID".to_owned(),
+        "STATE".to_owned(),
+        "REQUESTER".to_owned(),
+        "ROLE".to_owned(),
+        "PRINCIPALS".to_owned(),
+        "TTL".to_owned(),
+        "CREATED".to_owned(),
+        "REASON".to_owned(),
+    ]];
+    for r in requests {
+        rows.push([
+            r.id.clone(),
+            state_name(state(r)).to_owned(),
+            r.requester.clone(),
+            r.role.clone(),
+            r.principals.join(","),
+            human_secs(r.ttl_secs),
+            rfc3339(r.created_at),
+            r.reason.clone(),
+        ]);
+    }
+    let mut widths = [0usize; 8];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// The JSON form of a request (see the contract).
+#[derive(Debug, Serialize)]
+pub struct RequestView<'a> {
+    id: &'a str,
+    requester: &'a str,
+    role: &'a str,
+    principals: &'a [String],
+    ttl_secs: u64,
+    reason: &'a str,
+    fingerprint: &'a str,
+    state: &'static str,
+    created_at: i64,
+    expires_at: i64,
+    approvers: &'a [String],
+    approvals_required: u32,
+    reviews: Vec<ReviewView<'a>>,
+    serial: Option<u64>,
+    valid_before: Option<i64>,
+    certificate: Option<CertificateView<'a>>,
+}
+
+/// The JSON form of a review.
+#[derive(Debug, Serialize)]
+struct ReviewView<'a> {
+    approver: &'a str,
+    decision: &'static str,
+    comment: &'a str,
+    at: i64,
+}
+
+/// The JSON form of a certificate.
+#[derive(Debug, Serialize)]
+struct CertificateView<'a> {
+    openssh: &'a str,
+    serial: u64,
+    key_id: &'a str,
+    principals: &'a [String],
+    valid_after: i64,
+    valid_before: i64,
+}
+
+impl<'a> From<&'a AccessRequest> for RequestView<'a> {
+    fn from(r: &'a AccessRequest) -> Self {
+        RequestView {
+            id: &r.id,
+            requester: &r.requester,
+            role: &r.role,
+            principals: &r.principals,
+            ttl_secs: r.ttl_secs,
+            reason: &r.reason,
+            fingerprint: &r.fingerprint,
+            state: state_name(state(r)),
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            approvers: &r.approvers,
+            approvals_required: r.approvals_required,
+            reviews: r
+                .reviews
+                .iter()
+                .map(|v| ReviewView {
+                    approver: &v.approver,
+                    decision: decision_name(v.decision),
+                    comment: &v.comment,
+                    at: v.at,
+                })
+                .collect(),
+            serial: (r.serial != 0).then_some(r.serial),
+            valid_before: (r.valid_before != 0).then_some(r.valid_before),
+            certificate: r.certificate.as_ref().map(|c| CertificateView {
+                openssh: &c.openssh,
+                serial: c.serial,
+                key_id: &c.key_id,
+                principals: &c.principals,
+                valid_after: c.valid_after,
+                valid_before: c.valid_before,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moshca_proto::v1::{Certificate, Review};
+    use serde_json::{Value, json};
+
+    const NOW: i64 = 1_750_000_000;
+
+    fn pending() -> AccessRequest {
+        AccessRequest {
+            id: "01JREQ".into(),
+            requester: "alice".into(),
+            role: "db-oncall".into(),
+            principals: vec!["postgres".into(), "ubuntu".into()],
+            ttl_secs: 1800,
+            reason: "INC-4312 replica lag".into(),
+            fingerprint: "SHA256:abc".into(),
+            state: State::Pending as i32,
+            reviews: vec![],
+            created_at: NOW,
+            expires_at: NOW + 3600,
+            approvers: vec!["group:sre-leads".into()],
+            approvals_required: 1,
+            certificate: None,
+            serial: 0,
+            valid_before: 0,
+        }
+    }
+
+    fn issued() -> AccessRequest {
+        AccessRequest {
+            state: State::Issued as i32,
+            reviews: vec![Review {
+                approver: "bob".into(),
+                decision: Decision::Approve as i32,
+                comment: "ok".into(),
+                at: NOW + 60,
+            }],
+            certificate: Some(Certificate {
+                openssh: "ssh-ed25519-cert-v01@openssh.com AAAA".into(),
+                serial: 42,
+                key_id: "moshca:req=01JREQ".into(),
+                principals: vec!["postgres".into(), "ubuntu".into()],
+                valid_after: NOW,
+                valid_before: NOW + 1860,
+            }),
+            serial: 42,
+            valid_before: NOW + 1860,
+            ..pending()
+        }
+    }
+
+    #[test]
+    fn pending_request_json_has_every_field_and_nulls() {
+        let value = serde_json::to_value(RequestView::from(&pending())).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "id": "01JREQ",
+                "requester": "alice",
+                "role": "db-oncall",
+                "principals": ["postgres", "ubuntu"],
+                "ttl_secs": 1800,
+                "reason": "INC-4312 replica lag",
+                "fingerprint": "SHA256:abc",
+                "state": "pending",
+                "created_at": NOW,
+                "expires_at": NOW + 3600,
+                "approvers": ["group:sre-leads"],
+                "approvals_required": 1,
+                "reviews": [],
+                "serial": null,
+                "valid_before": null,
+                "certificate": null,
+            })
+        );
+    }
+
+    #[test]
+    fn issued_request_json_carries_reviews_and_certificate() {
+        let value = serde_json::to_value(RequestView::from(&issued())).unwrap();
+        assert_eq!(value["state"], "issued");
+        assert_eq!(value["serial"], 42);
+        assert_eq!(value["valid_before"], NOW + 1860);
+        assert_eq!(
+            value["reviews"],
+            json!([{"approver": "bob", "decision": "approve", "comment": "ok", "at": NOW + 60}])
+        );
+        let cert = &value["certificate"];
+        assert_eq!(cert["serial"], 42);
+        assert_eq!(cert["key_id"], "moshca:req=01JREQ");
+        assert_eq!(cert["principals"], json!(["postgres", "ubuntu"]));
+        assert_eq!(cert["valid_after"], NOW);
+        assert_eq!(cert["valid_before"], NOW + 1860);
+        assert!(
+            cert["openssh"]
+                .as_str()
+                .unwrap()
+                .starts_with("ssh-ed25519-cert")
+        );
+    }
+
+    #[test]
+    fn every_state_has_its_contract_name() {
+        let names: Vec<Value> = [
+            State::Pending,
+            State::Issued,
+            State::Denied,
+            State::Cancelled,
+            State::Expired,
+        ]
+        .into_iter()
+        .map(|s| {
+            let r = AccessRequest {
+                state: s as i32,
+                ..pending()
+            };
+            serde_json::to_value(RequestView::from(&r)).unwrap()["state"].clone()
+        })
+        .collect();
+        assert_eq!(
+            names,
+            ["pending", "issued", "denied", "cancelled", "expired"].map(Value::from)
+        );
+        let deny = Review {
+            decision: Decision::Deny as i32,
+            ..Review::default()
+        };
+        let r = AccessRequest {
+            reviews: vec![deny],
+            ..pending()
+        };
+        let value = serde_json::to_value(RequestView::from(&r)).unwrap();
+        assert_eq!(value["reviews"][0]["decision"], "deny");
+    }
+
+    #[test]
+    fn login_line_follows_the_contract() {
+        let line = logged_in_line(&issued(), (NOW + 1800) as u64, NOW);
+        assert_eq!(
+            line,
+            "certificate for request 01JREQ added to ssh-agent: principals postgres,ubuntu; \
+             valid until 2025-06-15T15:36:40Z (30m)"
+        );
+    }
+
+    #[test]
+    fn status_text_shows_what_an_approver_needs() {
+        let text = describe(&pending());
+        for needle in [
+            "01JREQ",
+            "pending (0 of 1 approvals)",
+            "alice",
+            "db-oncall",
+            "postgres,ubuntu",
+            "30m",
+            "INC-4312 replica lag",
+            "SHA256:abc",
+            "group:sre-leads",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+        let text = describe(&issued());
+        assert!(
+            text.contains("bob approved at 2025-06-15T15:07:40Z: ok"),
+            "{text}"
+        );
+        assert!(text.contains("serial:") && text.contains("42"), "{text}");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let text = table(&[pending(), issued()]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("ID "));
+        let col = lines[0].find("STATE").unwrap();
+        assert_eq!(&lines[1][col..col + 7], "pending");
+        assert_eq!(&lines[2][col..col + 6], "issued");
+        assert!(lines[1].ends_with("INC-4312 replica lag"));
+    }
+
+    #[test]
+    fn ca_keys_file_has_one_key_per_line() {
+        let keys = vec![
+            "ssh-ed25519 AAAA1 ca\n".to_owned(),
+            "ssh-ed25519 AAAA2".to_owned(),
+        ];
+        assert_eq!(
+            ca_keys_file(&keys),
+            "ssh-ed25519 AAAA1 ca\nssh-ed25519 AAAA2\n"
+        );
+    }
+}
