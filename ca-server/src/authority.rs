@@ -121,21 +121,54 @@ pub struct RequestView {
 #[derive(Debug)]
 pub struct Authority {
     store: Arc<Store>,
-    signer: Signer,
+    signer: RwLock<Arc<Signer>>,
     policy: RwLock<Arc<Policy>>,
     changes: broadcast::Sender<String>,
 }
 
 impl Authority {
-    /// An authority over a store, a signer and a policy.
-    pub fn new(store: Arc<Store>, signer: Signer, policy: Policy) -> Self {
+    /// An authority over a store, a signer and a policy. Registers the signer's public key
+    /// as trusted if the store does not know it yet.
+    pub fn new(store: Arc<Store>, signer: Signer, policy: Policy, now: UnixTime) -> Result<Self> {
         let (changes, _) = broadcast::channel(1024);
-        Authority {
+        register_ca_key(&store, &signer, now)?;
+        Ok(Authority {
             store,
-            signer,
+            signer: RwLock::new(Arc::new(signer)),
             policy: RwLock::new(Arc::new(policy)),
             changes,
+        })
+    }
+
+    fn signer(&self) -> Arc<Signer> {
+        self.signer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Switches signing to `signer` (after `moshca-server ca rotate`); audited when it
+    /// changes. Returns whether it changed.
+    pub fn replace_signer(&self, signer: Signer, now: UnixTime) -> Result<bool> {
+        let old = self.signer().fingerprint();
+        let new = signer.fingerprint();
+        if old == new {
+            return Ok(false);
         }
+        register_ca_key(&self.store, &signer, now)?;
+        self.store.transact(|tx| {
+            tx.append_audit(&Event::new(
+                now,
+                "moshca-server",
+                "ca.activated",
+                None,
+                json!({ "ca_fingerprint": new, "previous": old }),
+            ))
+            .map_err(Error::from)
+        })?;
+        *self.signer.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(signer);
+        tracing::info!(ca = %new, previous = %old, "signing with a new CA key");
+        Ok(true)
     }
 
     /// The policy in force.
@@ -167,9 +200,9 @@ impl Authority {
         self.changes.subscribe()
     }
 
-    /// CA public keys hosts should trust, the signing key first.
-    pub fn ca_public_keys(&self) -> Vec<PublicKey> {
-        vec![self.signer.public_key().clone()]
+    /// CA public keys hosts should trust at `now`, the signing key first.
+    pub fn ca_public_keys_at(&self, now: UnixTime) -> Result<Vec<PublicKey>> {
+        trusted_ca_keys(&self.store, &self.signer().fingerprint(), now)
     }
 
     /// Resolves a bearer token to a caller; failures are audited.
@@ -219,7 +252,7 @@ impl Authority {
         now: UnixTime,
     ) -> Result<RequestView> {
         let policy = self.policy();
-        let checked = match self.check_new(caller, &policy, &new) {
+        let checked = match self.check_new(caller, &policy, &new, now) {
             Ok(v) => v,
             Err(e) => return Err(self.refuse(caller, &new.role, e, now)),
         };
@@ -305,6 +338,7 @@ impl Authority {
         caller: &Caller,
         policy: &'p Policy,
         new: &NewRequest,
+        now: UnixTime,
     ) -> Result<(&'p Role, policy::Checked, PublicKey)> {
         let role = policy
             .role(&new.role)
@@ -321,7 +355,7 @@ impl Authority {
                 Refusal::Invalid(m) => Error::InvalidArgument(m),
                 Refusal::Denied(m) => Error::PermissionDenied(m),
             })?;
-        let subject = signer::parse_subject_key(&new.public_key, &self.ca_public_keys())
+        let subject = signer::parse_subject_key(&new.public_key, &self.ca_public_keys_at(now)?)
             .map_err(|e| Error::InvalidArgument(e.0))?;
         Ok((role, checked, subject))
     }
@@ -358,7 +392,8 @@ impl Authority {
         };
         let subject = PublicKey::from_openssh(&req.public_key)
             .map_err(|e| store::Error::Corrupt(format!("stored public key: {e}")))?;
-        let cert = self.signer.sign(&grant, &subject)?;
+        let signer = self.signer();
+        let cert = signer.sign(&grant, &subject)?;
         let record = CertRecord {
             serial,
             request_id: req.id.clone(),
@@ -367,7 +402,7 @@ impl Authority {
             valid_after: grant.valid_after,
             valid_before: grant.valid_before,
             fingerprint: req.fingerprint.clone(),
-            ca_fingerprint: self.signer.fingerprint(),
+            ca_fingerprint: signer.fingerprint(),
             openssh: cert.to_openssh().map_err(signer::Error::from)?,
             issued_at: now,
             requester: req.requester.clone(),
@@ -858,7 +893,7 @@ impl Authority {
     /// The KRL for `now`: every revoked certificate not yet expired, by serial under its
     /// CA key, and every revoked subject key.
     pub fn krl_at(&self, now: UnixTime) -> Result<(Vec<u8>, u64)> {
-        krl_from_store(&self.store, &self.ca_public_keys(), now)
+        krl_from_store(&self.store, &self.ca_public_keys_at(now)?, now)
     }
 
     /// Roles the caller may request and approve.
@@ -876,6 +911,32 @@ impl Authority {
             .collect();
         (request, approve)
     }
+}
+
+/// Records `signer` as the active CA key and retires every other.
+fn register_ca_key(store: &Store, signer: &Signer, now: UnixTime) -> Result<()> {
+    let text = signer
+        .public_key()
+        .to_openssh()
+        .map_err(signer::Error::from)?;
+    store.transact(|tx| {
+        tx.insert_ca_key(&signer.fingerprint(), &text, now)?;
+        // Any other key is an earlier one: trusted from now on only while its
+        // certificates are valid.
+        tx.retire_ca_keys_except(&signer.fingerprint(), now)
+            .map_err(Error::from)
+    })
+}
+
+/// CA public keys to trust at `now` given the active key's fingerprint, active first.
+pub fn trusted_ca_keys(store: &Store, active: &str, now: UnixTime) -> Result<Vec<PublicKey>> {
+    let keys = store.read(|tx| tx.trusted_ca_keys(active, now))?;
+    keys.iter()
+        .map(|k| {
+            PublicKey::from_openssh(k)
+                .map_err(|e| store::Error::Corrupt(format!("CA key: {e}")).into())
+        })
+        .collect()
 }
 
 /// Builds the KRL from the store for the given CA public keys (offline use needs no private
@@ -1012,7 +1073,7 @@ force_command = "/bin/deploy"
             .unwrap();
         let policy = Policy::parse(POLICY, "p", DAY).unwrap();
         Fixture {
-            auth: Authority::new(store.clone(), signer, policy),
+            auth: Authority::new(store.clone(), signer, policy, 0).unwrap(),
             store,
             _dir: dir,
         }

@@ -54,6 +54,14 @@ pub enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Write the key revocation list (for sshd's RevokedKeys) to a file, atomically.
+    Krl {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Output file; replaced only once the new KRL is written and checked.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// `moshca-server user ...`
@@ -103,10 +111,19 @@ pub enum UserCommand {
 /// `moshca-server ca ...`
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
-    /// Print the CA public keys hosts should trust (TrustedUserCAKeys).
+    /// Print the CA public keys hosts should trust (TrustedUserCAKeys), active key first.
     PublicKeys {
         #[command(flatten)]
         dir: DataDir,
+    },
+    /// Make a new CA key. It is published at once; the server signs with it after a reload
+    /// (SIGHUP). The old key stays trusted until its last certificate expires.
+    Rotate {
+        #[command(flatten)]
+        dir: DataDir,
+        /// File holding the CA key passphrase, overriding config.toml.
+        #[arg(long, env = "MOSHCA_CA_PASSPHRASE_FILE")]
+        passphrase_file: Option<PathBuf>,
     },
 }
 

@@ -18,6 +18,8 @@
 //! | [`krl`] | OpenSSH key revocation list encoder (pure) |
 //! | [`users`] | user accounts and tokens, for the operator's commands |
 //! | [`init`] | creating a data directory |
+//! | [`files`] | atomic, checked writes of files hosts depend on |
+//! | [`rotation`] | CA key rotation: publish a new key, keep the old one while needed |
 //! | [`convert`] | proto <-> domain, and the one error -> `tonic::Status` mapping |
 //! | [`service`] | the gRPC service: authenticate, convert, call `authority` |
 //! | [`server`] | transport: TLS, health, reflection, background tasks, shutdown |
@@ -31,9 +33,11 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod convert;
+pub mod files;
 pub mod init;
 pub mod krl;
 pub mod policy;
+pub mod rotation;
 pub mod server;
 pub mod service;
 pub mod signer;

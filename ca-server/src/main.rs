@@ -7,7 +7,7 @@ use clap::Parser as _;
 use moshca_server::cli::{AuditCommand, CaCommand, Cli, Command, UserCommand};
 use moshca_server::config::Config;
 use moshca_server::store::Store;
-use moshca_server::{audit, clock, init, server, users};
+use moshca_server::{audit, authority, clock, files, init, rotation, server, users};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -25,6 +25,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// CA keys to trust, from the store; the key in the data directory counts as active.
+fn trusted_keys(config: &Config) -> anyhow::Result<Vec<ssh_key::PublicKey>> {
+    let store = open_store(config)?;
+    let pub_path = config.ca_key.with_extension("pub");
+    let active = ssh_key::PublicKey::read_openssh_file(&pub_path)
+        .with_context(|| format!("reading {}", pub_path.display()))?;
+    let fingerprint = active.fingerprint(ssh_key::HashAlg::Sha256).to_string();
+    store.transact(|tx| {
+        tx.insert_ca_key(&fingerprint, &active.to_openssh()?, clock::now())
+            .map_err(anyhow::Error::from)
+    })?;
+    Ok(authority::trusted_ca_keys(
+        &store,
+        &fingerprint,
+        clock::now(),
+    )?)
 }
 
 fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -102,10 +120,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Ca(CaCommand::PublicKeys { dir }) => {
             let config = Config::load(&dir.data_dir)?;
-            let pub_path = config.ca_key.with_extension("pub");
-            let text = std::fs::read_to_string(&pub_path)
-                .with_context(|| format!("reading {}", pub_path.display()))?;
-            print!("{text}");
+            for key in trusted_keys(&config)? {
+                println!("{}", key.to_openssh()?);
+            }
+        }
+        Command::Ca(CaCommand::Rotate {
+            dir,
+            passphrase_file,
+        }) => {
+            let config = Config::load(&dir.data_dir)?;
+            let r = rotation::rotate(&config, passphrase_file.as_deref(), clock::now())?;
+            println!("new CA key {} is published now", r.new_fingerprint);
+            println!(
+                "the old key {} stays trusted until its last certificate expires",
+                r.old_fingerprint
+            );
+            println!(
+                "once hosts have synced (about a minute), reload the server (SIGHUP, `systemctl reload moshca-server`) to sign with the new key"
+            );
+            eprintln!(
+                "moshca-server: the old private key was moved to {}; it is no longer needed",
+                r.retired_key.display()
+            );
+        }
+        Command::Krl { dir, out } => {
+            let config = Config::load(&dir.data_dir)?;
+            let store = open_store(&config)?;
+            let keys = trusted_keys(&config)?;
+            let (krl, version) = authority::krl_from_store(&store, &keys, clock::now())?;
+            files::write_checked(&out, &krl, files::Check::Krl)?;
+            println!(
+                "wrote KRL version {version} ({} bytes) to {}",
+                krl.len(),
+                out.display()
+            );
         }
         Command::Audit(AuditCommand::Verify { dir }) => {
             let store = open_store(&Config::load(&dir.data_dir)?)?;

@@ -140,12 +140,7 @@ pub fn open(
     passphrase_file: Option<&Path>,
 ) -> anyhow::Result<(Arc<Authority>, Identity)> {
     let policy = load_policy(config)?;
-    check_key_file(&config.ca_key)?;
-    let passphrase = passphrase_file
-        .or(config.passphrase_file.as_deref())
-        .map(read_passphrase)
-        .transpose()?;
-    let signer = Signer::load(&config.ca_key, passphrase.as_ref().map(|p| p.as_slice()))?;
+    let signer = load_signer(config, passphrase_file)?;
     let store = Store::open(&config.database)
         .with_context(|| format!("opening database {}", config.database.display()))?;
     let cert = std::fs::read(&config.tls_cert)
@@ -154,9 +149,47 @@ pub fn open(
         .with_context(|| format!("reading TLS key {}", config.tls_key.display()))?;
     tracing::info!(ca = %signer.fingerprint(), "CA key loaded");
     Ok((
-        Arc::new(Authority::new(Arc::new(store), signer, policy)),
+        Arc::new(Authority::new(
+            Arc::new(store),
+            signer,
+            policy,
+            clock::now(),
+        )?),
         Identity::from_pem(cert, key),
     ))
+}
+
+/// Loads the active CA key, refusing a key file others can read.
+pub fn load_signer(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<Signer> {
+    check_key_file(&config.ca_key)?;
+    let passphrase = passphrase_file
+        .or(config.passphrase_file.as_deref())
+        .map(read_passphrase)
+        .transpose()?;
+    Ok(Signer::load(
+        &config.ca_key,
+        passphrase.as_ref().map(|p| p.as_slice()),
+    )?)
+}
+
+/// SIGHUP: re-read the policy and the CA key; anything invalid is refused and the old one
+/// stays in force.
+fn reload(authority: &Authority, config: &Config, passphrase_file: Option<&Path>) {
+    match load_policy(config) {
+        Ok(policy) => match authority.replace_policy(policy, clock::now()) {
+            Ok(()) => tracing::info!("policy reloaded"),
+            Err(e) => tracing::error!(error = %e, "recording policy reload failed"),
+        },
+        Err(e) => tracing::error!("policy reload refused, keeping the old policy:\n{e:#}"),
+    }
+    match load_signer(config, passphrase_file) {
+        Ok(signer) => {
+            if let Err(e) = authority.replace_signer(signer, clock::now()) {
+                tracing::error!(error = %e, "switching CA key failed; still signing with the old key");
+            }
+        }
+        Err(e) => tracing::error!("CA key reload refused, still signing with the old key: {e:#}"),
+    }
 }
 
 /// Reads and validates the policy file named by the config.
@@ -189,15 +222,15 @@ pub async fn serve(
     let mut hup = signal(SignalKind::hangup())?;
     let reload_authority = authority.clone();
     let reload_config = config.clone();
+    let reload_pass = passphrase_file.map(Path::to_path_buf);
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match load_policy(&reload_config) {
-                Ok(policy) => match reload_authority.replace_policy(policy, clock::now()) {
-                    Ok(()) => tracing::info!("policy reloaded"),
-                    Err(e) => tracing::error!(error = %e, "recording policy reload failed"),
-                },
-                Err(e) => tracing::error!("policy reload refused, keeping the old policy:\n{e:#}"),
-            }
+            let (a, c, p) = (
+                reload_authority.clone(),
+                reload_config.clone(),
+                reload_pass.clone(),
+            );
+            let _ = tokio::task::spawn_blocking(move || reload(&a, &c, p.as_deref())).await;
         }
     });
 

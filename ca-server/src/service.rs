@@ -101,12 +101,8 @@ impl CertificateAuthority for Service {
         &self,
         _req: Request<pb::GetCaPublicKeysRequest>,
     ) -> Result<Response<pb::GetCaPublicKeysResponse>, Status> {
-        let public_keys = self
-            .authority
-            .ca_public_keys()
-            .iter()
-            .filter_map(|k| k.to_openssh().ok())
-            .collect();
+        let keys = self.blocking(|a| a.ca_public_keys_at(clock::now())).await?;
+        let public_keys = keys.iter().filter_map(|k| k.to_openssh().ok()).collect();
         Ok(Response::new(pb::GetCaPublicKeysResponse { public_keys }))
     }
 

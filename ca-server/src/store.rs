@@ -195,6 +195,15 @@ CREATE TABLE krl_state (
 ) STRICT;
 INSERT INTO krl_state (id, version) VALUES (1, 0);
 "#,
+    r#"
+CREATE TABLE ca_keys (
+    fingerprint TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    retired_at INTEGER
+) STRICT;
+CREATE INDEX certificates_by_ca ON certificates(ca_fingerprint, valid_before);
+"#,
 ];
 
 impl Store {
@@ -767,6 +776,43 @@ impl Tx<'_> {
                 })
             })
             .collect()
+    }
+
+    // --- CA keys ---
+
+    /// Registers a CA public key as trusted; `false` if it already was registered.
+    pub fn insert_ca_key(&self, fingerprint: &str, public_key: &str, now: u64) -> Result<bool> {
+        let n = self.tx.execute(
+            "INSERT OR IGNORE INTO ca_keys (fingerprint, public_key, created_at) VALUES (?1, ?2, ?3)",
+            params![fingerprint, public_key, to_i64(now)],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Marks every CA key except `keep` retired: it stays trusted only while certificates it
+    /// signed are unexpired.
+    pub fn retire_ca_keys_except(&self, keep: &str, now: u64) -> Result<()> {
+        self.tx.execute(
+            "UPDATE ca_keys SET retired_at = ?2 WHERE fingerprint != ?1 AND retired_at IS NULL",
+            params![keep, to_i64(now)],
+        )?;
+        Ok(())
+    }
+
+    /// CA public keys hosts must trust at `now`: keys not retired, `active`, and retired
+    /// keys with certificates still valid. Newest first.
+    pub fn trusted_ca_keys(&self, active: &str, now: u64) -> Result<Vec<String>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT public_key FROM ca_keys k
+             WHERE k.retired_at IS NULL OR k.fingerprint = ?1
+                OR EXISTS (SELECT 1 FROM certificates c
+                           WHERE c.ca_fingerprint = k.fingerprint AND c.valid_before > ?2)
+             ORDER BY (k.fingerprint = ?1) DESC, k.created_at DESC, k.fingerprint",
+        )?;
+        let rows = stmt
+            .query_map(params![active, to_i64(now)], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(rows)
     }
 
     // --- audit ---

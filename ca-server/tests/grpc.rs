@@ -379,3 +379,129 @@ async fn health_service_reports_serving() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+fn ssh_keygen_query(krl: &[u8], cert: &str) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("krl"), krl).unwrap();
+    std::fs::write(dir.path().join("c-cert.pub"), format!("{cert}\n")).unwrap();
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-Q")
+        .arg("-f")
+        .arg(dir.path().join("krl"))
+        .arg(dir.path().join("c-cert.pub"))
+        .output()
+        .expect("ssh-keygen must be installed (OpenSSH is required for these tests)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    match out.status.code() {
+        Some(0) => {
+            assert!(text.contains(": ok"), "{text}");
+            false
+        }
+        Some(1) => {
+            assert!(text.contains("REVOKED"), "{text}");
+            true
+        }
+        other => panic!(
+            "ssh-keygen -Q failed ({other:?}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+async fn issue(h: &Harness, who: &str) -> pb::AccessRequest {
+    let created = h.create(who, &["postgres"], 600).await.unwrap();
+    h.review("bob", &created.id, pb::Decision::Approve)
+        .await
+        .unwrap();
+    h.client()
+        .get_access_request(h.req(
+            who,
+            pb::GetAccessRequestRequest {
+                id: created.id,
+                include_certificate: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn krl(h: &Harness) -> (Vec<u8>, u64) {
+    let r = h
+        .client()
+        .get_krl(pb::GetKrlRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    (r.krl, r.version)
+}
+
+#[tokio::test]
+async fn revocation_reaches_the_krl_that_ssh_keygen_reads() {
+    let h = start().await;
+    let a = issue(&h, "alice").await;
+    let b = issue(&h, "alice").await;
+    let (before, v0) = krl(&h).await;
+    let a_cert = a.certificate.unwrap().openssh;
+    let b_cert = b.certificate.unwrap().openssh;
+    assert!(!ssh_keygen_query(&before, &a_cert));
+
+    // eve may not revoke alice's certificate; nothing changes.
+    let err = h
+        .client()
+        .revoke_certificates(h.req(
+            "eve",
+            pb::RevokeCertificatesRequest {
+                target: Some(pb::revoke_certificates_request::Target::RequestId(
+                    a.id.clone(),
+                )),
+                reason: "x".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err.code(), Code::PermissionDenied), "{err:?}");
+    assert_eq!(krl(&h).await.1, v0);
+
+    let r = h
+        .client()
+        .revoke_certificates(h.req(
+            "alice",
+            pb::RevokeCertificatesRequest {
+                target: Some(pb::revoke_certificates_request::Target::RequestId(
+                    a.id.clone(),
+                )),
+                reason: "laptop lost".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.serials, [a.serial]);
+    let (after, v1) = krl(&h).await;
+    assert!(v1 > v0);
+    assert!(
+        ssh_keygen_query(&after, &a_cert),
+        "revoked certificate must be in the KRL"
+    );
+    assert!(
+        !ssh_keygen_query(&after, &b_cert),
+        "other certificate must not be"
+    );
+}
+
+#[tokio::test]
+async fn krl_comes_without_a_token_and_parses_when_empty() {
+    let h = start().await;
+    let (bytes, version) = krl(&h).await;
+    assert_eq!(version, 0);
+    assert!(bytes.starts_with(b"SSHKRL\n\0"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("krl"), &bytes).unwrap();
+    let ok = std::process::Command::new("ssh-keygen")
+        .args(["-Q", "-l", "-f"])
+        .arg(dir.path().join("krl"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
