@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand};
 
 /// Short-lived SSH certificates for production access, approved by a colleague.
 #[derive(Debug, Parser)]
@@ -73,8 +73,18 @@ pub enum Command {
     Approve(ApproveArgs),
     /// Deny a pending request
     Deny(DenyArgs),
-    /// Print the CA public keys hosts should trust (TrustedUserCAKeys)
+    /// Revoke certificates by serial, request, user or public key; hosts refuse them once
+    /// they fetch the new KRL (within a minute with the host timer)
+    Revoke(RevokeArgs),
+    /// Print the CA public keys hosts should trust (TrustedUserCAKeys), or install them in a
+    /// file
     CaKeys(CaKeysArgs),
+    /// Install the key revocation list (KRL) for sshd's RevokedKeys in a file; needs no
+    /// token
+    Krl(KrlArgs),
+    /// What a host runs to trust moshca
+    #[command(subcommand)]
+    Host(HostCommand),
     /// Show who the server thinks you are and which roles you may request or approve
     Whoami,
 }
@@ -184,12 +194,91 @@ pub struct DenyArgs {
     pub reason: String,
 }
 
+/// Arguments of `moshca revoke`: exactly one target and a reason.
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("target")
+        .required(true)
+        .args(["serial", "request", "user", "public_key"])
+))]
+pub struct RevokeArgs {
+    /// The certificate with this serial
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub serial: Option<u64>,
+
+    /// The certificate of this request
+    #[arg(long, value_name = "ID")]
+    pub request: Option<String>,
+
+    /// Every unexpired certificate of this user; the user is also disabled
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// Every certificate for this OpenSSH public key, and the key itself for good
+    #[arg(long, value_name = "FILE")]
+    pub public_key: Option<PathBuf>,
+
+    /// Why, for the audit log
+    #[arg(long)]
+    pub reason: String,
+}
+
 /// Arguments of `moshca ca-keys`.
 #[derive(Debug, Args)]
 pub struct CaKeysArgs {
-    /// Write the keys to this file instead of stdout
+    /// Install the keys in this file (atomically; kept as it was on any failure) instead of
+    /// printing them
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+}
+
+/// Arguments of `moshca krl`.
+#[derive(Debug, Args)]
+pub struct KrlArgs {
+    /// File to install the KRL in, e.g. /etc/ssh/moshca.krl; replaced atomically, and only
+    /// by a KRL that ssh-keygen accepts and whose version is not older
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+
+    /// Do not run `ssh-keygen -Q -l` on the new KRL (its header is still checked)
+    #[arg(long)]
+    pub no_check: bool,
+}
+
+/// `moshca host ...`
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Install the CA public keys and the KRL in DIR; what the host timer runs every minute.
+    /// Needs only MOSHCA_SERVER and MOSHCA_CA_CERT
+    Sync(HostSyncArgs),
+}
+
+/// Arguments of `moshca host sync`.
+#[derive(Debug, Args)]
+pub struct HostSyncArgs {
+    /// Directory of the files, e.g. /etc/ssh
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// File name of the CA public keys in DIR (sshd's TrustedUserCAKeys)
+    #[arg(long, value_name = "NAME", default_value = "moshca_ca.pub", value_parser = parse_file_name)]
+    pub ca_keys_name: String,
+
+    /// File name of the KRL in DIR (sshd's RevokedKeys)
+    #[arg(long, value_name = "NAME", default_value = "moshca.krl", value_parser = parse_file_name)]
+    pub krl_name: String,
+
+    /// Do not run `ssh-keygen -Q -l` on the new KRL (its header is still checked)
+    #[arg(long)]
+    pub no_check: bool,
+}
+
+/// Accepts a plain file name: no directory part, not `.` or `..`.
+pub fn parse_file_name(text: &str) -> Result<String, String> {
+    if text.is_empty() || text == "." || text == ".." || text.contains('/') || text.contains('\0') {
+        return Err("must be a file name without a directory, e.g. moshca.krl".to_owned());
+    }
+    Ok(text.to_owned())
 }
 
 /// Parses a whole, positive number of seconds written like "90s", "30m" or "1h 30m".
@@ -268,6 +357,56 @@ mod tests {
         assert_eq!(login.principals, ["postgres", "ubuntu"]);
         assert_eq!(login.ttl, Some(Duration::from_secs(1800)));
         assert_eq!(login.timeout, None);
+    }
+
+    #[test]
+    fn revoke_takes_exactly_one_target() {
+        let cli = Cli::try_parse_from([
+            "moshca",
+            "revoke",
+            "--serial",
+            "42",
+            "--reason",
+            "lost laptop",
+        ])
+        .unwrap();
+        let Command::Revoke(args) = cli.command else {
+            panic!("not revoke: {:?}", cli.command);
+        };
+        assert_eq!(args.serial, Some(42));
+        assert_eq!(args.reason, "lost laptop");
+
+        for argv in [
+            &["moshca", "revoke", "--reason", "r"][..],
+            &[
+                "moshca", "revoke", "--serial", "1", "--user", "bob", "--reason", "r",
+            ],
+            &["moshca", "revoke", "--serial", "0", "--reason", "r"],
+            &["moshca", "revoke", "--user", "bob"],
+        ] {
+            let err = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{argv:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn host_sync_has_defaults_and_refuses_paths_as_names() {
+        let cli = Cli::try_parse_from(["moshca", "host", "sync", "--dir", "/etc/ssh"]).unwrap();
+        let Command::Host(HostCommand::Sync(args)) = cli.command else {
+            panic!("not host sync: {:?}", cli.command);
+        };
+        assert_eq!(args.dir, PathBuf::from("/etc/ssh"));
+        assert_eq!(args.ca_keys_name, "moshca_ca.pub");
+        assert_eq!(args.krl_name, "moshca.krl");
+        assert!(!args.no_check);
+
+        for name in ["../krl", "a/b", "..", ""] {
+            let err =
+                Cli::try_parse_from(["moshca", "host", "sync", "--dir", "/d", "--krl-name", name])
+                    .unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{name:?}");
+        }
+        assert!(Cli::try_parse_from(["moshca", "krl"]).is_err());
     }
 
     #[test]

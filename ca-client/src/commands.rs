@@ -1,22 +1,29 @@
 //! The commands other than `login`: each is one or two calls to the server and a result
 //! handed to `output`.
 //!
-//! Formatting belongs to `output` and waiting to `wait`; these functions only turn
-//! arguments into requests and answers (or their states) into results and errors.
+//! Formatting belongs to `output`, waiting to `wait` and replacing the files sshd reads to
+//! `install`; these functions only turn arguments into requests and answers (or their
+//! states) into results and errors.
 
 use std::path::Path;
 
+use moshca_proto::v1::revoke_certificates_request::Target;
 use moshca_proto::v1::{
     CancelAccessRequestRequest, CreateAccessRequestRequest, Decision, GetAccessRequestRequest,
-    GetCaPublicKeysRequest, ListAccessRequestsRequest, ReviewAccessRequestRequest, State,
-    WhoAmIRequest,
+    GetCaPublicKeysRequest, GetKrlRequest, ListAccessRequestsRequest, ReviewAccessRequestRequest,
+    RevokeCertificatesRequest, State, WhoAmIRequest,
 };
+use ssh_key::HashAlg;
 
-use crate::cli::{ApproveArgs, CaKeysArgs, DenyArgs, FetchArgs, RequestArgs, RequestsArgs};
+use crate::cli::{
+    ApproveArgs, CaKeysArgs, DenyArgs, FetchArgs, HostSyncArgs, KrlArgs, RequestArgs, RequestsArgs,
+    RevokeArgs,
+};
 use crate::clock;
-use crate::error::{Error, Result};
+use crate::error::{self, Error, Result};
+use crate::install::{self, CaKeys, KrlCheck};
 use crate::keys;
-use crate::output::{self, Output};
+use crate::output::{self, Output, SyncReport};
 use crate::rpc::Client;
 
 /// `moshca request`: asks for a certificate for an existing public key.
@@ -145,23 +152,118 @@ pub async fn deny(client: &mut Client, args: &DenyArgs, out: Output) -> Result<(
     out.reviewed(&request, Decision::Deny)
 }
 
+/// `moshca revoke (--serial N | --request ID | --user NAME | --public-key FILE) --reason R`.
+pub async fn revoke(client: &mut Client, args: &RevokeArgs, out: Output) -> Result<()> {
+    let mut fingerprint = None;
+    let target = match (&args.serial, &args.request, &args.user, &args.public_key) {
+        (Some(serial), ..) => Some(Target::Serial(*serial)),
+        (_, Some(id), ..) => Some(Target::RequestId(id.clone())),
+        (_, _, Some(user), _) => Some(Target::User(user.clone())),
+        (.., Some(path)) => {
+            let key = keys::read_public_key(path)?;
+            fingerprint = Some(key.fingerprint(HashAlg::Sha256).to_string());
+            Some(Target::PublicKey(key.to_openssh().map_err(|err| {
+                Error::PublicKey {
+                    path: path.clone(),
+                    detail: err.to_string(),
+                }
+            })?))
+        }
+        // clap requires a target; without one the server answers with the usage.
+        (None, None, None, None) => None,
+    };
+    let revoked = client
+        .revoke_certificates(RevokeCertificatesRequest {
+            target,
+            reason: args.reason.clone(),
+        })
+        .await
+        .map_err(|status| Error::rpc("revoke", &status))?
+        .into_inner();
+    tracing::info!(serials = ?revoked.serials, krl_version = revoked.krl_version, "revoked");
+    out.revoked(&revoked, fingerprint.as_deref())
+}
+
 /// `moshca ca-keys [--out FILE]`.
 pub async fn ca_keys(client: &mut Client, args: &CaKeysArgs, out: Output) -> Result<()> {
+    let path = args.out.as_deref();
+    let keys = fetch_ca_keys(client, path).await?;
+    if let Some(path) = path {
+        install::install_ca_keys(path, &keys)?;
+    }
+    out.ca_keys(&keys, path)
+}
+
+/// `moshca krl --out FILE [--no-check]`.
+pub async fn krl(client: &mut Client, args: &KrlArgs, out: Output) -> Result<()> {
+    let (version, bytes) = sync_krl(client, &args.out, &KrlCheck::new(args.no_check)).await?;
+    out.krl_installed(&args.out, version, bytes)
+}
+
+/// `moshca host sync --dir DIR`: installs the CA public keys, then the KRL.
+///
+/// A failure of one does not stop the other: each is reported on stderr as it happens, and
+/// the command fails at the end naming the files it left as they were.
+pub async fn host_sync(client: &mut Client, args: &HostSyncArgs, out: Output) -> Result<()> {
+    let ca_keys_path = args.dir.join(&args.ca_keys_name);
+    let krl_path = args.dir.join(&args.krl_name);
+
+    let ca_keys = match fetch_ca_keys(client, Some(&ca_keys_path)).await {
+        Ok(keys) => install::install_ca_keys(&ca_keys_path, &keys).map(|()| keys.len()),
+        Err(err) => Err(err),
+    };
+    let krl = sync_krl(client, &krl_path, &KrlCheck::new(args.no_check)).await;
+
+    let mut failed = Vec::new();
+    for (path, result) in [
+        (&ca_keys_path, ca_keys.as_ref().err()),
+        (&krl_path, krl.as_ref().err()),
+    ] {
+        if let Some(err) = result {
+            error::report(err);
+            failed.push(path.clone());
+        }
+    }
+    out.host_synced(&SyncReport {
+        ca_keys_path: &ca_keys_path,
+        ca_keys: ca_keys.as_ref().copied(),
+        krl_path: &krl_path,
+        krl: krl.as_ref().copied(),
+    })?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::HostSync { failed })
+    }
+}
+
+/// The server's CA public keys, checked: refused when empty or unparsable, naming `path`
+/// (the file that will not be replaced) when there is one.
+async fn fetch_ca_keys(client: &mut Client, path: Option<&Path>) -> Result<CaKeys> {
     let keys = client
         .get_ca_public_keys(GetCaPublicKeysRequest {})
         .await
         .map_err(|status| Error::rpc("get CA public keys", &status))?
         .into_inner()
         .public_keys;
-    if keys.is_empty() {
-        return Err(Error::BadResponse(
-            "the server listed no CA public keys".to_owned(),
-        ));
-    }
-    if let Some(path) = &args.out {
-        write_file(path, &output::ca_keys_file(&keys))?;
-    }
-    out.ca_keys(&keys, args.out.as_deref())
+    CaKeys::parse(&keys).map_err(|refusal| match path {
+        Some(path) => Error::NotReplaced {
+            path: path.to_owned(),
+            refusal,
+        },
+        None => Error::BadResponse(refusal.to_string()),
+    })
+}
+
+/// Fetches the KRL and installs it at `path`; returns its version and size.
+async fn sync_krl(client: &mut Client, path: &Path, check: &KrlCheck) -> Result<(u64, usize)> {
+    let krl = client
+        .get_krl(GetKrlRequest {})
+        .await
+        .map_err(|status| Error::rpc("get KRL", &status))?
+        .into_inner();
+    let header = install::install_krl(path, &krl.krl, krl.version, check)?;
+    Ok((header.version, krl.krl.len()))
 }
 
 /// `moshca whoami`.
@@ -174,7 +276,7 @@ pub async fn whoami(client: &mut Client, out: Output) -> Result<()> {
     out.whoami(&who)
 }
 
-/// Writes public material (a certificate, CA keys) to `path`.
+/// Writes a certificate to `path`.
 fn write_file(path: &Path, contents: &str) -> Result<()> {
     std::fs::write(path, contents).map_err(|source| Error::Write {
         path: path.to_owned(),

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use moshca_proto::v1::{AccessRequest, Decision};
 use tonic::Code;
 
+use crate::install::Refusal;
+
 /// Exit codes of `moshca`, as documented in the contract.
 pub mod exit {
     /// The command did what was asked.
@@ -199,6 +201,47 @@ pub enum Error {
     /// The server's answer makes no sense (missing fields, unparsable certificate).
     #[error("unexpected answer from the server: {0}")]
     BadResponse(String),
+    /// New contents for a file sshd reads failed a check; the old file was kept.
+    #[error("not replacing {}: {refusal}", path.display())]
+    NotReplaced {
+        /// The file that was kept.
+        path: PathBuf,
+        /// What the check found.
+        refusal: Refusal,
+    },
+    /// `ssh-keygen` could not be run to check a KRL; the old file was kept.
+    #[error("cannot run {program} to check the KRL: {source}")]
+    NoSshKeygen {
+        /// The program as named (`ssh-keygen`).
+        program: String,
+        /// Why it could not run.
+        source: io::Error,
+    },
+    /// Replacing a file sshd reads failed at one step; the old file was kept.
+    #[error("cannot replace {} ({step}): {source}", path.display())]
+    Install {
+        /// The file that was kept.
+        path: PathBuf,
+        /// The step that failed, e.g. "create a temp file".
+        step: &'static str,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// `host sync` could not update some of its files (each error was reported already).
+    #[error("not updated: {}", paths_list(failed))]
+    HostSync {
+        /// The files left as they were.
+        failed: Vec<PathBuf>,
+    },
+}
+
+/// `a, b` for the files `host sync` could not update.
+fn paths_list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The tail of the timeout and interrupt messages.
@@ -323,6 +366,32 @@ impl Error {
             }
             Error::BadResponse(_) => {
                 "check that MOSHCA_SERVER points at a moshca server of a matching version"
+            }
+            Error::NotReplaced {
+                refusal: Refusal::Rollback { .. },
+                path,
+            } => {
+                return Some(format!(
+                    "the installed file was kept; an older KRL could un-revoke certificates. \
+                     If the CA was restored from a backup on purpose, delete {} and run again",
+                    path.display()
+                ));
+            }
+            Error::NotReplaced { .. } => {
+                "the installed file was kept and sshd keeps using it; check that MOSHCA_SERVER \
+                 points at a moshca server of a matching version, or tell the CA operator"
+            }
+            Error::NoSshKeygen { .. } => {
+                "install OpenSSH's ssh-keygen (Debian/Ubuntu: apt-get install openssh-client), \
+                 or pass --no-check to install the KRL after checking only its header"
+            }
+            Error::Install { .. } => {
+                "the old file, if any, was kept; check that the directory exists and that you \
+                 may write to it (files under /etc/ssh need root)"
+            }
+            Error::HostSync { .. } => {
+                "the files named were kept as they were and sshd keeps using them; fix the \
+                 errors above (the host timer retries every minute)"
             }
             Error::Read { .. }
             | Error::Write { .. }
@@ -497,6 +566,44 @@ mod tests {
                 1,
             ),
             (Error::BadResponse("b".into()), 1),
+            (
+                Error::NotReplaced {
+                    path: "k".into(),
+                    refusal: Refusal::Rollback {
+                        installed: 5,
+                        offered: 4,
+                    },
+                },
+                1,
+            ),
+            (
+                Error::NotReplaced {
+                    path: "k".into(),
+                    refusal: Refusal::NoKeys,
+                },
+                1,
+            ),
+            (
+                Error::NoSshKeygen {
+                    program: "ssh-keygen".into(),
+                    source: io(),
+                },
+                1,
+            ),
+            (
+                Error::Install {
+                    path: "k".into(),
+                    step: "write",
+                    source: io(),
+                },
+                1,
+            ),
+            (
+                Error::HostSync {
+                    failed: vec!["a".into(), "b".into()],
+                },
+                1,
+            ),
         ]
     }
 
@@ -541,6 +648,35 @@ mod tests {
                 .hint()
                 .unwrap()
                 .contains("eval \"$(ssh-agent)\"")
+        );
+    }
+
+    #[test]
+    fn refused_installs_say_the_old_file_was_kept() {
+        let rollback = Error::NotReplaced {
+            path: "/etc/ssh/moshca.krl".into(),
+            refusal: Refusal::Rollback {
+                installed: 5,
+                offered: 4,
+            },
+        };
+        assert_eq!(
+            rollback.to_string(),
+            "not replacing /etc/ssh/moshca.krl: the server's KRL has version 4, older than the \
+             installed version 5"
+        );
+        let hint = rollback.hint().unwrap();
+        assert!(hint.contains("kept") && hint.contains("delete /etc/ssh/moshca.krl"));
+
+        let sync = Error::HostSync {
+            failed: vec![
+                "/etc/ssh/moshca_ca.pub".into(),
+                "/etc/ssh/moshca.krl".into(),
+            ],
+        };
+        assert_eq!(
+            sync.to_string(),
+            "not updated: /etc/ssh/moshca_ca.pub, /etc/ssh/moshca.krl"
         );
     }
 

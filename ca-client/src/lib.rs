@@ -3,7 +3,8 @@
 //! An engineer runs `moshca login --role R --reason TEXT`; the client makes an in-memory
 //! ed25519 key, asks the CA for a certificate, waits while a colleague approves, and loads
 //! key and certificate into ssh-agent for exactly the certificate's lifetime. The other
-//! commands request, inspect, approve, deny and cancel requests.
+//! commands request, inspect, approve, deny, cancel and revoke; `moshca host sync` keeps a
+//! host's CA keys and KRL current.
 //!
 //! # Layout
 //!
@@ -17,6 +18,7 @@
 //! | [`wait`] | following a request until it is decided, times out or is interrupted |
 //! | [`agent`] | adding key + certificate to ssh-agent with a lifetime |
 //! | [`commands`] | every command but `login`: a call or two and a result |
+//! | [`install`] | replacing the files sshd trusts (CA keys, KRL) atomically, with checks |
 //! | [`output`] | the only writer of stdout: human text or `--json` |
 //! | [`error`] | the error type, its hints and exit codes |
 //! | [`clock`] | the one reader of the wall clock |
@@ -29,13 +31,14 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod install;
 pub mod keys;
 pub mod login;
 pub mod output;
 pub mod rpc;
 pub mod wait;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, HostCommand};
 use crate::error::{Error, Result};
 use crate::output::Output;
 
@@ -50,17 +53,17 @@ pub async fn run(cli: Cli) -> Result<()> {
     let settings = config::load(&flags, &env)?;
     let out = Output::new(cli.global.json);
 
-    // The CA public keys are public: do not send the token where it is not needed.
-    if let Command::CaKeys(args) = &cli.command {
-        let mut client = rpc::connect(&settings.server, &settings.ca_cert, None).await?;
-        return commands::ca_keys(&mut client, args, out).await;
-    }
     let agent_socket = match &cli.command {
         Command::Login(_) => Some(env.ssh_auth_sock.as_deref().ok_or(Error::NoAgent)?),
         _ => None,
     };
-    let token = settings.token()?;
-    let mut client = rpc::connect(&settings.server, &settings.ca_cert, Some(&token)).await?;
+    // The CA public keys and the KRL are public: hosts have no token, and the token is not
+    // sent where it is not needed.
+    let token = match &cli.command {
+        Command::CaKeys(_) | Command::Krl(_) | Command::Host(_) => None,
+        _ => Some(settings.token()?),
+    };
+    let mut client = rpc::connect(&settings.server, &settings.ca_cert, token.as_ref()).await?;
     drop(token);
 
     match (&cli.command, agent_socket) {
@@ -73,7 +76,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         (Command::Requests(args), _) => commands::requests(&mut client, args, out).await,
         (Command::Approve(args), _) => commands::approve(&mut client, args, out).await,
         (Command::Deny(args), _) => commands::deny(&mut client, args, out).await,
+        (Command::Revoke(args), _) => commands::revoke(&mut client, args, out).await,
         (Command::CaKeys(args), _) => commands::ca_keys(&mut client, args, out).await,
+        (Command::Krl(args), _) => commands::krl(&mut client, args, out).await,
+        (Command::Host(HostCommand::Sync(args)), _) => {
+            commands::host_sync(&mut client, args, out).await
+        }
         (Command::Whoami, _) => commands::whoami(&mut client, out).await,
     }
 }

@@ -9,10 +9,13 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use moshca_proto::v1::{AccessRequest, Decision, State, WhoAmIResponse};
+use moshca_proto::v1::{
+    AccessRequest, Decision, RevokeCertificatesResponse, State, WhoAmIResponse,
+};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::install::CaKeys;
 
 /// Where results go, and in which form.
 #[derive(Debug, Clone, Copy)]
@@ -98,16 +101,18 @@ impl Output {
     }
 
     /// `moshca ca-keys`: the key lines, or a note that they went to `out`.
-    pub fn ca_keys(&self, keys: &[String], out: Option<&Path>) -> Result<()> {
+    pub fn ca_keys(&self, keys: &CaKeys, out: Option<&Path>) -> Result<()> {
         if self.json {
             #[derive(Serialize)]
             struct View<'a> {
                 public_keys: &'a [String],
             }
-            return print_json(&View { public_keys: keys });
+            return print_json(&View {
+                public_keys: keys.lines(),
+            });
         }
         match out {
-            None => print_text(&ca_keys_file(keys)),
+            None => print_text(&keys.text()),
             Some(path) => print_text(&format!(
                 "wrote {} CA public key{} to {}\n",
                 keys.len(),
@@ -115,6 +120,87 @@ impl Output {
                 path.display()
             )),
         }
+    }
+
+    /// `moshca revoke`: the serials newly revoked and the KRL version that has them.
+    ///
+    /// `key` is the fingerprint of a revoked public key: the key itself is in the KRL even
+    /// when no certificate was newly revoked, which a notice on stderr says.
+    pub fn revoked(&self, revoked: &RevokeCertificatesResponse, key: Option<&str>) -> Result<()> {
+        if let Some(fingerprint) = key {
+            notice(&format!(
+                "key {fingerprint} is revoked for good: hosts refuse it and the CA will not \
+                 certify it again"
+            ));
+        }
+        if self.json {
+            #[derive(Serialize)]
+            struct View<'a> {
+                serials: &'a [u64],
+                krl_version: u64,
+            }
+            return print_json(&View {
+                serials: &revoked.serials,
+                krl_version: revoked.krl_version,
+            });
+        }
+        print_text(&format!("{}\n", revoked_line(revoked)))
+    }
+
+    /// `moshca krl`: the KRL installed at `path`.
+    pub fn krl_installed(&self, path: &Path, version: u64, bytes: usize) -> Result<()> {
+        if self.json {
+            return print_json(&KrlView {
+                path: &path.to_string_lossy(),
+                krl_version: version,
+                bytes,
+            });
+        }
+        print_text(&format!(
+            "wrote KRL version {version} ({bytes} bytes) to {}\n",
+            path.display()
+        ))
+    }
+
+    /// `moshca host sync`: one line per file installed. Failures were reported on stderr
+    /// already; in JSON they are the `error` field.
+    pub fn host_synced(&self, report: &SyncReport<'_>) -> Result<()> {
+        if self.json {
+            #[derive(Serialize)]
+            struct CaKeysView<'a> {
+                path: &'a str,
+                keys: Option<usize>,
+                error: Option<String>,
+            }
+            #[derive(Serialize)]
+            struct KrlSyncView<'a> {
+                path: &'a str,
+                krl_version: Option<u64>,
+                bytes: Option<usize>,
+                error: Option<String>,
+            }
+            #[derive(Serialize)]
+            struct View<'a> {
+                ca_keys: CaKeysView<'a>,
+                krl: KrlSyncView<'a>,
+            }
+            let ca_path = report.ca_keys_path.to_string_lossy();
+            let krl_path = report.krl_path.to_string_lossy();
+            return print_json(&View {
+                ca_keys: CaKeysView {
+                    path: &ca_path,
+                    keys: report.ca_keys.as_ref().ok().copied(),
+                    error: report.ca_keys.as_ref().err().map(ToString::to_string),
+                },
+                krl: KrlSyncView {
+                    path: &krl_path,
+                    krl_version: report.krl.as_ref().ok().map(|&(v, _)| v),
+                    bytes: report.krl.as_ref().ok().map(|&(_, n)| n),
+                    error: report.krl.as_ref().err().map(ToString::to_string),
+                },
+            });
+        }
+        print_text(&host_sync_lines(report))
     }
 
     /// `moshca whoami`.
@@ -162,9 +248,60 @@ pub fn warning(message: &str) {
     eprintln!("moshca: warning: {message}");
 }
 
-/// The text of a CA public keys file: one key per line.
-pub fn ca_keys_file(keys: &[String]) -> String {
-    keys.iter().map(|k| format!("{}\n", k.trim())).collect()
+/// What `moshca host sync` did with each file: what was installed, or the error.
+#[derive(Debug)]
+pub struct SyncReport<'a> {
+    /// The CA public keys file.
+    pub ca_keys_path: &'a Path,
+    /// How many keys were installed.
+    pub ca_keys: Result<usize, &'a Error>,
+    /// The KRL file.
+    pub krl_path: &'a Path,
+    /// The KRL version and size installed.
+    pub krl: Result<(u64, usize), &'a Error>,
+}
+
+/// The JSON form of an installed KRL.
+#[derive(Debug, Serialize)]
+struct KrlView<'a> {
+    path: &'a str,
+    krl_version: u64,
+    bytes: usize,
+}
+
+/// `revoked N certificate(s): S1, S2; KRL version V`, or that nothing new was revoked.
+fn revoked_line(revoked: &RevokeCertificatesResponse) -> String {
+    let version = revoked.krl_version;
+    if revoked.serials.is_empty() {
+        return format!(
+            "nothing newly revoked (already revoked or expired); KRL version {version}"
+        );
+    }
+    let serials: Vec<String> = revoked.serials.iter().map(ToString::to_string).collect();
+    format!(
+        "revoked {} certificate(s): {}; KRL version {version}",
+        serials.len(),
+        serials.join(", ")
+    )
+}
+
+/// `DIR/moshca_ca.pub: N key(s)` and `DIR/moshca.krl: version V, N bytes`, for the files
+/// installed.
+fn host_sync_lines(report: &SyncReport<'_>) -> String {
+    let mut text = String::new();
+    if let Ok(keys) = report.ca_keys {
+        text.push_str(&format!(
+            "{}: {keys} key(s)\n",
+            report.ca_keys_path.display()
+        ));
+    }
+    if let Ok((version, bytes)) = report.krl {
+        text.push_str(&format!(
+            "{}: version {version}, {bytes} bytes\n",
+            report.krl_path.display()
+        ));
+    }
+    text
 }
 
 /// `certificate for request ID added to ssh-agent: principals P1,P2; valid until T (R)`.
@@ -621,14 +758,42 @@ mod tests {
     }
 
     #[test]
-    fn ca_keys_file_has_one_key_per_line() {
-        let keys = vec![
-            "ssh-ed25519 AAAA1 ca\n".to_owned(),
-            "ssh-ed25519 AAAA2".to_owned(),
-        ];
+    fn revoke_lines_follow_the_contract() {
+        let revoked = RevokeCertificatesResponse {
+            serials: vec![42, 7],
+            krl_version: 3,
+        };
         assert_eq!(
-            ca_keys_file(&keys),
-            "ssh-ed25519 AAAA1 ca\nssh-ed25519 AAAA2\n"
+            revoked_line(&revoked),
+            "revoked 2 certificate(s): 42, 7; KRL version 3"
+        );
+        let nothing = RevokeCertificatesResponse {
+            serials: vec![],
+            krl_version: 3,
+        };
+        assert_eq!(
+            revoked_line(&nothing),
+            "nothing newly revoked (already revoked or expired); KRL version 3"
+        );
+    }
+
+    #[test]
+    fn host_sync_prints_a_line_per_installed_file() {
+        let failure = Error::BadResponse("x".into());
+        let mut report = SyncReport {
+            ca_keys_path: Path::new("/etc/ssh/moshca_ca.pub"),
+            ca_keys: Ok(2),
+            krl_path: Path::new("/etc/ssh/moshca.krl"),
+            krl: Ok((5, 120)),
+        };
+        assert_eq!(
+            host_sync_lines(&report),
+            "/etc/ssh/moshca_ca.pub: 2 key(s)\n/etc/ssh/moshca.krl: version 5, 120 bytes\n"
+        );
+        report.ca_keys = Err(&failure);
+        assert_eq!(
+            host_sync_lines(&report),
+            "/etc/ssh/moshca.krl: version 5, 120 bytes\n"
         );
     }
 }
