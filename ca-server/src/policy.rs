@@ -376,14 +376,14 @@ impl Role {
                 self.reason_min_len, self.name
             )));
         }
-        if let Some(pattern) = &self.reason_pattern {
-            if !pattern.is_match(reason) {
-                return Err(Refusal::Invalid(format!(
-                    "reason must match {} for role {} (for example a ticket id)",
-                    pattern.as_str(),
-                    self.name
-                )));
-            }
+        if let Some(pattern) = &self.reason_pattern
+            && !pattern.is_match(reason)
+        {
+            return Err(Refusal::Invalid(format!(
+                "reason must match {} for role {} (for example a ticket id)",
+                pattern.as_str(),
+                self.name
+            )));
         }
         Ok(Checked {
             principals: chosen,
@@ -692,12 +692,12 @@ fn validate_role(
             Some(list.join(","))
         }
     };
-    if let Some(cmd) = &r.force_command {
-        if cmd.trim().is_empty() || cmd.chars().any(char::is_control) {
-            errors.push(format!(
-                "{at}.force_command: must be a non-empty command without control characters"
-            ));
-        }
+    if let Some(cmd) = &r.force_command
+        && (cmd.trim().is_empty() || cmd.chars().any(char::is_control))
+    {
+        errors.push(format!(
+            "{at}.force_command: must be a non-empty command without control characters"
+        ));
     }
     let break_glass = match r.break_glass {
         Some(bg) if bg.enabled => {

@@ -4,6 +4,8 @@
 //! visibility, health. Domain rules are unit-tested next to their modules; these tests
 //! show they hold through the API.
 
+#![allow(clippy::unwrap_used)] // a failed setup step should fail the test loudly
+
 use std::sync::Arc;
 
 use moshca_proto::v1 as pb;

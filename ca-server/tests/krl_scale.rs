@@ -3,6 +3,8 @@
 //! A measurement, not an assertion on speed: run with
 //! `cargo test --release -p moshca-server --test krl_scale -- --ignored --nocapture`.
 
+#![allow(clippy::unwrap_used)] // a failed setup step should fail the test loudly
+
 use std::time::Instant;
 
 use moshca_server::authority::krl_from_store;
