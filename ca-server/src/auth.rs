@@ -71,18 +71,31 @@ impl fmt::Debug for Token {
     }
 }
 
-/// Extracts the token from an `authorization` header value.
-pub fn parse_bearer(header: Option<&str>) -> Result<Token, &'static str> {
+/// What a caller presented.
+#[derive(Debug)]
+pub enum Credential {
+    /// A moshca bearer token (`mca_...`).
+    Token(Token),
+    /// An OIDC ID token of a CI job (a JWT), kept in the same redacting type.
+    IdToken(Token),
+}
+
+/// Extracts the credential from an `authorization` header value.
+pub fn parse_bearer(header: Option<&str>) -> Result<Credential, &'static str> {
     let header = header.ok_or("missing bearer token: set MOSHCA_TOKEN or MOSHCA_TOKEN_FILE")?;
     let value = header
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))
-        .ok_or("authorization must be \"Bearer <token>\"")?;
-    let token = Token::from_presented(value.trim());
+        .ok_or("authorization must be \"Bearer <token>\"")?
+        .trim();
+    if !value.starts_with(TOKEN_PREFIX) && crate::oidc::looks_like_jwt(value) {
+        return Ok(Credential::IdToken(Token::from_presented(value)));
+    }
+    let token = Token::from_presented(value);
     if !token.well_formed() {
         return Err("invalid token: check MOSHCA_TOKEN or ask the CA operator for a new one");
     }
-    Ok(token)
+    Ok(Credential::Token(token))
 }
 
 #[cfg(test)]
@@ -110,7 +123,14 @@ mod tests {
     fn bearer_parsing() {
         let t = Token::generate();
         let header = format!("Bearer {}", t.expose());
-        assert_eq!(parse_bearer(Some(&header)).unwrap().hash(), t.hash());
+        let Credential::Token(parsed) = parse_bearer(Some(&header)).unwrap() else {
+            panic!("expected a token")
+        };
+        assert_eq!(parsed.hash(), t.hash());
+        assert!(matches!(
+            parse_bearer(Some("Bearer eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln")),
+            Ok(Credential::IdToken(_))
+        ));
         assert!(parse_bearer(None).is_err());
         assert!(parse_bearer(Some(t.expose())).is_err());
         assert!(parse_bearer(Some("Bearer mca_short")).is_err());

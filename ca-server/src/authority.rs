@@ -17,6 +17,7 @@ use crate::approvals::{self, Approval, Ready, Request, State, Verdict};
 use crate::audit::Event;
 use crate::auth::{Caller, Token};
 use crate::clock::UnixTime;
+use crate::oidc::WorkloadIdentity;
 use crate::policy::{self, Policy, Refusal, Role};
 use crate::signer::{self, Grant, Signer};
 use crate::store::{self, CertRecord, RequestFilter, Store, Tx};
@@ -308,7 +309,7 @@ impl Authority {
                     approvers: Vec::new(),
                     request: request.clone(),
                 };
-                let (request, cert) = self.issue(tx, ready, role, &policy, now)?;
+                let (request, cert) = self.issue(tx, ready, role, &policy, now, "")?;
                 return Ok(self.view(&policy, request, Some(cert), true));
             }
             Ok(self.view(&policy, request.clone(), None, true))
@@ -368,6 +369,7 @@ impl Authority {
         role: &Role,
         policy: &Policy,
         now: UnixTime,
+        key_id_extra: &str,
     ) -> Result<(Request, CertRecord)> {
         let serial = loop_serial(tx)?;
         let by = if ready.approvers.is_empty() {
@@ -377,7 +379,7 @@ impl Authority {
         };
         let req = &ready.request;
         let key_id = format!(
-            "moshca:req={}:user={}:role={}:by={}",
+            "moshca:req={}:user={}{key_id_extra}:role={}:by={}",
             req.id, req.requester, req.role, by
         );
         let grant = Grant {
@@ -390,6 +392,13 @@ impl Authority {
             source_address: role.source_address.clone(),
             extensions: role.extensions.clone(),
         };
+        // A key revoked after the request was made must not be certified on approval.
+        if tx.key_revoked(&req.fingerprint)? {
+            return Err(Error::FailedPrecondition(format!(
+                "public key {} was revoked after request {} was made; the requester must ask again with a new key",
+                req.fingerprint, req.id
+            )));
+        }
         let subject = PublicKey::from_openssh(&req.public_key)
             .map_err(|e| store::Error::Corrupt(format!("stored public key: {e}")))?;
         let signer = self.signer();
@@ -608,7 +617,7 @@ impl Authority {
                             Ok(self.view(&policy, req, None, false))
                         }
                         Approval::Satisfied(ready) => {
-                            let (req, cert) = self.issue(tx, ready, role, &policy, now)?;
+                            let (req, cert) = self.issue(tx, ready, role, &policy, now, "")?;
                             Ok(self.view(&policy, req, Some(cert), false))
                         }
                     }
@@ -752,6 +761,165 @@ impl Authority {
             let _ = self.changes.send(id.clone());
         }
         Ok(expired.len())
+    }
+
+    /// Records a failed authentication (bad token or JWT); never the credential itself.
+    pub fn record_auth_failure_at(&self, peer: &str, reason: &str, now: UnixTime) -> Result<()> {
+        self.store.transact(|tx| {
+            tx.append_audit(&Event::new(
+                now,
+                "anonymous",
+                "auth.failed",
+                None,
+                json!({ "peer": peer, "reason": reason }),
+            ))
+            .map_err(Error::from)
+        })
+    }
+
+    /// Issues a certificate to a CI workload whose token was verified: only for roles with
+    /// `approval = "auto"` whose `workloads` match the token's claims. The token's `jti`
+    /// is consumed in the issuing transaction, so a replay is refused even when concurrent.
+    pub fn create_workload_request_at(
+        &self,
+        wl: &WorkloadIdentity,
+        new: NewRequest,
+        now: UnixTime,
+    ) -> Result<RequestView> {
+        let policy = self.policy();
+        let name = workload_name(&wl.subject);
+        let pseudo = Caller {
+            name: name.clone(),
+            groups: Vec::new(),
+        };
+        let checked = (|| {
+            let role = policy
+                .role(&new.role)
+                .ok_or_else(|| Error::PermissionDenied(format!("no role named {:?}", new.role)))?;
+            if role.approval != policy::Approval::Auto {
+                return Err(Error::PermissionDenied(format!(
+                    "role {} needs manual approval; workload tokens may only use roles with approval = \"auto\"",
+                    role.name
+                )));
+            }
+            if !role
+                .workloads
+                .iter()
+                .any(|w| w.matches(&wl.issuer, &wl.audiences, &wl.claims))
+            {
+                return Err(Error::PermissionDenied(format!(
+                    "token claims ({}) do not match any workload of role {}",
+                    claim_summary(wl),
+                    role.name
+                )));
+            }
+            let reason = if new.reason.trim().is_empty() {
+                format!("workload {}", claim_summary(wl))
+            } else {
+                new.reason.clone()
+            };
+            let checked = role
+                .check_request(&new.principals, new.ttl_secs, &reason)
+                .map_err(|r| match r {
+                    Refusal::Invalid(m) => Error::InvalidArgument(m),
+                    Refusal::Denied(m) => Error::PermissionDenied(m),
+                })?;
+            let subject = signer::parse_subject_key(&new.public_key, &self.ca_public_keys_at(now)?)
+                .map_err(|e| Error::InvalidArgument(e.0))?;
+            Ok((role, checked, subject, reason))
+        })();
+        let (role, checked, subject, reason) = match checked {
+            Ok(v) => v,
+            Err(e) if !e.is_internal() => return Err(self.refuse(&pseudo, &new.role, e, now)),
+            Err(e) => return Err(e),
+        };
+        let request = Request {
+            id: ulid::Ulid::new().to_string(),
+            requester: name.clone(),
+            role: role.name.clone(),
+            principals: checked.principals,
+            ttl_secs: checked.ttl_secs,
+            reason: reason.chars().take(policy::MAX_REASON_LEN).collect(),
+            public_key: subject.to_openssh().map_err(signer::Error::from)?,
+            fingerprint: subject.fingerprint(HashAlg::Sha256).to_string(),
+            state: State::Pending,
+            created_at: now,
+            expires_at: now + policy.defaults.pending_ttl,
+            decided_at: None,
+            approvals_required: 0,
+            reviews: Vec::new(),
+        };
+        let extra = format!(
+            ":iss={}:repo={}:run={}",
+            key_id_part(&wl.issuer),
+            key_id_part(
+                wl.claim("repository")
+                    .or(wl.claim("project_path"))
+                    .unwrap_or("-")
+            ),
+            key_id_part(
+                wl.claim("run_id")
+                    .or(wl.claim("pipeline_id"))
+                    .unwrap_or("-")
+            ),
+        );
+        let result = self.store.transact(|tx| {
+            if !tx.insert_jti(&wl.issuer, &wl.jti, wl.expires_at)? {
+                return Err(Error::Unauthenticated(
+                    "token already used (jti replay); request a fresh ID token".into(),
+                ));
+            }
+            if tx.key_revoked(&request.fingerprint)? {
+                return Err(Error::PermissionDenied("public key is revoked".into()));
+            }
+            tx.insert_request(&request)?;
+            tx.append_audit(&Event::new(
+                now,
+                &name,
+                "request.created",
+                Some(&request.id),
+                json!({
+                    "role": request.role,
+                    "principals": request.principals,
+                    "ttl_secs": request.ttl_secs,
+                    "reason": request.reason,
+                    "fingerprint": request.fingerprint,
+                    "workload": {
+                        "issuer": wl.issuer,
+                        "subject": wl.subject,
+                        "repository": wl.claim("repository"),
+                        "ref": wl.claim("ref"),
+                        "environment": wl.claim("environment"),
+                        "run_id": wl.claim("run_id"),
+                        "jti": wl.jti,
+                    },
+                }),
+            ))?;
+            let ready = Ready {
+                ttl_secs: request.ttl_secs,
+                approvers: Vec::new(),
+                request: request.clone(),
+            };
+            let (request, cert) = self.issue(tx, ready, role, &policy, now, &extra)?;
+            Ok(self.view(&policy, request, Some(cert), true))
+        });
+        match result {
+            Ok(view) => {
+                tracing::info!(request_id = %view.request.id, caller = %name, role = %view.request.role, "workload certificate issued");
+                let _ = self.changes.send(view.request.id.clone());
+                Ok(view)
+            }
+            Err(e) if !e.is_internal() => Err(self.refuse(&pseudo, &new.role, e, now)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Forgets consumed token ids whose tokens expired.
+    pub fn purge_jti_at(&self, now: UnixTime) -> Result<usize> {
+        self.store.transact(|tx| {
+            tx.purge_jti(now, crate::oidc::LEEWAY_SECS)
+                .map_err(Error::from)
+        })
     }
 
     /// Revokes certificates (and, for a key, the key itself). Who may: `defaults.revokers`
@@ -988,6 +1156,29 @@ pub fn krl_from_store(
     Ok((krl.encode()?, version))
 }
 
+/// A workload's name in requests and key ids: its `sub`, printable, at most 128 bytes.
+fn workload_name(subject: &str) -> String {
+    let mut name = String::from("wl:");
+    name.push_str(&key_id_part(subject));
+    name.chars().take(128).collect()
+}
+
+/// Makes a value safe inside a key id: printable ASCII without spaces.
+fn key_id_part(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect()
+}
+
+fn claim_summary(wl: &WorkloadIdentity) -> String {
+    ["repository", "ref", "environment", "sub"]
+        .iter()
+        .filter_map(|k| wl.claim(k).map(|v| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn loop_serial(tx: &Tx<'_>) -> Result<u64> {
     let mut rng = rand::rngs::OsRng;
     for _ in 0..16 {
@@ -1050,6 +1241,7 @@ approval = "auto"
 logins = ["deploy"]
 max_ttl = "10m"
 force_command = "/bin/deploy"
+workloads = [{ issuer = "https://t", claims = { repository = "acme/app", ref = "refs/heads/main" } }]
 "#;
 
     struct Fixture {
@@ -1693,5 +1885,132 @@ force_command = "/bin/deploy"
         // Once the certificate expired it drops out of the KRL.
         let (later, _) = krl_serials(&f, a.valid_before);
         assert_eq!(later.len(), empty.len());
+    }
+
+    #[test]
+    fn key_revoked_while_pending_is_not_certified() {
+        let f = fixture();
+        let req = ask("db", &[], None);
+        let key = req.public_key.clone();
+        let id = f
+            .auth
+            .create_request_at(&alice(), req, T0)
+            .unwrap()
+            .request
+            .id;
+        f.auth
+            .revoke_at(
+                &who("sam", &["security"]),
+                RevokeTarget::PublicKey(key),
+                "leaked",
+                T0,
+            )
+            .unwrap();
+        assert!(matches!(
+            f.auth.review_at(&bob(), &id, Verdict::Approve, None, "", T0),
+            Err(Error::FailedPrecondition(m)) if m.contains("revoked")
+        ));
+        assert!(
+            f.store
+                .read(|tx| tx.certificate_for_request(&id))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    fn workload(repo: &str, r: &str, jti: &str) -> WorkloadIdentity {
+        WorkloadIdentity {
+            issuer: "https://t".into(),
+            subject: format!("repo:{repo}:ref:{r}"),
+            audiences: vec!["moshca".into()],
+            jti: jti.into(),
+            expires_at: T0 + 300,
+            claims: serde_json::json!({"repository": repo, "ref": r, "run_id": "77"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        }
+    }
+
+    #[test]
+    fn workload_gets_an_auto_certificate_bound_to_its_claims() {
+        let f = fixture();
+        let wl = workload("acme/app", "refs/heads/main", "j1");
+        let v = f
+            .auth
+            .create_workload_request_at(
+                &wl,
+                NewRequest {
+                    reason: String::new(),
+                    ..ask("auto", &[], Some(300))
+                },
+                T0,
+            )
+            .unwrap();
+        let c = v.certificate.unwrap();
+        assert!(
+            c.key_id
+                .contains(":iss=https://t:repo=acme/app:run=77:role=auto:by=auto"),
+            "{}",
+            c.key_id
+        );
+        assert_eq!(c.principals, ["deploy"]);
+        assert_eq!(c.valid_before - T0, 300);
+        // The same token again is a replay.
+        assert!(matches!(
+            f.auth.create_workload_request_at(&wl, ask("auto", &[], None), T0),
+            Err(Error::Unauthenticated(m)) if m.contains("jti")
+        ));
+    }
+
+    #[test]
+    fn workload_refusals() {
+        let f = fixture();
+        for (wl, role) in [
+            (workload("acme/other", "refs/heads/main", "a"), "auto"),
+            (workload("acme/app", "refs/heads/dev", "b"), "auto"),
+            (workload("acme/app", "refs/heads/main", "c"), "db"),
+            (workload("acme/app", "refs/heads/main", "d"), "missing"),
+        ] {
+            assert!(
+                matches!(
+                    f.auth
+                        .create_workload_request_at(&wl, ask(role, &[], None), T0),
+                    Err(Error::PermissionDenied(_))
+                ),
+                "{role} {:?}",
+                wl.claims
+            );
+        }
+        assert!(matches!(
+            f.auth.create_workload_request_at(&workload("acme/app", "refs/heads/main", "e"), ask("auto", &[], Some(3600)), T0),
+            Err(Error::PermissionDenied(m)) if m.contains("max_ttl")
+        ));
+        assert_eq!(count_requests(&f), 0);
+        assert_eq!(audit_actions(&f), vec!["request.refused"; 5]);
+    }
+
+    #[test]
+    fn concurrent_replays_issue_once() {
+        let f = fixture();
+        let wl = workload("acme/app", "refs/heads/main", "same");
+        let ok = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        f.auth
+                            .create_workload_request_at(&wl, ask("auto", &[], None), T0)
+                            .is_ok()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .filter(|ok| *ok)
+                .count()
+        });
+        assert_eq!(ok, 1);
+        assert_eq!(count_requests(&f), 1);
     }
 }

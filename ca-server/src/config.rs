@@ -35,6 +35,28 @@ pub struct Config {
     pub tls_key: PathBuf,
     /// Upper bound for every ttl in the policy.
     pub max_ttl: u64,
+    /// OIDC issuers whose ID tokens CI jobs may present.
+    pub oidc_issuers: Vec<OidcIssuer>,
+}
+
+/// A trusted OIDC token issuer (GitHub Actions, GitLab CI, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcIssuer {
+    /// The `iss` claim, exactly.
+    pub issuer: String,
+    /// The `aud` tokens must carry.
+    pub audience: String,
+    /// Where its signing keys are.
+    pub jwks: JwksSource,
+}
+
+/// Where an issuer's JSON Web Key Set comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A local file, re-read on an unknown key id.
+    File(PathBuf),
+    /// An https URL (http only for loopback hosts).
+    Url(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +69,36 @@ struct RawConfig {
     passphrase_file: Option<String>,
     max_ttl: Option<String>,
     tls: Option<RawTls>,
+    oidc: Option<RawOidc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    #[serde(default)]
+    issuer: Vec<RawIssuer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    audience: String,
+    jwks_file: Option<String>,
+    jwks_url: Option<String>,
+}
+
+/// Whether a URL is https, or http to a loopback host (for tests and local stand-ins).
+fn acceptable_url(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +166,49 @@ impl Config {
             }
         };
         let (cert, key) = raw.tls.map(|t| (t.cert, t.key)).unwrap_or((None, None));
+        let mut oidc_issuers = Vec::new();
+        for (i, iss) in raw
+            .oidc
+            .map(|o| o.issuer)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let at = format!("{origin}: oidc.issuer[{i}]");
+            if !acceptable_url(&iss.issuer) {
+                errors.push(format!(
+                    "{at}.issuer: must be an https URL (http only on loopback)"
+                ));
+            }
+            if iss.audience.trim().is_empty() {
+                errors.push(format!("{at}.audience: must not be empty"));
+            }
+            if oidc_issuers
+                .iter()
+                .any(|o: &OidcIssuer| o.issuer == iss.issuer)
+            {
+                errors.push(format!("{at}.issuer: listed twice"));
+            }
+            let jwks = match (iss.jwks_file, iss.jwks_url) {
+                (Some(f), None) => JwksSource::File(path(Some(f), "")),
+                (None, Some(u)) if acceptable_url(&u) => JwksSource::Url(u),
+                (None, Some(_)) => {
+                    errors.push(format!(
+                        "{at}.jwks_url: must be https (http only on loopback)"
+                    ));
+                    continue;
+                }
+                _ => {
+                    errors.push(format!("{at}: give exactly one of jwks_file and jwks_url"));
+                    continue;
+                }
+            };
+            oidc_issuers.push(OidcIssuer {
+                issuer: iss.issuer,
+                audience: iss.audience,
+                jwks,
+            });
+        }
         let config = Config {
             data_dir: data_dir.to_owned(),
             listen,
@@ -124,6 +219,7 @@ impl Config {
             tls_cert: path(cert, "tls/cert.pem"),
             tls_key: path(key, "tls/key.pem"),
             max_ttl,
+            oidc_issuers,
         };
         if errors.is_empty() {
             Ok(config)
@@ -151,6 +247,12 @@ ca_key = "ca_key"
 [tls]
 cert = "tls/cert.pem"
 key = "tls/key.pem"
+
+# OIDC issuers whose ID tokens CI jobs may present (`moshca ci`).
+# [[oidc.issuer]]
+# issuer = "https://token.actions.githubusercontent.com"
+# audience = "moshca"
+# jwks_url = "https://token.actions.githubusercontent.com/.well-known/jwks"
 "#
     )
 }
@@ -176,6 +278,26 @@ mod tests {
         assert_eq!(e.errors.len(), 2, "{e}");
         assert!(e.errors[0].contains("listen"));
         assert!(e.errors[1].contains("max_ttl"));
+    }
+
+    #[test]
+    fn oidc_issuers() {
+        let c = Config::parse(
+            "[[oidc.issuer]]\nissuer = \"https://token.actions.githubusercontent.com\"\naudience = \"moshca\"\njwks_url = \"https://token.actions.githubusercontent.com/.well-known/jwks\"\n[[oidc.issuer]]\nissuer = \"http://127.0.0.1:9999\"\naudience = \"moshca\"\njwks_file = \"jwks.json\"\n",
+            Path::new("/d"),
+        )
+        .unwrap();
+        assert_eq!(c.oidc_issuers.len(), 2);
+        assert_eq!(
+            c.oidc_issuers[1].jwks,
+            JwksSource::File("/d/jwks.json".into())
+        );
+        let e = Config::parse(
+            "[[oidc.issuer]]\nissuer = \"http://example.com\"\naudience = \"\"\njwks_url = \"http://example.com/jwks\"\njwks_file = \"x\"\n",
+            Path::new("/d"),
+        )
+        .unwrap_err();
+        assert_eq!(e.errors.len(), 3, "{e}");
     }
 
     #[test]

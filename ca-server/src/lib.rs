@@ -12,6 +12,7 @@
 //! | [`approvals`] | the request state machine (pure, takes `now`) |
 //! | [`signer`] | owns the CA key; grant + subject key -> certificate |
 //! | [`auth`] | bearer tokens -> [`auth::Caller`] |
+//! | [`oidc`] | CI jobs' OIDC ID tokens -> verified workload identity |
 //! | [`authority`] | use cases; orchestrates the above with the store and audit |
 //! | [`store`] | all SQL and migrations |
 //! | [`audit`] | audit events, hash chain, verification |
@@ -36,6 +37,7 @@ pub mod convert;
 pub mod files;
 pub mod init;
 pub mod krl;
+pub mod oidc;
 pub mod policy;
 pub mod rotation;
 pub mod server;

@@ -95,6 +95,47 @@ pub struct Role {
     pub force_command: Option<String>,
     /// Break-glass limits, when enabled.
     pub break_glass: Option<BreakGlass>,
+    /// CI workloads (OIDC tokens) that may use this role; only for `approval = "auto"`.
+    pub workloads: Vec<Workload>,
+}
+
+/// A CI workload bound to a role by its token's issuer, audience and claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// The token's `iss`, exactly.
+    pub issuer: String,
+    /// The token's `aud`, when it must differ from the issuer's configured audience.
+    pub audience: Option<String>,
+    /// Claims the token must carry: exact values, or a prefix where the value ends in `*`.
+    pub claims: BTreeMap<String, String>,
+}
+
+impl Workload {
+    /// Whether a verified token's claims select this workload.
+    pub fn matches(
+        &self,
+        issuer: &str,
+        audiences: &[String],
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> bool {
+        if self.issuer != issuer {
+            return false;
+        }
+        if let Some(aud) = &self.audience
+            && !audiences.contains(aud)
+        {
+            return false;
+        }
+        self.claims.iter().all(|(name, want)| {
+            let Some(serde_json::Value::String(got)) = claims.get(name) else {
+                return false;
+            };
+            match want.strip_suffix('*') {
+                Some(prefix) => got.starts_with(prefix),
+                None => got == want,
+            }
+        })
+    }
 }
 
 /// Break-glass settings of a role.
@@ -455,7 +496,16 @@ struct RawRole {
     source_address: Option<Vec<String>>,
     force_command: Option<String>,
     break_glass: Option<RawBreakGlass>,
-    workloads: Option<toml::Value>,
+    workloads: Option<Vec<RawWorkload>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    issuer: String,
+    audience: Option<String>,
+    #[serde(default)]
+    claims: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -559,11 +609,7 @@ fn validate_role(
     let requesters = selectors(&r.requesters, &format!("{at}.requesters"), errors);
     let approvers = selectors(&r.approvers, &format!("{at}.approvers"), errors);
     let revokers = selectors(&r.revokers, &format!("{at}.revokers"), errors);
-    if r.workloads.is_some() {
-        errors.push(format!(
-            "{at}.workloads: OIDC workload identity is not supported by this server version"
-        ));
-    }
+    let workloads = validate_workloads(r.workloads.unwrap_or_default(), at, errors);
     let approval = match r.approval.as_deref().unwrap_or("manual") {
         "manual" => {
             let required = r.approvals_required.unwrap_or(1);
@@ -594,9 +640,14 @@ fn validate_role(
             Approval::Manual { required: 1 }
         }
     };
-    if requesters.is_empty() {
+    if requesters.is_empty() && workloads.is_empty() {
         errors.push(format!(
-            "{at}.requesters: empty, so nobody could request this role"
+            "{at}.requesters: empty and no workloads, so nobody could request this role"
+        ));
+    }
+    if !workloads.is_empty() && approval != Approval::Auto {
+        errors.push(format!(
+            "{at}.workloads: only roles with approval = \"auto\" may be used by workloads"
         ));
     }
     let reason_min_len = match r.reason_min_len {
@@ -734,7 +785,42 @@ fn validate_role(
         source_address,
         force_command: r.force_command,
         break_glass,
+        workloads,
     })
+}
+
+fn validate_workloads(raw: Vec<RawWorkload>, at: &str, errors: &mut Vec<String>) -> Vec<Workload> {
+    let mut out = Vec::new();
+    for (i, w) in raw.into_iter().enumerate() {
+        let here = format!("{at}.workloads[{i}]");
+        let before = errors.len();
+        if w.issuer.trim().is_empty() {
+            errors.push(format!("{here}.issuer: must name the token issuer"));
+        }
+        // An empty claim set would admit every token of the issuer (every repository on
+        // GitHub, say): refuse it, like any empty allow-list.
+        if w.claims.is_empty() {
+            errors.push(format!(
+                "{here}.claims: at least one claim (e.g. repository) must be bound"
+            ));
+        }
+        for (name, value) in &w.claims {
+            let stem = value.strip_suffix('*').unwrap_or(value);
+            if stem.is_empty() || stem.contains('*') {
+                errors.push(format!(
+                    "{here}.claims.{name}: {value:?} must be a value, optionally ending in one '*'"
+                ));
+            }
+        }
+        if errors.len() == before {
+            out.push(Workload {
+                issuer: w.issuer,
+                audience: w.audience,
+                claims: w.claims,
+            });
+        }
+    }
+    out
 }
 
 /// The policy `moshca-server init` writes: valid, commented, and safe to start with.
@@ -877,11 +963,72 @@ source_address = ["127.0.0.1/8"]
     }
 
     #[test]
-    fn workloads_not_yet_supported_is_an_error_not_ignored() {
+    fn workloads_need_claims_and_an_auto_role() {
         let errs = errors(
-            "[[role]]\nname = \"x\"\nrequesters=[\"user:a\"]\napproval=\"auto\"\nlogins=[\"a\"]\nworkloads=[{issuer=\"https://x\"}]\n",
+            "[[role]]\nname = \"x\"\napproval=\"auto\"\nlogins=[\"a\"]\nworkloads=[{issuer=\"https://x\"}]\n",
         );
-        assert!(errs.iter().any(|e| e.contains("workloads")));
+        assert!(
+            errs.iter().any(|e| e.contains("at least one claim")),
+            "{errs:?}"
+        );
+        let errs = errors(
+            "[[role]]\nname = \"x\"\napprovers=[\"user:b\"]\nlogins=[\"a\"]\nworkloads=[{issuer=\"https://x\", claims={repository=\"a/b\"}}]\n",
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("approval = \"auto\"")),
+            "{errs:?}"
+        );
+        let errs = errors(
+            "[[role]]\nname = \"x\"\napproval=\"auto\"\nlogins=[\"a\"]\nworkloads=[{issuer=\"https://x\", claims={repository=\"*\"}}]\n",
+        );
+        assert!(errs.iter().any(|e| e.contains("repository")), "{errs:?}");
+    }
+
+    #[test]
+    fn workload_claims_match_exactly_or_by_explicit_prefix() {
+        let p = policy(
+            r#"
+[[role]]
+name = "deploy"
+approval = "auto"
+logins = ["deploy"]
+workloads = [{ issuer = "https://t", claims = { repository = "acme/app", ref = "refs/heads/release-*" } }]
+"#,
+        );
+        let w = &p.role("deploy").unwrap().workloads[0];
+        let claims = |repo: &str, r: &str| {
+            serde_json::json!({"repository": repo, "ref": r})
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        let aud = vec!["moshca".to_owned()];
+        assert!(w.matches(
+            "https://t",
+            &aud,
+            &claims("acme/app", "refs/heads/release-1")
+        ));
+        assert!(!w.matches(
+            "https://t",
+            &aud,
+            &claims("acme/app2", "refs/heads/release-1")
+        ));
+        assert!(!w.matches(
+            "https://t",
+            &aud,
+            &claims("acme/ap", "refs/heads/release-1")
+        ));
+        assert!(!w.matches("https://t", &aud, &claims("acme/app", "refs/heads/main")));
+        assert!(!w.matches(
+            "https://other",
+            &aud,
+            &claims("acme/app", "refs/heads/release-1")
+        ));
+        let missing = serde_json::json!({"repository": "acme/app"})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert!(!w.matches("https://t", &aud, &missing));
     }
 
     #[test]

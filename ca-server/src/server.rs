@@ -18,6 +18,7 @@ use tonic::transport::{Identity, ServerTlsConfig};
 use crate::authority::Authority;
 use crate::clock;
 use crate::config::Config;
+use crate::oidc::Verifier;
 use crate::policy::Policy;
 use crate::service::Service;
 use crate::signer::Signer;
@@ -30,6 +31,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub async fn run(
     listener: TcpListener,
     authority: Arc<Authority>,
+    verifier: Arc<Verifier>,
     tls: Option<Identity>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
@@ -43,7 +45,7 @@ pub async fn run(
         .build_v1()
         .context("building the reflection service")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let api = CertificateAuthorityServer::new(Service::new(authority.clone(), stop_rx))
+    let api = CertificateAuthorityServer::new(Service::new(authority.clone(), verifier, stop_rx))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(4 * 1024 * 1024);
 
@@ -77,13 +79,24 @@ pub async fn run(
     result
 }
 
-/// Expires pending requests once a second; cheap thanks to the (state, expires_at) index.
+/// Expires pending requests once a second (cheap thanks to the (state, expires_at) index)
+/// and forgets consumed token ids once a minute.
 async fn expire_pending(authority: Arc<Authority>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
     loop {
         tick.tick().await;
+        n += 1;
         let a = authority.clone();
-        match tokio::task::spawn_blocking(move || a.expire_due_at(clock::now())).await {
+        let purge = n.is_multiple_of(60);
+        match tokio::task::spawn_blocking(move || {
+            if purge {
+                a.purge_jti_at(clock::now())?;
+            }
+            a.expire_due_at(clock::now())
+        })
+        .await
+        {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "expiring pending requests failed"),
             Err(e) => tracing::error!(error = %e, "expiry task failed"),
@@ -134,11 +147,19 @@ fn check_key_file(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads policy, store, CA key and TLS identity from the data directory.
-pub fn open(
-    config: &Config,
-    passphrase_file: Option<&Path>,
-) -> anyhow::Result<(Arc<Authority>, Identity)> {
+/// Everything `run` serves, loaded from a data directory.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The use cases.
+    pub authority: Arc<Authority>,
+    /// OIDC token verification for CI workloads.
+    pub verifier: Arc<Verifier>,
+    /// The TLS certificate and key.
+    pub identity: Identity,
+}
+
+/// Loads policy, store, CA key, OIDC issuers and TLS identity from the data directory.
+pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<Loaded> {
     let policy = load_policy(config)?;
     let signer = load_signer(config, passphrase_file)?;
     let store = Store::open(&config.database)
@@ -148,15 +169,16 @@ pub fn open(
     let key = std::fs::read(&config.tls_key)
         .with_context(|| format!("reading TLS key {}", config.tls_key.display()))?;
     tracing::info!(ca = %signer.fingerprint(), "CA key loaded");
-    Ok((
-        Arc::new(Authority::new(
+    Ok(Loaded {
+        authority: Arc::new(Authority::new(
             Arc::new(store),
             signer,
             policy,
             clock::now(),
         )?),
-        Identity::from_pem(cert, key),
-    ))
+        verifier: Arc::new(Verifier::new(&config.oidc_issuers)),
+        identity: Identity::from_pem(cert, key),
+    })
 }
 
 /// Loads the active CA key, refusing a key file others can read.
@@ -212,7 +234,11 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
-    let (authority, identity) = open(&config, passphrase_file)?;
+    let Loaded {
+        authority,
+        verifier,
+        identity,
+    } = open(&config, passphrase_file)?;
     let addr = listen.unwrap_or(config.listen);
     let listener = TcpListener::bind(addr)
         .await
@@ -244,7 +270,7 @@ pub async fn serve(
     };
     tracing::info!(%local, "listening");
     announce(local);
-    run(listener, authority, Some(identity), shutdown).await
+    run(listener, authority, verifier, Some(identity), shutdown).await
 }
 
 #[allow(clippy::print_stdout)]

@@ -13,8 +13,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
-use crate::auth::{self, Caller};
+use crate::auth::{self, Caller, Credential, Token};
 use crate::authority::{Authority, NewRequest, RevokeTarget};
+use crate::oidc::{Verifier, WorkloadIdentity};
 use crate::{clock, convert};
 
 /// Longest accepted request id, to keep junk out of logs.
@@ -24,15 +25,21 @@ const MAX_ID_LEN: usize = 64;
 #[derive(Debug, Clone)]
 pub struct Service {
     authority: Arc<Authority>,
+    verifier: Arc<Verifier>,
     stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Service {
     /// A service over `authority`; watch streams end when `stopping` turns true, so a
     /// graceful shutdown does not wait for requests that may stay pending for an hour.
-    pub fn new(authority: Arc<Authority>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+    pub fn new(
+        authority: Arc<Authority>,
+        verifier: Arc<Verifier>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         Service {
             authority,
+            verifier,
             stopping,
         }
     }
@@ -53,7 +60,7 @@ impl Service {
             .map_err(Status::from)
     }
 
-    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+    fn credential<T>(req: &Request<T>) -> Result<(Credential, String), Status> {
         let header = req
             .metadata()
             .get("authorization")
@@ -61,11 +68,46 @@ impl Service {
         let peer = req
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
-        let token = match auth::parse_bearer(header) {
-            Ok(t) => t,
+        match auth::parse_bearer(header) {
+            Ok(c) => Ok((c, peer)),
             Err(msg) => {
                 tracing::warn!(peer = %peer, "authentication failed: {msg}");
-                return Err(Status::unauthenticated(msg));
+                Err(Status::unauthenticated(msg))
+            }
+        }
+    }
+
+    /// A verified CI workload, or UNAUTHENTICATED (audited).
+    async fn workload(&self, token: Token, peer: String) -> Result<WorkloadIdentity, Status> {
+        let verifier = self.verifier.clone();
+        let verified =
+            tokio::task::spawn_blocking(move || verifier.verify_at(token.expose(), clock::now()))
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "token verification task failed");
+                    Status::internal("internal error")
+                })?;
+        match verified {
+            Ok(wl) => Ok(wl),
+            Err(rejected) => {
+                tracing::warn!(peer = %peer, "ID token refused: {rejected}");
+                let reason = rejected.0.clone();
+                self.blocking(move |a| a.record_auth_failure_at(&peer, &reason, clock::now()))
+                    .await?;
+                Err(Status::unauthenticated(format!(
+                    "ID token refused: {rejected}"
+                )))
+            }
+        }
+    }
+
+    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        let (token, peer) = match Self::credential(req)? {
+            (Credential::Token(t), peer) => (t, peer),
+            (Credential::IdToken(_), _) => {
+                return Err(Status::permission_denied(
+                    "workload ID tokens may only request certificates (moshca ci)",
+                ));
             }
         };
         let caller = self
@@ -111,6 +153,25 @@ impl CertificateAuthority for Service {
         &self,
         req: Request<pb::CreateAccessRequestRequest>,
     ) -> Result<Response<pb::AccessRequest>, Status> {
+        if let (Credential::IdToken(jwt), peer) = Self::credential(&req)? {
+            let wl = self.workload(jwt, peer).await?;
+            tracing::Span::current().record("caller", wl.subject.as_str());
+            let m = req.into_inner();
+            tracing::Span::current().record("role", m.role.as_str());
+            let new = NewRequest {
+                role: m.role,
+                principals: m.principals,
+                ttl_secs: ttl(m.ttl_secs),
+                reason: m.reason,
+                public_key: m.public_key,
+            };
+            let view = self
+                .blocking(move |a| a.create_workload_request_at(&wl, new, clock::now()))
+                .await
+                .inspect_err(|s| tracing::warn!("workload request refused: {}", s.message()))?;
+            tracing::Span::current().record("request_id", view.request.id.as_str());
+            return Ok(Response::new(convert::request(view)));
+        }
         let caller = self.caller(&req).await?;
         let m = req.into_inner();
         tracing::Span::current().record("role", m.role.as_str());

@@ -204,6 +204,14 @@ CREATE TABLE ca_keys (
 ) STRICT;
 CREATE INDEX certificates_by_ca ON certificates(ca_fingerprint, valid_before);
 "#,
+    r#"
+CREATE TABLE seen_jti (
+    issuer TEXT NOT NULL,
+    jti TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (issuer, jti)
+) STRICT;
+"#,
 ];
 
 impl Store {
@@ -776,6 +784,25 @@ impl Tx<'_> {
                 })
             })
             .collect()
+    }
+
+    // --- workload token replay ---
+
+    /// Records a token id as used; `false` if it was used before.
+    pub fn insert_jti(&self, issuer: &str, jti: &str, expires_at: u64) -> Result<bool> {
+        let n = self.tx.execute(
+            "INSERT OR IGNORE INTO seen_jti (issuer, jti, expires_at) VALUES (?1, ?2, ?3)",
+            params![issuer, jti, to_i64(expires_at)],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Forgets token ids whose tokens have expired (with leeway) by `now`.
+    pub fn purge_jti(&self, now: u64, leeway: u64) -> Result<usize> {
+        Ok(self.tx.execute(
+            "DELETE FROM seen_jti WHERE expires_at + ?2 < ?1",
+            params![to_i64(now), to_i64(leeway)],
+        )?)
     }
 
     // --- CA keys ---

@@ -58,14 +58,15 @@ async fn start() -> Harness {
         tokens.insert(name, t.expose().to_owned());
     }
     drop(store);
-    let (authority, identity) = server::open(&config, None).unwrap();
+    let loaded = server::open(&config, None).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server::run(
         listener,
-        Arc::clone(&authority),
-        Some(identity),
+        Arc::clone(&loaded.authority),
+        loaded.verifier,
+        Some(loaded.identity),
         async {
             let _ = rx.await;
         },

@@ -1,0 +1,515 @@
+//! OIDC ID tokens (JWT) of CI jobs -> verified [`WorkloadIdentity`].
+//!
+//! Only configured issuers are trusted. Their signing keys (JWKS) are cached and refetched
+//! on an unknown key id at most once a minute per issuer, so a flood of made-up key ids
+//! cannot turn the CA into a request amplifier. `alg` is pinned to the key's type
+//! (RS256 for RSA, ES256 for P-256, EdDSA for Ed25519): `none` and HMAC are refused, so a
+//! public key can never be used as an HMAC secret. `exp`, `nbf` and `iat` are checked with
+//! 60 s of leeway. Replay (`jti`) is refused by the store, in the transaction that issues.
+//! Never logs or returns the token itself.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use crate::clock::UnixTime;
+use crate::config::{JwksSource, OidcIssuer};
+
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
+pub const LEEWAY_SECS: u64 = 60;
+/// Least time between two JWKS fetches of one issuer triggered by unknown key ids.
+pub const REFETCH_INTERVAL_SECS: u64 = 60;
+/// Largest token accepted.
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Largest JWKS document read.
+const MAX_JWKS_BYTES: u64 = 1024 * 1024;
+
+/// A CI job, as its verified token describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadIdentity {
+    /// `iss`.
+    pub issuer: String,
+    /// `sub`.
+    pub subject: String,
+    /// `aud`, as a list.
+    pub audiences: Vec<String>,
+    /// `jti`, for replay protection.
+    pub jti: String,
+    /// `exp`.
+    pub expires_at: u64,
+    /// Every claim, for policy matching.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+impl WorkloadIdentity {
+    /// A string claim, if present.
+    pub fn claim(&self, name: &str) -> Option<&str> {
+        self.claims.get(name).and_then(serde_json::Value::as_str)
+    }
+}
+
+/// Why a token was refused. Safe to return to the caller: it never quotes the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Rejected(pub String);
+
+fn reject(m: impl Into<String>) -> Rejected {
+    Rejected(m.into())
+}
+
+struct IssuerState {
+    config: OidcIssuer,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    keys: Option<JwkSet>,
+    last_fetch: Option<UnixTime>,
+}
+
+/// Verifies ID tokens against the configured issuers.
+pub struct Verifier {
+    issuers: HashMap<String, IssuerState>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("issuers", &self.issuers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Whether a bearer value looks like a JWT (three base64url parts) rather than a token.
+pub fn looks_like_jwt(value: &str) -> bool {
+    value.len() <= MAX_TOKEN_LEN
+        && value.split('.').count() == 3
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl Verifier {
+    /// A verifier for these issuers; keys are fetched on first use.
+    pub fn new(issuers: &[OidcIssuer]) -> Self {
+        Verifier {
+            issuers: issuers
+                .iter()
+                .map(|c| {
+                    (
+                        c.issuer.clone(),
+                        IssuerState {
+                            config: c.clone(),
+                            cache: Mutex::new(Cache::default()),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Verifies a token at `now`. Blocking: may fetch the issuer's JWKS.
+    pub fn verify_at(&self, token: &str, now: UnixTime) -> Result<WorkloadIdentity, Rejected> {
+        if !looks_like_jwt(token) {
+            return Err(reject("not a JWT"));
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| reject("token header does not parse (or names an unknown alg)"))?;
+        if !matches!(
+            header.alg,
+            Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA
+        ) {
+            return Err(reject(format!(
+                "alg {:?} is not accepted; use RS256, ES256 or EdDSA",
+                header.alg
+            )));
+        }
+        let kid = header
+            .kid
+            .as_deref()
+            .ok_or_else(|| reject("token header has no kid"))?;
+        let issuer = unverified_issuer(token)?;
+        let state = self
+            .issuers
+            .get(&issuer)
+            .ok_or_else(|| reject("token issuer is not configured on this CA"))?;
+        let key = state.key_for(kid, now)?;
+        let expected_alg = match &key.algorithm {
+            AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+                Algorithm::ES256
+            }
+            AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+                Algorithm::EdDSA
+            }
+            _ => {
+                return Err(reject(
+                    "the issuer's key for this kid has an unsupported type",
+                ));
+            }
+        };
+        if header.alg != expected_alg {
+            return Err(reject(format!(
+                "alg {:?} does not match the key's type ({expected_alg:?})",
+                header.alg
+            )));
+        }
+        let decoding =
+            DecodingKey::from_jwk(&key).map_err(|_| reject("the issuer's key does not parse"))?;
+        let mut validation = Validation::new(expected_alg);
+        // Times are checked below against `now`, not jsonwebtoken's own clock reading, so
+        // the wall clock stays in one place (`clock`) and tests can fix the time.
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = false;
+        validation.validate_exp = false;
+        validation.set_issuer(&[&state.config.issuer]);
+        validation.set_audience(&[&state.config.audience]);
+        validation.required_spec_claims = ["exp", "iat", "iss", "aud", "sub"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &decoding,
+            &validation,
+        )
+        .map_err(|e| reject(describe(&e)))?;
+        let claims = data.claims;
+        let num = |name: &str| claims.get(name).and_then(serde_json::Value::as_u64);
+        let exp = num("exp").ok_or_else(|| reject("exp is missing"))?;
+        let iat = num("iat").ok_or_else(|| reject("iat is missing"))?;
+        if exp + LEEWAY_SECS <= now {
+            return Err(reject("token expired"));
+        }
+        if iat > now + LEEWAY_SECS {
+            return Err(reject("token issued in the future (iat)"));
+        }
+        if let Some(nbf) = num("nbf")
+            && nbf > now + LEEWAY_SECS
+        {
+            return Err(reject("token not yet valid (nbf)"));
+        }
+        let jti = claims
+            .get("jti")
+            .and_then(serde_json::Value::as_str)
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+            .ok_or_else(|| reject("token has no jti; replay protection needs one"))?
+            .to_owned();
+        let subject = claims
+            .get("sub")
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| reject("token has no sub"))?
+            .to_owned();
+        let audiences = match claims.get("aud") {
+            Some(serde_json::Value::String(a)) => vec![a.clone()],
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(WorkloadIdentity {
+            issuer,
+            subject,
+            audiences,
+            jti,
+            expires_at: exp,
+            claims,
+        })
+    }
+}
+
+fn describe(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => "token expired".into(),
+        K::ImmatureSignature => "token not yet valid (nbf)".into(),
+        K::InvalidAudience => "token audience does not match this CA".into(),
+        K::InvalidIssuer => "token issuer does not match".into(),
+        K::InvalidSignature => "token signature does not verify".into(),
+        K::MissingRequiredClaim(c) => format!("token lacks the {c} claim"),
+        K::InvalidAlgorithm => "token alg does not match the key".into(),
+        _ => "token does not verify".into(),
+    }
+}
+
+/// Reads `iss` before verification, only to choose which issuer's keys to verify with.
+fn unverified_issuer(token: &str) -> Result<String, Rejected> {
+    let payload = token.split('.').nth(1).unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| reject("token payload is not base64url"))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| reject("token payload is not JSON"))?;
+    value
+        .get("iss")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| reject("token has no iss"))
+}
+
+impl IssuerState {
+    fn key_for(&self, kid: &str, now: UnixTime) -> Result<jsonwebtoken::jwk::Jwk, Rejected> {
+        // The lock is held across a fetch on purpose: concurrent unknown kids wait for one
+        // fetch instead of each starting their own.
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let known = cache.keys.as_ref().is_some_and(|k| k.find(kid).is_some());
+        if !known {
+            let may_fetch = cache
+                .last_fetch
+                .is_none_or(|t| now >= t + REFETCH_INTERVAL_SECS);
+            if may_fetch {
+                cache.last_fetch = Some(now);
+                match fetch(&self.config.jwks) {
+                    Ok(keys) => cache.keys = Some(keys),
+                    Err(e) => {
+                        tracing::warn!(issuer = %self.config.issuer, "fetching JWKS failed: {e}");
+                    }
+                }
+            }
+        }
+        cache
+            .keys
+            .as_ref()
+            .and_then(|k| k.find(kid))
+            .cloned()
+            .ok_or_else(|| reject("token kid is not among the issuer's keys"))
+    }
+}
+
+fn fetch(source: &JwksSource) -> Result<JwkSet, String> {
+    let text = match source {
+        JwksSource::File(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?
+        }
+        JwksSource::Url(url) => {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(5)))
+                .build()
+                .into();
+            let mut resp = agent
+                .get(url)
+                .call()
+                .map_err(|e| format!("GET {url}: {e}"))?;
+            resp.body_mut()
+                .with_config()
+                .limit(MAX_JWKS_BYTES)
+                .read_to_string()
+                .map_err(|e| format!("reading {url}: {e}"))?
+        }
+    };
+    serde_json::from_str(&text).map_err(|e| format!("JWKS does not parse: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    const NOW: u64 = 1_790_000_000;
+    const ISS: &str = "https://token.example";
+
+    struct Key {
+        der: Vec<u8>,
+        x: String,
+    }
+
+    fn key() -> Key {
+        let sk = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        // PKCS#8 v1 wrapping of an Ed25519 seed (RFC 8410).
+        let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
+        der.extend_from_slice(&sk.to_bytes());
+        Key {
+            der,
+            x: base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sk.verifying_key().to_bytes()),
+        }
+    }
+
+    fn jwks(keys: &[(&str, &Key)]) -> String {
+        let keys: Vec<_> = keys
+            .iter()
+            .map(|(kid, k)| json!({"kty": "OKP", "crv": "Ed25519", "x": k.x, "kid": kid, "alg": "EdDSA", "use": "sig"}))
+            .collect();
+        json!({ "keys": keys }).to_string()
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        verifier: Verifier,
+        key: Key,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let key = key();
+        std::fs::write(&path, jwks(&[("k1", &key)])).unwrap();
+        let verifier = Verifier::new(&[OidcIssuer {
+            issuer: ISS.into(),
+            audience: "moshca".into(),
+            jwks: JwksSource::File(path.clone()),
+        }]);
+        Fixture {
+            _dir: dir,
+            path,
+            verifier,
+            key,
+        }
+    }
+
+    fn claims() -> serde_json::Value {
+        json!({
+            "iss": ISS, "aud": "moshca", "sub": "repo:acme/app:ref:refs/heads/main",
+            "repository": "acme/app", "ref": "refs/heads/main", "run_id": "42",
+            "iat": NOW - 5, "nbf": NOW - 5, "exp": NOW + 300, "jti": "j-1",
+        })
+    }
+
+    fn sign(kid: &str, key: &Key, claims: &serde_json::Value) -> String {
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(&h, claims, &EncodingKey::from_ed_der(&key.der)).unwrap()
+    }
+
+    fn b64(v: &serde_json::Value) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    #[test]
+    fn valid_token_verifies() {
+        let f = fixture();
+        let wl = f
+            .verifier
+            .verify_at(&sign("k1", &f.key, &claims()), NOW)
+            .unwrap();
+        assert_eq!(wl.issuer, ISS);
+        assert_eq!(wl.claim("repository"), Some("acme/app"));
+        assert_eq!(wl.jti, "j-1");
+        assert_eq!(wl.audiences, ["moshca"]);
+    }
+
+    fn refused(f: &Fixture, token: &str) -> String {
+        f.verifier.verify_at(token, NOW).unwrap_err().0
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let f = fixture();
+        let token = format!(
+            "{}.{}.",
+            b64(&json!({"alg": "none", "kid": "k1"})),
+            b64(&claims())
+        );
+        refused(&f, &token);
+        let token = format!(
+            "{}.{}.",
+            b64(&json!({"alg": "None", "kid": "k1"})),
+            b64(&claims())
+        );
+        refused(&f, &token);
+    }
+
+    #[test]
+    fn hmac_with_the_public_key_as_secret_is_refused() {
+        let f = fixture();
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("k1".into());
+        for secret in [
+            f.key.x.as_bytes().to_vec(),
+            jwks(&[("k1", &f.key)]).into_bytes(),
+        ] {
+            let token =
+                jsonwebtoken::encode(&h, &claims(), &EncodingKey::from_secret(&secret)).unwrap();
+            assert!(refused(&f, &token).contains("not accepted"));
+        }
+    }
+
+    #[test]
+    fn wrong_key_issuer_audience_and_times_are_refused() {
+        let f = fixture();
+        let other = key();
+        assert!(refused(&f, &sign("k1", &other, &claims())).contains("signature"));
+        assert!(refused(&f, &sign("nope", &f.key, &claims())).contains("kid"));
+        let mut c = claims();
+        c["iss"] = json!("https://evil.example");
+        assert!(refused(&f, &sign("k1", &f.key, &c)).contains("issuer"));
+        let mut c = claims();
+        c["aud"] = json!("someone-else");
+        assert!(refused(&f, &sign("k1", &f.key, &c)).contains("audience"));
+        let mut c = claims();
+        c["exp"] = json!(NOW - 61);
+        assert!(refused(&f, &sign("k1", &f.key, &c)).contains("expired"));
+        let mut c = claims();
+        c["nbf"] = json!(NOW + 120);
+        assert!(refused(&f, &sign("k1", &f.key, &c)).contains("not yet valid"));
+        let mut c = claims();
+        c["iat"] = json!(NOW + 120);
+        assert!(refused(&f, &sign("k1", &f.key, &c)).contains("future"));
+        let mut c = claims();
+        c.as_object_mut().unwrap().remove("jti");
+        assert!(refused(&f, &sign("k1", &f.key, &c)).contains("jti"));
+        // Within the leeway is fine.
+        let mut c = claims();
+        c["exp"] = json!(NOW - 30);
+        assert!(f.verifier.verify_at(&sign("k1", &f.key, &c), NOW).is_ok());
+    }
+
+    #[test]
+    fn alg_must_match_the_key_type() {
+        let f = fixture();
+        // An ES256 header with an Ed25519 key id: refused before any signature check.
+        let token = format!(
+            "{}.{}.c2ln",
+            b64(&json!({"alg": "ES256", "kid": "k1", "typ": "JWT"})),
+            b64(&claims())
+        );
+        assert!(refused(&f, &token).contains("does not match"));
+    }
+
+    #[test]
+    fn unknown_kids_refetch_at_most_once_a_minute() {
+        let f = fixture();
+        f.verifier
+            .verify_at(&sign("k1", &f.key, &claims()), NOW)
+            .unwrap();
+        let k2 = key();
+        std::fs::write(&f.path, jwks(&[("k1", &f.key), ("k2", &k2)])).unwrap();
+        // The first unknown kid within the interval is not refetched.
+        let t2 = sign("k2", &k2, &claims());
+        assert!(f.verifier.verify_at(&t2, NOW + 10).is_err());
+        assert!(f.verifier.verify_at(&t2, NOW + 59).is_err());
+        // After the interval one refetch happens and the new key works.
+        assert!(f.verifier.verify_at(&t2, NOW + 60).is_ok());
+        // A flood of made-up kids right after does not refetch again.
+        std::fs::write(&f.path, "{\"keys\": []}").unwrap();
+        for i in 0..50 {
+            assert!(
+                f.verifier
+                    .verify_at(&sign(&format!("x{i}"), &k2, &claims()), NOW + 61)
+                    .is_err()
+            );
+        }
+        assert!(
+            f.verifier.verify_at(&t2, NOW + 62).is_ok(),
+            "cache kept, not wiped by the flood"
+        );
+    }
+
+    #[test]
+    fn unconfigured_issuer_is_refused_without_fetching() {
+        let f = fixture();
+        std::fs::remove_file(&f.path).unwrap();
+        let mut c = claims();
+        c["iss"] = json!("https://unknown.example");
+        assert!(refused(&f, &sign("k1", &f.key, &c)).contains("not configured"));
+    }
+}
