@@ -87,6 +87,9 @@ pub enum Command {
     Host(HostCommand),
     /// Show who the server thinks you are and which roles you may request or approve
     Whoami,
+    /// In a CI job: get a short certificate of an auto-approved role with the job's OIDC ID
+    /// token (MOSHCA_ID_TOKEN, or GitHub Actions' token endpoint); needs no MOSHCA_TOKEN
+    Ci(CiArgs),
 }
 
 /// Arguments of `moshca login`.
@@ -112,6 +115,37 @@ pub struct LoginArgs {
     /// request is decided or expires)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+}
+
+/// Arguments of `moshca ci`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The ID token comes from MOSHCA_ID_TOKEN (GitLab CI: `id_tokens: \
+                  MOSHCA_ID_TOKEN: aud: moshca`), else from GitHub Actions' token endpoint \
+                  (the job needs `permissions: id-token: write`). The key and certificate go \
+                  to --out DIR when given, else to the ssh-agent at SSH_AUTH_SOCK."
+)]
+pub struct CiArgs {
+    /// Role to request, e.g. deploy; the policy must bind it to this job's claims
+    #[arg(long)]
+    pub role: String,
+
+    /// Login to request; repeat for several (default: all of the role's logins)
+    #[arg(long = "principal", value_name = "LOGIN")]
+    pub principals: Vec<String>,
+
+    /// Certificate lifetime, e.g. 5m (default: the role's default)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+
+    /// Write DIR/id_ed25519 (0600) and DIR/id_ed25519-cert.pub instead of using ssh-agent;
+    /// DIR is created (0700) if missing
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// Audience to ask GitHub Actions for [env: MOSHCA_OIDC_AUDIENCE; default: moshca]
+    #[arg(long, value_name = "AUD")]
+    pub audience: Option<String>,
 }
 
 /// Arguments of `moshca request`.
@@ -407,6 +441,29 @@ mod tests {
             assert_eq!(err.exit_code(), 2, "{name:?}");
         }
         assert!(Cli::try_parse_from(["moshca", "krl"]).is_err());
+    }
+
+    #[test]
+    fn ci_takes_a_role_and_optional_destination() {
+        let cli = Cli::try_parse_from([
+            "moshca", "ci", "--role", "deploy", "--out", "/tmp/m", "--ttl", "5m", "--json",
+        ])
+        .unwrap();
+        let Command::Ci(args) = cli.command else {
+            panic!("not ci: {:?}", cli.command);
+        };
+        assert_eq!(args.role, "deploy");
+        assert_eq!(args.out, Some(PathBuf::from("/tmp/m")));
+        assert_eq!(args.ttl, Some(Duration::from_secs(300)));
+        assert_eq!(args.audience, None);
+        assert!(args.principals.is_empty());
+        assert!(cli.global.json);
+        assert_eq!(
+            Cli::try_parse_from(["moshca", "ci"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
     }
 
     #[test]

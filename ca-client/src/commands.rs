@@ -40,6 +40,7 @@ pub async fn request(client: &mut Client, args: &RequestArgs, out: Output) -> Re
             ttl_secs: args.ttl.map_or(0, |ttl| ttl.as_secs()),
             reason: args.reason.clone(),
             public_key,
+            break_glass: false,
         })
         .await
         .map_err(|status| Error::rpc("create request", &status))?
@@ -113,6 +114,7 @@ pub async fn requests(client: &mut Client, args: &RequestsArgs, out: Output) -> 
             pending_only: args.pending,
             mine_only: args.mine,
             limit: 0,
+            unreviewed_only: false,
         })
         .await
         .map_err(|status| Error::rpc("list requests", &status))?

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 use crate::error::{Error, Result, one_line};
 use crate::rpc::Token;
@@ -26,7 +27,7 @@ pub struct Flags {
 
 /// The environment variables the client reads. Empty variables count as unset.
 ///
-/// Its `Debug` hides `MOSHCA_TOKEN`.
+/// Its `Debug` hides `MOSHCA_TOKEN`, `MOSHCA_ID_TOKEN` and `ACTIONS_ID_TOKEN_REQUEST_TOKEN`.
 #[derive(Default)]
 pub struct Env {
     /// `MOSHCA_SERVER`.
@@ -41,8 +42,16 @@ pub struct Env {
     pub home: Option<PathBuf>,
     /// `XDG_CONFIG_HOME`, which replaces `~/.config` when set.
     pub xdg_config_home: Option<PathBuf>,
-    /// `SSH_AUTH_SOCK`: the ssh-agent for `login`.
+    /// `SSH_AUTH_SOCK`: the ssh-agent for `login` and `ci`.
     pub ssh_auth_sock: Option<PathBuf>,
+    /// `MOSHCA_ID_TOKEN`: a CI job's OIDC ID token (a JWT) for `ci`.
+    pub id_token: Option<Zeroizing<String>>,
+    /// `MOSHCA_OIDC_AUDIENCE`: the audience `ci` asks GitHub Actions for.
+    pub oidc_audience: Option<String>,
+    /// `ACTIONS_ID_TOKEN_REQUEST_URL`: GitHub Actions' ID token endpoint.
+    pub actions_id_token_request_url: Option<String>,
+    /// `ACTIONS_ID_TOKEN_REQUEST_TOKEN`: the bearer token for that endpoint.
+    pub actions_id_token_request_token: Option<Zeroizing<String>>,
 }
 
 impl std::fmt::Debug for Env {
@@ -55,6 +64,19 @@ impl std::fmt::Debug for Env {
             .field("home", &self.home)
             .field("xdg_config_home", &self.xdg_config_home)
             .field("ssh_auth_sock", &self.ssh_auth_sock)
+            .field("id_token", &self.id_token.as_ref().map(|_| "<redacted>"))
+            .field("oidc_audience", &self.oidc_audience)
+            .field(
+                "actions_id_token_request_url",
+                &self.actions_id_token_request_url,
+            )
+            .field(
+                "actions_id_token_request_token",
+                &self
+                    .actions_id_token_request_token
+                    .as_ref()
+                    .map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -76,6 +98,11 @@ impl Env {
             home: path("HOME"),
             xdg_config_home: path("XDG_CONFIG_HOME"),
             ssh_auth_sock: path("SSH_AUTH_SOCK"),
+            id_token: text("MOSHCA_ID_TOKEN").map(Zeroizing::new),
+            oidc_audience: text("MOSHCA_OIDC_AUDIENCE"),
+            actions_id_token_request_url: text("ACTIONS_ID_TOKEN_REQUEST_URL"),
+            actions_id_token_request_token: text("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
+                .map(Zeroizing::new),
         }
     }
 
@@ -136,14 +163,13 @@ impl Settings {
             None => Err(Error::MissingToken),
             Some(TokenSource::Env(token)) => Ok(token.clone()),
             Some(TokenSource::File(path)) => {
-                let text =
-                    zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-                        Error::Read {
-                            what: "token file",
-                            path: path.clone(),
-                            source,
-                        }
-                    })?);
+                let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+                    Error::Read {
+                        what: "token file",
+                        path: path.clone(),
+                        source,
+                    }
+                })?);
                 Token::parse(&text, &path.display().to_string())
             }
         }
@@ -322,6 +348,8 @@ token_file = "~/token"
     fn settings_debug_hides_the_token() {
         let env = Env {
             token: Some("mca_s3cr3t".into()),
+            id_token: Some(Zeroizing::new("eyJhbGciOi.s3cr3t.sig".into())),
+            actions_id_token_request_token: Some(Zeroizing::new("ghs_s3cr3t".into())),
             ..env()
         };
         let s = merge(&Flags::default(), &env, None).unwrap();

@@ -2,8 +2,9 @@
 //! and the process exit code.
 //!
 //! Every failure a user can see is a variant here, so `main` has exactly one place that turns
-//! an error into output and an exit code. Messages never contain the bearer token or key
-//! material; fields hold only ids, paths, server messages and error descriptions.
+//! an error into output and an exit code. Messages never contain the bearer token, an ID
+//! token (JWT) or key material; fields hold only ids, paths, server messages, error
+//! descriptions and (for `ci`) a summary of the ID token's public claims.
 
 use std::io;
 use std::path::PathBuf;
@@ -227,6 +228,56 @@ pub enum Error {
         /// The I/O error.
         source: io::Error,
     },
+    /// `ci` found no ID token: no `MOSHCA_ID_TOKEN` and no GitHub Actions token endpoint.
+    #[error("no OIDC ID token for this CI job: {detail}")]
+    NoIdToken {
+        /// Which variables were missing.
+        detail: &'static str,
+    },
+    /// The ID token is not shaped like a JWT.
+    #[error("invalid ID token from {origin}: {reason}")]
+    BadIdToken {
+        /// Where it came from (a variable name or "GitHub Actions"); never the token.
+        origin: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// GitHub Actions' token endpoint did not give us an ID token.
+    #[error("cannot get an ID token from GitHub Actions: {detail}")]
+    IdTokenRequest {
+        /// What went wrong (status, transport error); never a token or the response body.
+        detail: String,
+    },
+    /// The CA did not accept the ID token (UNAUTHENTICATED).
+    #[error("{message}")]
+    IdTokenRejected {
+        /// The server's one-line message, with the call.
+        message: String,
+        /// The token's public claims, for the hint.
+        claims: String,
+    },
+    /// The CA accepted the ID token but the role is not granted to this job
+    /// (PERMISSION_DENIED).
+    #[error("{message}")]
+    WorkloadDenied {
+        /// The server's one-line message, with the call.
+        message: String,
+        /// The token's public claims, for the hint.
+        claims: String,
+    },
+    /// `ci` has neither `--out DIR` nor an ssh-agent to put key and certificate in.
+    #[error("nowhere to put the key and certificate: no --out DIR and SSH_AUTH_SOCK is not set")]
+    NoCiDestination,
+    /// The server left a CI job's request pending instead of issuing it.
+    #[error("request {id} for role {role} waits for approval, which a CI job cannot do; {}", cancel_note(*.cancelled))]
+    NotAutoApproved {
+        /// The request id.
+        id: String,
+        /// The role asked for.
+        role: String,
+        /// Whether the request was cancelled on the server.
+        cancelled: bool,
+    },
     /// `host sync` could not update some of its files (each error was reported already).
     #[error("not updated: {}", paths_list(failed))]
     HostSync {
@@ -242,6 +293,15 @@ fn paths_list(paths: &[PathBuf]) -> String {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// What the ID token says about the job, for `ci` hints.
+fn claims_note(claims: &str) -> String {
+    if claims.is_empty() {
+        "the token's claims could not be read".to_owned()
+    } else {
+        format!("the token says {claims}")
+    }
 }
 
 /// The tail of the timeout and interrupt messages.
@@ -301,7 +361,8 @@ impl Error {
             Error::Rpc {
                 code: Code::PermissionDenied,
                 ..
-            } => exit::DENIED,
+            }
+            | Error::WorkloadDenied { .. } => exit::DENIED,
             Error::Expired { .. } | Error::TimedOut { .. } | Error::CertificateExpired { .. } => {
                 exit::EXPIRED
             }
@@ -388,6 +449,42 @@ impl Error {
             Error::Install { .. } => {
                 "the old file, if any, was kept; check that the directory exists and that you \
                  may write to it (files under /etc/ssh need root)"
+            }
+            Error::NoIdToken { .. } => {
+                "GitLab CI: give the job `id_tokens: { MOSHCA_ID_TOKEN: { aud: moshca } }`; \
+                 GitHub Actions: give the job `permissions: id-token: write`; elsewhere put the \
+                 job's OIDC ID token in MOSHCA_ID_TOKEN"
+            }
+            Error::BadIdToken { .. } => {
+                "MOSHCA_ID_TOKEN must hold the job's OIDC ID token (a JWT: three base64url parts \
+                 joined by dots), not a moshca `mca_...` token"
+            }
+            Error::IdTokenRequest { .. } => {
+                "check that the job has `permissions: id-token: write`, then run the job again; \
+                 or put an ID token in MOSHCA_ID_TOKEN"
+            }
+            Error::IdTokenRejected { claims, .. } => {
+                return Some(format!(
+                    "the CA accepts an ID token once, while it is fresh, from an issuer in its \
+                     config.toml ([[oidc.issuer]]) and with that issuer's audience (GitHub \
+                     Actions: --audience or MOSHCA_OIDC_AUDIENCE, default moshca); {}",
+                    claims_note(claims)
+                ));
+            }
+            Error::WorkloadDenied { claims, .. } => {
+                return Some(format!(
+                    "the role needs approval = \"auto\" and a `workloads` entry in the CA's \
+                     policy.toml matching this job's issuer and claims; {}",
+                    claims_note(claims)
+                ));
+            }
+            Error::NoCiDestination => {
+                "pass --out DIR (e.g. --out \"$RUNNER_TEMP/moshca\") to get key and \
+                 certificate files, or start an agent with `eval \"$(ssh-agent)\"`"
+            }
+            Error::NotAutoApproved { .. } => {
+                "CI jobs need a role with approval = \"auto\" and `workloads` in the CA's \
+                 policy.toml; ask the CA operator"
             }
             Error::HostSync { .. } => {
                 "the files named were kept as they were and sshd keeps using them; fix the \
@@ -604,6 +701,38 @@ mod tests {
                 },
                 1,
             ),
+            (Error::NoIdToken { detail: "d" }, 1),
+            (
+                Error::BadIdToken {
+                    origin: "MOSHCA_ID_TOKEN".into(),
+                    reason: "r",
+                },
+                1,
+            ),
+            (Error::IdTokenRequest { detail: "d".into() }, 1),
+            (
+                Error::IdTokenRejected {
+                    message: "create request: expired".into(),
+                    claims: "iss=x".into(),
+                },
+                1,
+            ),
+            (
+                Error::WorkloadDenied {
+                    message: "create request: no".into(),
+                    claims: String::new(),
+                },
+                3,
+            ),
+            (Error::NoCiDestination, 1),
+            (
+                Error::NotAutoApproved {
+                    id: "r".into(),
+                    role: "deploy".into(),
+                    cancelled: true,
+                },
+                1,
+            ),
         ]
     }
 
@@ -649,6 +778,27 @@ mod tests {
                 .unwrap()
                 .contains("eval \"$(ssh-agent)\"")
         );
+    }
+
+    #[test]
+    fn ci_hints_name_both_ci_systems_and_the_claims() {
+        let hint = Error::NoIdToken { detail: "d" }.hint().unwrap();
+        assert!(
+            hint.contains("id_tokens") && hint.contains("MOSHCA_ID_TOKEN"),
+            "{hint}"
+        );
+        assert!(hint.contains("id-token: write"), "{hint}");
+        let denied = Error::WorkloadDenied {
+            message: "create request: no workload matches".into(),
+            claims: "iss=https://gh repository=acme/app ref=refs/heads/dev".into(),
+        };
+        assert!(denied.hint().unwrap().contains("ref=refs/heads/dev"));
+        assert_eq!(denied.to_string(), "create request: no workload matches");
+        let rejected = Error::IdTokenRejected {
+            message: "m".into(),
+            claims: String::new(),
+        };
+        assert!(rejected.hint().unwrap().contains("could not be read"));
     }
 
     #[test]

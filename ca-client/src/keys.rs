@@ -1,8 +1,9 @@
-//! SSH keys on the client: the ephemeral ed25519 key `login` certifies, and reading the
-//! public key `request` certifies.
+//! SSH keys on the client: the ephemeral ed25519 key `login` and `ci` certify, and reading
+//! the public key `request` certifies.
 //!
-//! The ephemeral key lives only in memory: this module has no function that writes a
-//! private key anywhere, and its `Debug` shows only the fingerprint. The private half is
+//! The ephemeral key lives in memory: this module writes no file, and its `Debug` shows
+//! only the fingerprint. Only `ci --out` asks for the private key in OpenSSH form (in
+//! zeroized memory) to write it to a 0600 file; `login` never does. The private half is
 //! zeroized on drop by `ssh-key`.
 
 use std::fmt;
@@ -10,7 +11,8 @@ use std::path::Path;
 
 use rand::rngs::OsRng;
 use ssh_key::private::{Ed25519Keypair, KeypairData};
-use ssh_key::{Algorithm, HashAlg, PrivateKey, PublicKey};
+use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey};
+use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
@@ -47,6 +49,14 @@ impl EphemeralKey {
     /// `SHA256:...`, for logs.
     pub fn fingerprint(&self) -> String {
         self.key.fingerprint(HashAlg::Sha256).to_string()
+    }
+
+    /// The private key in OpenSSH format (`-----BEGIN OPENSSH PRIVATE KEY-----`), for
+    /// `ci --out`; zeroized when dropped.
+    pub fn private_openssh(&self) -> Result<Zeroizing<String>> {
+        self.key
+            .to_openssh(LineEnding::LF)
+            .map_err(|err| Error::Key(err.to_string()))
     }
 
     /// A copy of the key pair for ssh-agent; it is zeroized when dropped.
@@ -123,6 +133,15 @@ mod tests {
             a.ed25519_keypair().unwrap().public,
             *a.public_key().key_data().ed25519().unwrap()
         );
+    }
+
+    #[test]
+    fn private_openssh_round_trips() {
+        let key = EphemeralKey::generate().unwrap();
+        let text = key.private_openssh().unwrap();
+        assert!(text.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n"));
+        let parsed = PrivateKey::from_openssh(text.as_bytes()).unwrap();
+        assert_eq!(parsed.public_key().key_data(), key.public_key().key_data());
     }
 
     #[test]

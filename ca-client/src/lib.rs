@@ -4,7 +4,8 @@
 //! ed25519 key, asks the CA for a certificate, waits while a colleague approves, and loads
 //! key and certificate into ssh-agent for exactly the certificate's lifetime. The other
 //! commands request, inspect, approve, deny, cancel and revoke; `moshca host sync` keeps a
-//! host's CA keys and KRL current.
+//! host's CA keys and KRL current. A CI job runs `moshca ci --role R` with its OIDC ID token
+//! instead of a moshca token, and gets an auto-approved certificate at once.
 //!
 //! # Layout
 //!
@@ -13,8 +14,10 @@
 //! | [`cli`] | clap declarations: arguments, subcommands, help text |
 //! | [`config`] | settings: flags, then environment, then `~/.config/moshca/config.toml` |
 //! | [`rpc`] | TLS channel to the server, bearer token on every call |
-//! | [`keys`] | the ephemeral key of `login`; reading public key files for `request` |
+//! | [`keys`] | the ephemeral key of `login` and `ci`; reading public key files for `request` |
 //! | [`login`] | the login flow: request, wait, check, load into the agent |
+//! | [`ci`] | the CI flow: ID token, request, check, into the agent or `--out DIR` |
+//! | [`oidc`] | the CI job's ID token: `MOSHCA_ID_TOKEN` or GitHub Actions' endpoint |
 //! | [`wait`] | following a request until it is decided, times out or is interrupted |
 //! | [`agent`] | adding key + certificate to ssh-agent with a lifetime |
 //! | [`commands`] | every command but `login`: a call or two and a result |
@@ -26,6 +29,7 @@
 //! `main.rs` only parses arguments, sets up logging and calls [`run`].
 
 pub mod agent;
+pub mod ci;
 pub mod cli;
 pub mod clock;
 pub mod commands;
@@ -34,6 +38,7 @@ pub mod error;
 pub mod install;
 pub mod keys;
 pub mod login;
+pub mod oidc;
 pub mod output;
 pub mod rpc;
 pub mod wait;
@@ -52,6 +57,12 @@ pub async fn run(cli: Cli) -> Result<()> {
     };
     let settings = config::load(&flags, &env)?;
     let out = Output::new(cli.global.json);
+
+    // A CI job authenticates with its OIDC ID token; a moshca token is neither needed nor
+    // sent.
+    if let Command::Ci(args) = &cli.command {
+        return ci::run(&settings, &env, args, out).await;
+    }
 
     let agent_socket = match &cli.command {
         Command::Login(_) => Some(env.ssh_auth_sock.as_deref().ok_or(Error::NoAgent)?),
@@ -83,5 +94,6 @@ pub async fn run(cli: Cli) -> Result<()> {
             commands::host_sync(&mut client, args, out).await
         }
         (Command::Whoami, _) => commands::whoami(&mut client, out).await,
+        (Command::Ci(args), _) => ci::run(&settings, &env, args, out).await,
     }
 }

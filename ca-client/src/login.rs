@@ -39,6 +39,7 @@ pub async fn run(client: &mut Client, args: &LoginArgs, socket: &Path, out: Outp
             ttl_secs: args.ttl.map_or(0, |ttl| ttl.as_secs()),
             reason: args.reason.clone(),
             public_key: key.public_openssh()?,
+            break_glass: false,
         })
         .await
         .map_err(|status| Error::rpc("create request", &status))?
@@ -82,18 +83,7 @@ pub async fn run(client: &mut Client, args: &LoginArgs, socket: &Path, out: Outp
     };
 
     let issued = with_certificate(client, issued).await?;
-    let openssh = issued
-        .certificate
-        .as_ref()
-        .map(|c| c.openssh.as_str())
-        .ok_or_else(|| {
-            Error::BadResponse(format!("request {id} is issued but has no certificate"))
-        })?;
-    let certificate = Certificate::from_openssh(openssh).map_err(|err| {
-        Error::BadResponse(format!(
-            "the certificate of request {id} does not parse: {err}"
-        ))
-    })?;
+    let certificate = parse_certificate(&issued)?;
     let now = clock::now_unix();
     let lifetime = check_certificate_at(
         &certificate,
@@ -125,7 +115,7 @@ async fn ctrl_c() {
 
 /// Asks the server to cancel `id`; true if it did. Failures are warned about, not fatal:
 /// the caller is already failing, and a pending request expires on its own.
-async fn cancel(client: &mut Client, id: &str) -> bool {
+pub(crate) async fn cancel(client: &mut Client, id: &str) -> bool {
     let call = client.cancel_access_request(CancelAccessRequestRequest { id: id.to_owned() });
     match tokio::time::timeout(CANCEL_TIMEOUT, call).await {
         Ok(Ok(_)) => {
@@ -146,7 +136,10 @@ async fn cancel(client: &mut Client, id: &str) -> bool {
 }
 
 /// The issued request with its certificate, asking again if the first answer lacked it.
-async fn with_certificate(client: &mut Client, issued: AccessRequest) -> Result<AccessRequest> {
+pub(crate) async fn with_certificate(
+    client: &mut Client,
+    issued: AccessRequest,
+) -> Result<AccessRequest> {
     if issued.certificate.is_some() {
         return Ok(issued);
     }
@@ -158,6 +151,23 @@ async fn with_certificate(client: &mut Client, issued: AccessRequest) -> Result<
         .await
         .map(tonic::Response::into_inner)
         .map_err(|status| Error::rpc("fetch certificate", &status))
+}
+
+/// The certificate of an issued request, parsed.
+pub(crate) fn parse_certificate(issued: &AccessRequest) -> Result<Certificate> {
+    let id = &issued.id;
+    let openssh = issued
+        .certificate
+        .as_ref()
+        .map(|c| c.openssh.as_str())
+        .ok_or_else(|| {
+            Error::BadResponse(format!("request {id} is issued but has no certificate"))
+        })?;
+    Certificate::from_openssh(openssh).map_err(|err| {
+        Error::BadResponse(format!(
+            "the certificate of request {id} does not parse: {err}"
+        ))
+    })
 }
 
 /// Checks that `certificate` is the one asked for and returns the agent lifetime for it.

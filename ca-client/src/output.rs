@@ -14,6 +14,7 @@ use moshca_proto::v1::{
 };
 use serde::Serialize;
 
+use crate::ci::IdentityFiles;
 use crate::error::{Error, Result};
 use crate::install::CaKeys;
 
@@ -229,6 +230,37 @@ impl Output {
         ))
     }
 
+    /// `moshca ci` succeeded: the certificate is in the agent (`files` is `None`) or in the
+    /// files named, with the `ssh` options that use them.
+    pub fn ci_issued(
+        &self,
+        request: &AccessRequest,
+        valid_before: u64,
+        now: i64,
+        files: Option<&IdentityFiles>,
+    ) -> Result<()> {
+        if self.json {
+            #[derive(Serialize)]
+            struct View<'a> {
+                #[serde(flatten)]
+                request: RequestView<'a>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                identity_file: Option<String>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                certificate_file: Option<String>,
+            }
+            return print_json(&View {
+                request: RequestView::from(request),
+                identity_file: files.map(|f| f.key.to_string_lossy().into_owned()),
+                certificate_file: files.map(|f| f.certificate.to_string_lossy().into_owned()),
+            });
+        }
+        match files {
+            None => print_text(&format!("{}\n", logged_in_line(request, valid_before, now))),
+            Some(files) => print_text(&ci_files_lines(request, valid_before, now, files)),
+        }
+    }
+
     /// `moshca login` succeeded: the certificate is in the agent.
     pub fn logged_in(&self, request: &AccessRequest, valid_before: u64, now: i64) -> Result<()> {
         if self.json {
@@ -306,10 +338,35 @@ fn host_sync_lines(report: &SyncReport<'_>) -> String {
 
 /// `certificate for request ID added to ssh-agent: principals P1,P2; valid until T (R)`.
 fn logged_in_line(request: &AccessRequest, valid_before: u64, now: i64) -> String {
+    format!(
+        "certificate for request {} added to ssh-agent: {}",
+        request.id,
+        validity(request, valid_before, now)
+    )
+}
+
+/// `certificate for request ID: principals P; valid until T (R)` and the `ssh` command
+/// line that uses the files.
+fn ci_files_lines(
+    request: &AccessRequest,
+    valid_before: u64,
+    now: i64,
+    files: &IdentityFiles,
+) -> String {
+    format!(
+        "certificate for request {}: {}\nssh -i {} -o CertificateFile={} USER@HOST\n",
+        request.id,
+        validity(request, valid_before, now),
+        files.key.display(),
+        files.certificate.display()
+    )
+}
+
+/// `principals P1,P2; valid until T (R)`.
+fn validity(request: &AccessRequest, valid_before: u64, now: i64) -> String {
     let remaining = valid_before.saturating_sub(u64::try_from(now).unwrap_or(0));
     format!(
-        "certificate for request {} added to ssh-agent: principals {}; valid until {} ({})",
-        request.id,
+        "principals {}; valid until {} ({})",
         request.principals.join(","),
         rfc3339(i64::try_from(valid_before).unwrap_or(i64::MAX)),
         humantime::format_duration(Duration::from_secs(remaining)),
@@ -601,6 +658,8 @@ mod tests {
             certificate: None,
             serial: 0,
             valid_before: 0,
+            break_glass: false,
+            break_glass_review: None,
         }
     }
 
@@ -718,6 +777,20 @@ mod tests {
             line,
             "certificate for request 01JREQ added to ssh-agent: principals postgres,ubuntu; \
              valid until 2025-06-15T15:36:40Z (30m)"
+        );
+    }
+
+    #[test]
+    fn ci_lines_follow_the_contract() {
+        let files = IdentityFiles {
+            key: "/run/m/id_ed25519".into(),
+            certificate: "/run/m/id_ed25519-cert.pub".into(),
+        };
+        assert_eq!(
+            ci_files_lines(&issued(), (NOW + 300) as u64, NOW, &files),
+            "certificate for request 01JREQ: principals postgres,ubuntu; valid until \
+             2025-06-15T15:11:40Z (5m)\nssh -i /run/m/id_ed25519 -o \
+             CertificateFile=/run/m/id_ed25519-cert.pub USER@HOST\n"
         );
     }
 

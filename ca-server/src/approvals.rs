@@ -136,6 +136,10 @@ pub struct Request {
     pub approvals_required: u32,
     /// Reviews so far, oldest first.
     pub reviews: Vec<Review>,
+    /// Issued through break-glass, without prior approval.
+    pub break_glass: bool,
+    /// The after-the-fact review of a break-glass request.
+    pub break_glass_review: Option<Review>,
 }
 
 /// Why a transition was refused.
@@ -314,7 +318,47 @@ impl Pending {
     }
 }
 
+/// Why a break-glass review was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GlassError {
+    /// Not a break-glass request.
+    #[error("request {0} is not a break-glass request")]
+    NotBreakGlass(String),
+    /// Already reviewed.
+    #[error("break-glass request {0} was already reviewed by {1}")]
+    AlreadyReviewed(String, String),
+    /// The requester tried to review their own.
+    #[error("you cannot review your own break-glass request {0}; another approver must")]
+    SelfReview(String),
+}
+
 impl Request {
+    /// Records the after-the-fact review of an issued break-glass request.
+    pub fn review_break_glass_at(
+        mut self,
+        reviewer: &str,
+        comment: &str,
+        now: UnixTime,
+    ) -> Result<Request, GlassError> {
+        if !self.break_glass {
+            return Err(GlassError::NotBreakGlass(self.id));
+        }
+        if let Some(r) = &self.break_glass_review {
+            return Err(GlassError::AlreadyReviewed(self.id, r.approver.clone()));
+        }
+        if reviewer == self.requester {
+            return Err(GlassError::SelfReview(self.id));
+        }
+        self.break_glass_review = Some(Review {
+            approver: reviewer.to_owned(),
+            verdict: Verdict::Approve,
+            ttl_secs: None,
+            comment: comment.to_owned(),
+            at: now,
+        });
+        Ok(self)
+    }
+
     /// Expires a pending request whose time is up; anything else is returned unchanged.
     pub fn expire_at(mut self, now: UnixTime) -> (Request, bool) {
         if self.state == State::Pending && now >= self.expires_at {
@@ -349,6 +393,8 @@ mod tests {
             decided_at: None,
             approvals_required: required,
             reviews: vec![],
+            break_glass: false,
+            break_glass_review: None,
         }
     }
 
@@ -520,5 +566,28 @@ mod tests {
             .cancel_at("alice", T0)
             .unwrap();
         assert_eq!(c.state, State::Cancelled);
+    }
+
+    #[test]
+    fn break_glass_review_rules() {
+        let mut r = request(1);
+        assert!(matches!(
+            r.clone().review_break_glass_at("bob", "ok", T0),
+            Err(GlassError::NotBreakGlass(_))
+        ));
+        r.break_glass = true;
+        assert!(matches!(
+            r.clone().review_break_glass_at("alice", "ok", T0),
+            Err(GlassError::SelfReview(_))
+        ));
+        let reviewed = r.review_break_glass_at("bob", "justified", T0 + 1).unwrap();
+        assert_eq!(
+            reviewed.break_glass_review.as_ref().unwrap().approver,
+            "bob"
+        );
+        assert!(matches!(
+            reviewed.review_break_glass_at("carol", "again", T0 + 2),
+            Err(GlassError::AlreadyReviewed(_, who)) if who == "bob"
+        ));
     }
 }

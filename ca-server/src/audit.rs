@@ -113,6 +113,70 @@ pub fn verify(rows: impl IntoIterator<Item = Row>) -> Result<u64, Broken> {
     Ok(expected_seq - 1)
 }
 
+/// A signed statement of the chain's head at some point: cutting the tail below it, or
+/// rewriting the chain up to it, is detected even though every remaining link is intact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Sequence number of the head event.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: String,
+    /// Fingerprint of the CA key that signed it.
+    pub ca_fingerprint: String,
+    /// Hex Ed25519 signature over [`Checkpoint::message`].
+    pub signature: String,
+    /// When it was made.
+    pub at: u64,
+}
+
+impl Checkpoint {
+    /// The bytes signed for a head.
+    pub fn message(seq: u64, hash: &str) -> Vec<u8> {
+        format!("moshca-audit-checkpoint\n{seq}\n{hash}\n").into_bytes()
+    }
+}
+
+/// [`verify`], then every checkpoint: its event must exist with the signed hash, and its
+/// signature must verify (`signature_ok`). Reports the first problem.
+pub fn verify_with_checkpoints(
+    rows: Vec<Row>,
+    checkpoints: &[Checkpoint],
+    signature_ok: impl Fn(&Checkpoint) -> bool,
+) -> Result<(u64, usize), Broken> {
+    let hashes: Vec<String> = rows.iter().map(|r| r.hash.clone()).collect();
+    let n = verify(rows)?;
+    for cp in checkpoints {
+        if !signature_ok(cp) {
+            return Err(Broken {
+                seq: cp.seq,
+                reason: "checkpoint signature does not verify with any CA key".into(),
+            });
+        }
+        match usize::try_from(cp.seq)
+            .ok()
+            .and_then(|i| hashes.get(i.wrapping_sub(1)))
+        {
+            None => {
+                return Err(Broken {
+                    seq: n + 1,
+                    reason: format!(
+                        "events after {n} are missing: a signed checkpoint covers event {} (tail cut)",
+                        cp.seq
+                    ),
+                });
+            }
+            Some(h) if *h != cp.hash => {
+                return Err(Broken {
+                    seq: cp.seq,
+                    reason: "chain rewritten: the signed checkpoint hash differs".into(),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok((n, checkpoints.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +241,34 @@ mod tests {
         rows[1].event.details = serde_json::json!({"n": 99});
         rows[1].hash = rows[1].event.chain_hash(&rows[1].prev_hash);
         assert_eq!(verify(rows).unwrap_err().seq, 3);
+    }
+
+    fn checkpoint(rows: &[Row], seq: u64) -> Checkpoint {
+        Checkpoint {
+            seq,
+            hash: rows[seq as usize - 1].hash.clone(),
+            ca_fingerprint: "SHA256:x".into(),
+            signature: "good".into(),
+            at: 0,
+        }
+    }
+
+    #[test]
+    fn cut_tail_below_a_checkpoint_is_caught() {
+        let rows = chain(6);
+        let cps = [checkpoint(&rows, 3), checkpoint(&rows, 6)];
+        let ok = |c: &Checkpoint| c.signature == "good";
+        assert_eq!(
+            verify_with_checkpoints(rows.clone(), &cps, ok).unwrap(),
+            (6, 2)
+        );
+        let mut cut = rows.clone();
+        cut.truncate(4);
+        let err = verify_with_checkpoints(cut, &cps, ok).unwrap_err();
+        assert_eq!(err.seq, 5);
+        assert!(err.reason.contains("tail cut"));
+        let mut forged = cps.clone();
+        forged[1].signature = "bad".into();
+        assert!(verify_with_checkpoints(rows, &forged, ok).is_err());
     }
 }

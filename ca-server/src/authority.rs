@@ -102,6 +102,8 @@ pub struct NewRequest {
     pub reason: String,
     /// Subject public key, OpenSSH text.
     pub public_key: String,
+    /// Issue at once without approval (roles with `break_glass.enabled` only).
+    pub break_glass: bool,
 }
 
 /// A request as a caller may see it.
@@ -276,6 +278,8 @@ impl Authority {
                 policy::Approval::Auto => 0,
             },
             reviews: Vec::new(),
+            break_glass: new.break_glass,
+            break_glass_review: None,
         };
         let view = self.store.transact(|tx| {
             if tx.pending_count(&caller.name)? >= MAX_PENDING_PER_REQUESTER {
@@ -303,7 +307,22 @@ impl Authority {
                     "fingerprint": request.fingerprint,
                 }),
             ))?;
-            if role.approval == policy::Approval::Auto {
+            if request.break_glass {
+                tx.append_audit(&Event::new(
+                    now,
+                    &caller.name,
+                    "request.break_glass",
+                    Some(&request.id),
+                    json!({
+                        "role": request.role,
+                        "principals": request.principals,
+                        "ttl_secs": request.ttl_secs,
+                        "reason": request.reason,
+                        "priority": "high",
+                    }),
+                ))?;
+            }
+            if request.break_glass || role.approval == policy::Approval::Auto {
                 let ready = Ready {
                     ttl_secs: request.ttl_secs,
                     approvers: Vec::new(),
@@ -350,8 +369,28 @@ impl Authority {
                     new.role
                 ))
             })?;
+        let ttl = if new.break_glass {
+            let bg = role.break_glass.ok_or_else(|| {
+                Error::PermissionDenied(format!(
+                    "role {} does not allow break-glass; ask for a normal approval",
+                    role.name
+                ))
+            })?;
+            let ttl = new.ttl_secs.unwrap_or(role.default_ttl.min(bg.max_ttl));
+            if ttl > bg.max_ttl {
+                return Err(Error::PermissionDenied(format!(
+                    "break-glass ttl {} exceeds role {}'s break_glass.max_ttl {}",
+                    policy::fmt_secs(ttl),
+                    role.name,
+                    policy::fmt_secs(bg.max_ttl)
+                )));
+            }
+            Some(ttl)
+        } else {
+            new.ttl_secs
+        };
         let checked = role
-            .check_request(&new.principals, new.ttl_secs, &new.reason)
+            .check_request(&new.principals, ttl, &new.reason)
             .map_err(|r| match r {
                 Refusal::Invalid(m) => Error::InvalidArgument(m),
                 Refusal::Denied(m) => Error::PermissionDenied(m),
@@ -372,7 +411,9 @@ impl Authority {
         key_id_extra: &str,
     ) -> Result<(Request, CertRecord)> {
         let serial = loop_serial(tx)?;
-        let by = if ready.approvers.is_empty() {
+        let by = if ready.request.break_glass {
+            "break-glass".to_owned()
+        } else if ready.approvers.is_empty() {
             "auto".to_owned()
         } else {
             ready.approvers.join(",")
@@ -512,6 +553,7 @@ impl Authority {
         caller: &Caller,
         pending_only: bool,
         mine_only: bool,
+        unreviewed_only: bool,
         limit: u32,
     ) -> Result<Vec<RequestView>> {
         let policy = self.policy();
@@ -523,6 +565,7 @@ impl Authority {
         let limit = if limit == 0 { 100 } else { limit.min(1000) };
         let filter = RequestFilter {
             pending_only,
+            unreviewed_only,
             requester: mine_only.then(|| caller.name.clone()),
             roles: None,
             limit: u32::MAX,
@@ -763,6 +806,113 @@ impl Authority {
         Ok(expired.len())
     }
 
+    /// Marks an issued break-glass request reviewed: by an approver of its role, never the
+    /// requester, with a comment.
+    pub fn review_break_glass_at(
+        &self,
+        caller: &Caller,
+        id: &str,
+        comment: &str,
+        now: UnixTime,
+    ) -> Result<RequestView> {
+        let comment = comment.trim();
+        if comment.is_empty()
+            || comment.len() > policy::MAX_REASON_LEN
+            || comment.chars().any(char::is_control)
+        {
+            return Err(Error::InvalidArgument(
+                "a break-glass review needs a comment: moshca review ID --comment TEXT".into(),
+            ));
+        }
+        let policy = self.policy();
+        let view = self.store.transact(|tx| {
+            let req = tx
+                .request(id)?
+                .filter(|r| Self::may_see(&policy, caller, r))
+                .ok_or_else(|| not_found(id))?;
+            let may = policy
+                .role(&req.role)
+                .is_some_and(|r| r.may_approve(caller));
+            if !may {
+                return Err(Error::PermissionDenied(format!(
+                    "only approvers of role {} may review its break-glass requests",
+                    req.role
+                )));
+            }
+            let req = req
+                .review_break_glass_at(&caller.name, comment, now)
+                .map_err(|e| match e {
+                    approvals::GlassError::SelfReview(_) => Error::PermissionDenied(e.to_string()),
+                    _ => Error::FailedPrecondition(e.to_string()),
+                })?;
+            tx.update_request(&req)?;
+            tx.append_audit(&Event::new(
+                now,
+                &caller.name,
+                "request.reviewed",
+                Some(id),
+                json!({ "comment": comment }),
+            ))?;
+            let cert = tx.certificate_for_request(id)?;
+            Ok::<_, Error>(self.view(&policy, req, cert, false))
+        })?;
+        tracing::info!(request_id = %id, approver = %caller.name, "break-glass request reviewed");
+        let _ = self.changes.send(id.to_owned());
+        Ok(view)
+    }
+
+    /// Audit events for the policy's auditors, oldest first (the newest `limit`).
+    pub fn audit_events(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+        request_id: Option<&str>,
+        since: u64,
+        limit: u32,
+    ) -> Result<Vec<crate::audit::Row>> {
+        let policy = self.policy();
+        if !policy::selects(&policy.defaults.auditors, caller) {
+            return Err(Error::PermissionDenied(
+                "only the policy's auditors (defaults.auditors) may read the audit trail".into(),
+            ));
+        }
+        let limit = if limit == 0 { 100 } else { limit.min(10_000) } as usize;
+        let (rows, requests_of_user) = self.store.read(|tx| {
+            let rows = tx.audit_rows_since(since)?;
+            let mine: Vec<String> = match user {
+                Some(u) => tx
+                    .requests(&RequestFilter {
+                        requester: Some(u.to_owned()),
+                        limit: u32::MAX,
+                        ..Default::default()
+                    })?
+                    .into_iter()
+                    .map(|r| r.id)
+                    .collect(),
+                None => Vec::new(),
+            };
+            Ok::<_, Error>((rows, mine))
+        })?;
+        let mut rows: Vec<_> = rows
+            .into_iter()
+            .filter(|r| {
+                user.is_none_or(|u| {
+                    r.event.actor == u
+                        || r.event
+                            .request_id
+                            .as_ref()
+                            .is_some_and(|id| requests_of_user.contains(id))
+                        || r.event.details.get("user").and_then(|v| v.as_str()) == Some(u)
+                })
+            })
+            .filter(|r| request_id.is_none_or(|id| r.event.request_id.as_deref() == Some(id)))
+            .collect();
+        if rows.len() > limit {
+            rows.drain(..rows.len() - limit);
+        }
+        Ok(rows)
+    }
+
     /// Records a failed authentication (bad token or JWT); never the credential itself.
     pub fn record_auth_failure_at(&self, peer: &str, reason: &str, now: UnixTime) -> Result<()> {
         self.store.transact(|tx| {
@@ -848,6 +998,8 @@ impl Authority {
             decided_at: None,
             approvals_required: 0,
             reviews: Vec::new(),
+            break_glass: false,
+            break_glass_review: None,
         };
         let extra = format!(
             ":iss={}:repo={}:run={}",
@@ -912,6 +1064,29 @@ impl Authority {
             Err(e) if !e.is_internal() => Err(self.refuse(&pseudo, &new.role, e, now)),
             Err(e) => Err(e),
         }
+    }
+
+    /// Signs the audit chain's head if events were added since the last checkpoint; returns
+    /// the checkpointed sequence number.
+    pub fn checkpoint_at(&self, now: UnixTime) -> Result<Option<u64>> {
+        let signer = self.signer();
+        self.store.transact(|tx| {
+            let Some((seq, hash)) = tx.audit_head()? else {
+                return Ok(None);
+            };
+            if tx.checkpoints()?.last().is_some_and(|c| c.seq >= seq) {
+                return Ok(None);
+            }
+            let signature = signer.sign_checkpoint(&crate::audit::Checkpoint::message(seq, &hash));
+            tx.insert_checkpoint(&crate::audit::Checkpoint {
+                seq,
+                hash,
+                ca_fingerprint: signer.fingerprint(),
+                signature,
+                at: now,
+            })?;
+            Ok(Some(seq))
+        })
     }
 
     /// Forgets consumed token ids whose tokens expired.
@@ -1081,6 +1256,26 @@ impl Authority {
     }
 }
 
+/// Verifies the audit chain and its signed checkpoints; the number of events and
+/// checkpoints, or the first bad event.
+pub fn verify_audit(store: &Store) -> Result<Result<(u64, usize), crate::audit::Broken>> {
+    let (rows, checkpoints, keys) = store
+        .read(|tx| Ok::<_, Error>((tx.audit_rows()?, tx.checkpoints()?, tx.all_ca_keys()?)))?;
+    let keys: Vec<PublicKey> = keys
+        .iter()
+        .filter_map(|k| PublicKey::from_openssh(k).ok())
+        .collect();
+    Ok(crate::audit::verify_with_checkpoints(
+        rows,
+        &checkpoints,
+        |cp| {
+            let msg = crate::audit::Checkpoint::message(cp.seq, &cp.hash);
+            keys.iter()
+                .any(|k| signer::checkpoint_signature_ok(k, &msg, &cp.signature))
+        },
+    ))
+}
+
 /// Records `signer` as the active CA key and retires every other.
 fn register_ca_key(store: &Store, signer: &Signer, now: UnixTime) -> Result<()> {
     let text = signer
@@ -1223,9 +1418,11 @@ requesters = ["group:oncall"]
 approvers = ["group:leads"]
 logins = ["postgres", "ubuntu"]
 max_ttl = "1h"
+break_glass = { enabled = true, max_ttl = "15m" }
 
 [defaults]
 revokers = ["group:security"]
+auditors = ["group:audit"]
 
 [[role]]
 name = "two"
@@ -1300,6 +1497,7 @@ workloads = [{ issuer = "https://t", claims = { repository = "acme/app", ref = "
             ttl_secs: ttl,
             reason: "INC-4312 replica lag".into(),
             public_key: key(),
+            break_glass: false,
         }
     }
 
@@ -2012,5 +2210,132 @@ workloads = [{ issuer = "https://t", claims = { repository = "acme/app", ref = "
         });
         assert_eq!(ok, 1);
         assert_eq!(count_requests(&f), 1);
+    }
+
+    fn glass(ttl: Option<u64>) -> NewRequest {
+        NewRequest {
+            break_glass: true,
+            ..ask("db", &["postgres"], ttl)
+        }
+    }
+
+    #[test]
+    fn break_glass_issues_at_once_capped_flagged_and_reviewable() {
+        let f = fixture();
+        let v = f.auth.create_request_at(&alice(), glass(None), T0).unwrap();
+        assert_eq!(v.request.state, State::Issued);
+        assert!(v.request.break_glass);
+        let c = v.certificate.unwrap();
+        assert_eq!(
+            c.valid_before - T0,
+            15 * 60,
+            "capped by break_glass.max_ttl"
+        );
+        assert!(c.key_id.ends_with(":by=break-glass"), "{}", c.key_id);
+        assert!(audit_actions(&f).contains(&"request.break_glass".to_owned()));
+        let unreviewed = f.auth.list_requests(&bob(), false, false, true, 0).unwrap();
+        assert_eq!(unreviewed.len(), 1);
+        // The requester cannot review their own, not even holding the approver group.
+        assert!(matches!(
+            f.auth
+                .review_break_glass_at(&alice(), &v.request.id, "fine", T0),
+            Err(Error::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            f.auth.review_break_glass_at(&bob(), &v.request.id, "", T0),
+            Err(Error::InvalidArgument(_))
+        ));
+        let r = f
+            .auth
+            .review_break_glass_at(&bob(), &v.request.id, "INC-1 was real", T0 + 5)
+            .unwrap();
+        assert_eq!(r.request.break_glass_review.unwrap().approver, "bob");
+        assert!(
+            f.auth
+                .list_requests(&bob(), false, false, true, 0)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            f.auth
+                .review_break_glass_at(&who("carol", &["leads"]), &v.request.id, "again", T0),
+            Err(Error::FailedPrecondition(_))
+        ));
+    }
+
+    #[test]
+    fn break_glass_limits() {
+        let f = fixture();
+        assert!(matches!(
+            f.auth.create_request_at(&alice(), glass(Some(16 * 60)), T0),
+            Err(Error::PermissionDenied(m)) if m.contains("break_glass.max_ttl")
+        ));
+        let two = NewRequest {
+            break_glass: true,
+            ..ask("two", &[], None)
+        };
+        assert!(matches!(
+            f.auth.create_request_at(&alice(), two, T0),
+            Err(Error::PermissionDenied(m)) if m.contains("does not allow break-glass")
+        ));
+        assert_eq!(count_requests(&f), 0);
+    }
+
+    #[test]
+    fn only_auditors_read_the_audit_trail() {
+        let f = fixture();
+        let id = f
+            .auth
+            .create_request_at(&alice(), ask("db", &[], None), T0)
+            .unwrap()
+            .request
+            .id;
+        f.auth
+            .review_at(&bob(), &id, Verdict::Approve, None, "", T0)
+            .unwrap();
+        assert!(matches!(
+            f.auth.audit_events(&alice(), None, None, 0, 0),
+            Err(Error::PermissionDenied(_))
+        ));
+        let auditor = who("ann", &["audit"]);
+        let all = f
+            .auth
+            .audit_events(&auditor, None, Some(&id), 0, 0)
+            .unwrap();
+        assert_eq!(all.len(), 3);
+        let by_alice = f
+            .auth
+            .audit_events(&auditor, Some("alice"), None, 0, 0)
+            .unwrap();
+        assert_eq!(
+            by_alice.len(),
+            3,
+            "events about alice's requests count as hers"
+        );
+        let last = f.auth.audit_events(&auditor, None, None, 0, 1).unwrap();
+        assert_eq!(last[0].event.action, "certificate.issued");
+    }
+
+    #[test]
+    fn checkpoints_catch_a_cut_tail() {
+        let f = fixture();
+        let id = f
+            .auth
+            .create_request_at(&alice(), ask("db", &[], None), T0)
+            .unwrap()
+            .request
+            .id;
+        assert_eq!(f.auth.checkpoint_at(T0).unwrap(), Some(1));
+        assert_eq!(f.auth.checkpoint_at(T0).unwrap(), None, "nothing new");
+        f.auth
+            .review_at(&bob(), &id, Verdict::Approve, None, "", T0)
+            .unwrap();
+        assert_eq!(f.auth.checkpoint_at(T0).unwrap(), Some(3));
+        assert_eq!(verify_audit(&f.store).unwrap().unwrap(), (3, 2));
+        f.store
+            .transact(|tx| tx.append_audit(&Event::new(T0, "x", "y.z", None, json!({}))))
+            .unwrap();
+        // Unsigned tail events are fine until cut below a checkpoint.
+        assert_eq!(verify_audit(&f.store).unwrap().unwrap().0, 4);
     }
 }

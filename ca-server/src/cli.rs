@@ -135,9 +135,12 @@ pub enum AuditCommand {
         #[command(flatten)]
         dir: DataDir,
     },
-    /// Write the audit trail as JSON lines.
+    /// Write the audit trail as JSON lines (for a SIEM).
     Export {
         #[command(flatten)]
         dir: DataDir,
+        /// Only events at or after this time (Unix seconds or RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
     },
 }

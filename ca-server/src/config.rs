@@ -10,9 +10,13 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::policy::{fmt_secs, parse_duration};
+use crate::store::NOTIFY_ACTIONS;
 
 /// Longest ttl any role may grant unless config.toml says otherwise.
 pub const DEFAULT_MAX_TTL: u64 = 24 * 3600;
+
+/// Delivery attempts per notification unless a webhook says otherwise.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 
 /// Validated server settings.
 #[derive(Debug, Clone)]
@@ -37,6 +41,70 @@ pub struct Config {
     pub max_ttl: u64,
     /// OIDC issuers whose ID tokens CI jobs may present.
     pub oidc_issuers: Vec<OidcIssuer>,
+    /// Webhooks notified of requests and decisions (`[[notify.webhook]]`).
+    pub webhooks: Vec<Webhook>,
+}
+
+/// A webhook that receives notifications (`[[notify.webhook]]`).
+///
+/// `Debug` shows only the URL's scheme and host: the rest may hold a token (Slack).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// Unique name; deliveries are recorded under it.
+    pub name: String,
+    /// Where to POST: https, or http to a loopback host.
+    pub url: String,
+    /// Audit actions it receives, a subset of [`NOTIFY_ACTIONS`].
+    pub events: Vec<String>,
+    /// Body shape.
+    pub format: WebhookFormat,
+    /// File holding the HMAC-SHA256 signing secret, when bodies are signed.
+    pub secret_file: Option<PathBuf>,
+    /// Tries before a notification is dropped (and the drop audited).
+    pub max_attempts: u32,
+}
+
+impl Webhook {
+    /// Scheme and host of the URL, safe to log.
+    pub fn origin(&self) -> &str {
+        url_origin(&self.url)
+    }
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("name", &self.name)
+            .field("url", &format_args!("{}/...", self.origin()))
+            .field("events", &self.events)
+            .field("format", &self.format)
+            .field("secret_file", &self.secret_file)
+            .field("max_attempts", &self.max_attempts)
+            .finish()
+    }
+}
+
+/// The body a webhook receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFormat {
+    /// moshca's JSON object (event, request, summary text).
+    Json,
+    /// A Slack incoming-webhook message: `{"text": ...}`.
+    Slack,
+}
+
+/// `scheme://host[:port]` of a URL: what may be logged of a URL that can carry a token.
+pub fn url_origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let end = url[after_scheme..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| after_scheme + i);
+    let origin = &url[..end];
+    // Credentials in the authority part (`https://user:pass@host`) are not logged either.
+    match origin[after_scheme..].rfind('@') {
+        Some(_) => &url[..after_scheme],
+        None => origin,
+    }
 }
 
 /// A trusted OIDC token issuer (GitHub Actions, GitLab CI, ...).
@@ -70,6 +138,25 @@ struct RawConfig {
     max_ttl: Option<String>,
     tls: Option<RawTls>,
     oidc: Option<RawOidc>,
+    notify: Option<RawNotify>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    #[serde(default)]
+    webhook: Vec<RawWebhook>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    name: String,
+    url: String,
+    events: Option<Vec<String>>,
+    format: Option<String>,
+    secret_file: Option<String>,
+    max_attempts: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +296,83 @@ impl Config {
                 jwks,
             });
         }
+        let mut webhooks: Vec<Webhook> = Vec::new();
+        for (i, hook) in raw
+            .notify
+            .map(|n| n.webhook)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let at = format!("{origin}: notify.webhook[{i}]");
+            let name_ok = (1..=64).contains(&hook.name.len())
+                && hook
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !name_ok {
+                errors.push(format!(
+                    "{at}.name: use 1 to 64 letters, digits, '.', '_' or '-'"
+                ));
+            } else if webhooks.iter().any(|w| w.name == hook.name) {
+                errors.push(format!("{at}.name: {:?} is used twice", hook.name));
+            }
+            // The URL itself is not repeated: it may carry a token.
+            if !acceptable_url(&hook.url) || hook.url.chars().any(char::is_whitespace) {
+                errors.push(format!(
+                    "{at}.url: must be an https URL (http only on loopback)"
+                ));
+            }
+            let events = match hook.events {
+                None => NOTIFY_ACTIONS.iter().map(|a| (*a).to_owned()).collect(),
+                Some(list) if list.is_empty() => {
+                    errors.push(format!(
+                        "{at}.events: must not be empty; leave it out to receive every event"
+                    ));
+                    Vec::new()
+                }
+                Some(list) => {
+                    let mut events: Vec<String> = Vec::new();
+                    for e in list {
+                        if !NOTIFY_ACTIONS.contains(&e.as_str()) {
+                            errors.push(format!(
+                                "{at}.events: unknown event {e:?}; known: {}",
+                                NOTIFY_ACTIONS.join(", ")
+                            ));
+                        } else if !events.contains(&e) {
+                            events.push(e);
+                        }
+                    }
+                    events
+                }
+            };
+            let format = match hook.format.as_deref() {
+                None | Some("json") => WebhookFormat::Json,
+                Some("slack") => WebhookFormat::Slack,
+                Some(other) => {
+                    errors.push(format!(
+                        "{at}.format: {other:?} is not \"json\" or \"slack\""
+                    ));
+                    WebhookFormat::Json
+                }
+            };
+            let max_attempts = match hook.max_attempts {
+                None => DEFAULT_MAX_ATTEMPTS,
+                Some(n) if (1..=100).contains(&n) => n,
+                Some(n) => {
+                    errors.push(format!("{at}.max_attempts: {n} is outside 1..100"));
+                    DEFAULT_MAX_ATTEMPTS
+                }
+            };
+            webhooks.push(Webhook {
+                name: hook.name,
+                url: hook.url,
+                events,
+                format,
+                secret_file: hook.secret_file.map(|p| path(Some(p), "")),
+                max_attempts,
+            });
+        }
         let config = Config {
             data_dir: data_dir.to_owned(),
             listen,
@@ -220,6 +384,7 @@ impl Config {
             tls_key: path(key, "tls/key.pem"),
             max_ttl,
             oidc_issuers,
+            webhooks,
         };
         if errors.is_empty() {
             Ok(config)
@@ -253,6 +418,15 @@ key = "tls/key.pem"
 # issuer = "https://token.actions.githubusercontent.com"
 # audience = "moshca"
 # jwks_url = "https://token.actions.githubusercontent.com/.well-known/jwks"
+
+# Webhooks told about requests and decisions (approvers, requesters, chat channels).
+# [[notify.webhook]]
+# name = "approvers-slack"
+# url = "https://hooks.slack.com/services/..."
+# events = ["request.created", "request.break_glass", "certificate.issued"]   # default: all
+# format = "slack"                                   # or "json" (the default)
+# secret_file = "/etc/moshca/webhook-secret"         # signs bodies: X-Moshca-Signature
+# max_attempts = 8
 "#
     )
 }
@@ -298,6 +472,60 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.errors.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn webhooks() {
+        let c = Config::parse(
+            "[[notify.webhook]]\nname = \"approvers-slack\"\nurl = \"https://hooks.slack.com/services/T0/B0/s3cr3t\"\nevents = [\"request.created\", \"request.break_glass\"]\nformat = \"slack\"\nsecret_file = \"hook-secret\"\nmax_attempts = 3\n[[notify.webhook]]\nname = \"audit-sink\"\nurl = \"http://127.0.0.1:8080/hook\"\n",
+            Path::new("/d"),
+        )
+        .unwrap();
+        let [slack, sink] = &c.webhooks[..] else {
+            panic!("{:?}", c.webhooks)
+        };
+        assert_eq!(slack.events, ["request.created", "request.break_glass"]);
+        assert_eq!(slack.format, WebhookFormat::Slack);
+        assert_eq!(
+            slack.secret_file.as_deref(),
+            Some(Path::new("/d/hook-secret"))
+        );
+        assert_eq!(slack.max_attempts, 3);
+        let shown = format!("{slack:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("https://hooks.slack.com/..."), "{shown}");
+        assert_eq!(sink.events.len(), NOTIFY_ACTIONS.len());
+        assert_eq!(sink.format, WebhookFormat::Json);
+        assert_eq!(sink.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert!(sink.secret_file.is_none());
+
+        let e = Config::parse(
+            "[[notify.webhook]]\nname = \"a b\"\nurl = \"http://example.com/T0/s3cr3t\"\nevents = [\"request.creatd\"]\nformat = \"xml\"\nmax_attempts = 0\n[[notify.webhook]]\nname = \"x\"\nurl = \"https://x\"\nevents = []\n[[notify.webhook]]\nname = \"x\"\nurl = \"https://x\"\n",
+            Path::new("/d"),
+        )
+        .unwrap_err();
+        assert_eq!(e.errors.len(), 7, "{e}");
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        let e = Config::parse(
+            "[[notify.webhook]]\nname = \"x\"\nurl = \"https://x\"\nsecret = \"inline\"\n",
+            Path::new("/d"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn url_origin_hides_path_query_and_credentials() {
+        assert_eq!(
+            url_origin("https://hooks.slack.com/services/T0/B0/x"),
+            "https://hooks.slack.com"
+        );
+        assert_eq!(
+            url_origin("http://127.0.0.1:9/h?token=x"),
+            "http://127.0.0.1:9"
+        );
+        assert_eq!(url_origin("https://user:pw@example.com/x"), "https://");
+        assert_eq!(url_origin("https://example.com"), "https://example.com");
     }
 
     #[test]

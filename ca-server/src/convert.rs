@@ -105,7 +105,15 @@ pub fn request(v: RequestView) -> pb::AccessRequest {
             valid_after: wire_time(c.valid_after),
             valid_before: wire_time(c.valid_before),
         });
+    let break_glass_review = r.break_glass_review.map(|rev| pb::Review {
+        approver: rev.approver,
+        decision: decision(rev.verdict) as i32,
+        comment: rev.comment,
+        at: wire_time(rev.at),
+    });
     pb::AccessRequest {
+        break_glass: r.break_glass,
+        break_glass_review,
         id: r.id,
         requester: r.requester,
         role: r.role,
@@ -131,5 +139,18 @@ pub fn request(v: RequestView) -> pb::AccessRequest {
         certificate,
         serial,
         valid_before,
+    }
+}
+
+/// An audit row for the wire.
+pub fn audit_event(row: crate::audit::Row) -> pb::AuditEvent {
+    pb::AuditEvent {
+        seq: row.seq,
+        at: wire_time(row.event.at),
+        actor: row.event.actor,
+        action: row.event.action,
+        request_id: row.event.request_id.unwrap_or_default(),
+        details_json: row.event.details.to_string(),
+        hash: row.hash,
     }
 }

@@ -12,11 +12,13 @@
 //! | [`approvals`] | the request state machine (pure, takes `now`) |
 //! | [`signer`] | owns the CA key; grant + subject key -> certificate |
 //! | [`auth`] | bearer tokens -> [`auth::Caller`] |
+//! | [`limits`] | per-peer limits on failed authentication |
 //! | [`oidc`] | CI jobs' OIDC ID tokens -> verified workload identity |
 //! | [`authority`] | use cases; orchestrates the above with the store and audit |
 //! | [`store`] | all SQL and migrations |
 //! | [`audit`] | audit events, hash chain, verification |
 //! | [`krl`] | OpenSSH key revocation list encoder (pure) |
+//! | [`notify`] | webhook notifications from the outbox, beside issuance, retried |
 //! | [`users`] | user accounts and tokens, for the operator's commands |
 //! | [`init`] | creating a data directory |
 //! | [`files`] | atomic, checked writes of files hosts depend on |
@@ -37,6 +39,8 @@ pub mod convert;
 pub mod files;
 pub mod init;
 pub mod krl;
+pub mod limits;
+pub mod notify;
 pub mod oidc;
 pub mod policy;
 pub mod rotation;

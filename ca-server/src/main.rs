@@ -7,7 +7,7 @@ use clap::Parser as _;
 use moshca_server::cli::{AuditCommand, CaCommand, Cli, Command, UserCommand};
 use moshca_server::config::Config;
 use moshca_server::store::Store;
-use moshca_server::{audit, authority, clock, files, init, rotation, server, users};
+use moshca_server::{authority, clock, files, init, rotation, server, users};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -25,6 +25,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The passphrase passed as a systemd credential (`LoadCredential=ca-passphrase:...`),
+/// when the unit provides one.
+fn systemd_credential() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    let path = std::path::Path::new(&dir).join("ca-passphrase");
+    path.exists().then_some(path)
+}
+
+/// `--since`: Unix seconds or an RFC 3339 time (`2026-11-24T01:00:00Z`).
+fn parse_since(s: &str) -> anyhow::Result<u64> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(secs);
+    }
+    let t = humantime::parse_rfc3339_weak(s).with_context(|| {
+        format!("--since {s:?}: give Unix seconds or a time like 2026-11-24T01:00:00Z")
+    })?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0))
 }
 
 /// CA keys to trust, from the store; the key in the data directory counts as active.
@@ -76,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             passphrase_file,
         } => {
             let config = Config::load(&dir.data_dir)?;
+            let passphrase_file = passphrase_file.or_else(systemd_credential);
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(server::serve(config, listen, passphrase_file.as_deref()))?;
         }
@@ -157,18 +179,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(AuditCommand::Verify { dir }) => {
             let store = open_store(&Config::load(&dir.data_dir)?)?;
-            let rows = store.read(|tx| tx.audit_rows())?;
-            match audit::verify(rows) {
-                Ok(n) => println!("audit chain intact: {n} events"),
+            match authority::verify_audit(&store)? {
+                Ok((n, checkpoints)) => {
+                    println!("audit chain intact: {n} events, {checkpoints} signed checkpoints")
+                }
                 Err(broken) => {
                     eprintln!("moshca-server: {broken}");
                     return Ok(ExitCode::FAILURE);
                 }
             }
         }
-        Command::Audit(AuditCommand::Export { dir }) => {
+        Command::Audit(AuditCommand::Export { dir, since }) => {
+            let since = since.as_deref().map(parse_since).transpose()?.unwrap_or(0);
             let store = open_store(&Config::load(&dir.data_dir)?)?;
-            for row in store.read(|tx| tx.audit_rows())? {
+            for row in store.read(|tx| tx.audit_rows_since(since))? {
                 let line = serde_json::json!({
                     "seq": row.seq,
                     "at": row.event.at,

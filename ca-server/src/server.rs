@@ -18,6 +18,7 @@ use tonic::transport::{Identity, ServerTlsConfig};
 use crate::authority::Authority;
 use crate::clock;
 use crate::config::Config;
+use crate::notify::Notifier;
 use crate::oidc::Verifier;
 use crate::policy::Policy;
 use crate::service::Service;
@@ -27,11 +28,13 @@ use crate::store::Store;
 /// Largest accepted gRPC message. Requests are small; a public key is at most 16 KiB.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` until `shutdown` completes, with the expiry sweeper and
+/// the notification worker beside it.
 pub async fn run(
     listener: TcpListener,
     authority: Arc<Authority>,
     verifier: Arc<Verifier>,
+    notifier: Notifier,
     tls: Option<Identity>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
@@ -49,7 +52,10 @@ pub async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(4 * 1024 * 1024);
 
-    let sweeper = tokio::spawn(expire_pending(authority));
+    let sweeper = tokio::spawn(expire_pending(authority.clone()));
+    // Deliveries are off the request path: handlers only commit outbox rows, and a
+    // delivery cut short by shutdown is sent again on the next start.
+    let notifications = tokio::spawn(notifier.run(authority.subscribe()));
 
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -76,6 +82,14 @@ pub async fn run(
         .await
         .context("serving gRPC");
     sweeper.abort();
+    notifications.abort();
+    // Sign the final head so a tail cut after shutdown is detected.
+    let a = authority.clone();
+    match tokio::task::spawn_blocking(move || a.checkpoint_at(clock::now())).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "final audit checkpoint failed"),
+        Err(e) => tracing::error!(error = %e, "final audit checkpoint task failed"),
+    }
     result
 }
 
@@ -89,9 +103,13 @@ async fn expire_pending(authority: Arc<Authority>) {
         n += 1;
         let a = authority.clone();
         let purge = n.is_multiple_of(60);
+        let checkpoint = n.is_multiple_of(10);
         match tokio::task::spawn_blocking(move || {
             if purge {
                 a.purge_jti_at(clock::now())?;
+            }
+            if checkpoint {
+                a.checkpoint_at(clock::now())?;
             }
             a.expire_due_at(clock::now())
         })
@@ -154,29 +172,31 @@ pub struct Loaded {
     pub authority: Arc<Authority>,
     /// OIDC token verification for CI workloads.
     pub verifier: Arc<Verifier>,
+    /// Webhook notifications, for [`run`] to start.
+    pub notifier: Notifier,
     /// The TLS certificate and key.
     pub identity: Identity,
 }
 
-/// Loads policy, store, CA key, OIDC issuers and TLS identity from the data directory.
+/// Loads policy, store, CA key, OIDC issuers, webhooks and TLS identity from the data
+/// directory.
 pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<Loaded> {
     let policy = load_policy(config)?;
     let signer = load_signer(config, passphrase_file)?;
-    let store = Store::open(&config.database)
-        .with_context(|| format!("opening database {}", config.database.display()))?;
+    let store = Arc::new(
+        Store::open(&config.database)
+            .with_context(|| format!("opening database {}", config.database.display()))?,
+    );
+    let notifier = Notifier::new(store.clone(), &config.webhooks)?;
     let cert = std::fs::read(&config.tls_cert)
         .with_context(|| format!("reading TLS certificate {}", config.tls_cert.display()))?;
     let key = std::fs::read(&config.tls_key)
         .with_context(|| format!("reading TLS key {}", config.tls_key.display()))?;
     tracing::info!(ca = %signer.fingerprint(), "CA key loaded");
     Ok(Loaded {
-        authority: Arc::new(Authority::new(
-            Arc::new(store),
-            signer,
-            policy,
-            clock::now(),
-        )?),
+        authority: Arc::new(Authority::new(store, signer, policy, clock::now())?),
         verifier: Arc::new(Verifier::new(&config.oidc_issuers)),
+        notifier,
         identity: Identity::from_pem(cert, key),
     })
 }
@@ -237,6 +257,7 @@ pub async fn serve(
     let Loaded {
         authority,
         verifier,
+        notifier,
         identity,
     } = open(&config, passphrase_file)?;
     let addr = listen.unwrap_or(config.listen);
@@ -270,7 +291,15 @@ pub async fn serve(
     };
     tracing::info!(%local, "listening");
     announce(local);
-    run(listener, authority, verifier, Some(identity), shutdown).await
+    run(
+        listener,
+        authority,
+        verifier,
+        notifier,
+        Some(identity),
+        shutdown,
+    )
+    .await
 }
 
 #[allow(clippy::print_stdout)]

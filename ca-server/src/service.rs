@@ -5,7 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use moshca_proto::v1 as pb;
 use moshca_proto::v1::certificate_authority_server::CertificateAuthority;
@@ -15,6 +15,7 @@ use tracing::Instrument as _;
 
 use crate::auth::{self, Caller, Credential, Token};
 use crate::authority::{Authority, NewRequest, RevokeTarget};
+use crate::limits::{AuthFailures, MAX_AUTH_FAILURES};
 use crate::oidc::{Verifier, WorkloadIdentity};
 use crate::{clock, convert};
 
@@ -26,6 +27,7 @@ const MAX_ID_LEN: usize = 64;
 pub struct Service {
     authority: Arc<Authority>,
     verifier: Arc<Verifier>,
+    failures: Arc<AuthFailures>,
     stopping: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -40,6 +42,7 @@ impl Service {
         Service {
             authority,
             verifier,
+            failures: Arc::default(),
             stopping,
         }
     }
@@ -60,20 +63,34 @@ impl Service {
             .map_err(Status::from)
     }
 
-    fn credential<T>(req: &Request<T>) -> Result<(Credential, String), Status> {
+    fn credential<T>(&self, req: &Request<T>) -> Result<(Credential, String), Status> {
         let header = req
             .metadata()
             .get("authorization")
             .map(|v| v.to_str().unwrap_or_default());
-        let peer = req
-            .remote_addr()
-            .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+        let ip = req.remote_addr().map(|a| a.ip());
+        let peer = ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+        if let Some(ip) = ip
+            && !self.failures.allowed_at(ip, Instant::now())
+        {
+            tracing::warn!(peer = %peer, "refused: too many failed authentications");
+            return Err(Status::resource_exhausted(format!(
+                "limit reached: more than {MAX_AUTH_FAILURES} failed authentications from {peer} within a minute; wait and check your token"
+            )));
+        }
         match auth::parse_bearer(header) {
             Ok(c) => Ok((c, peer)),
             Err(msg) => {
                 tracing::warn!(peer = %peer, "authentication failed: {msg}");
+                self.failed(&peer);
                 Err(Status::unauthenticated(msg))
             }
+        }
+    }
+
+    fn failed(&self, peer: &str) {
+        if let Ok(ip) = peer.parse() {
+            self.failures.record_at(ip, Instant::now());
         }
     }
 
@@ -91,6 +108,7 @@ impl Service {
             Ok(wl) => Ok(wl),
             Err(rejected) => {
                 tracing::warn!(peer = %peer, "ID token refused: {rejected}");
+                self.failed(&peer);
                 let reason = rejected.0.clone();
                 self.blocking(move |a| a.record_auth_failure_at(&peer, &reason, clock::now()))
                     .await?;
@@ -102,7 +120,7 @@ impl Service {
     }
 
     async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        let (token, peer) = match Self::credential(req)? {
+        let (token, peer) = match self.credential(req)? {
             (Credential::Token(t), peer) => (t, peer),
             (Credential::IdToken(_), _) => {
                 return Err(Status::permission_denied(
@@ -110,11 +128,15 @@ impl Service {
                 ));
             }
         };
+        let p = peer.clone();
         let caller = self
-            .blocking(move |a| a.authenticate_at(&token, &peer, clock::now()))
+            .blocking(move |a| a.authenticate_at(&token, &p, clock::now()))
             .await;
         if let Err(s) = &caller {
             tracing::warn!("authentication failed: {}", s.message());
+            if s.code() == tonic::Code::Unauthenticated {
+                self.failed(&peer);
+            }
         }
         let caller = caller?;
         tracing::Span::current().record("caller", caller.name.as_str());
@@ -153,7 +175,7 @@ impl CertificateAuthority for Service {
         &self,
         req: Request<pb::CreateAccessRequestRequest>,
     ) -> Result<Response<pb::AccessRequest>, Status> {
-        if let (Credential::IdToken(jwt), peer) = Self::credential(&req)? {
+        if let (Credential::IdToken(jwt), peer) = self.credential(&req)? {
             let wl = self.workload(jwt, peer).await?;
             tracing::Span::current().record("caller", wl.subject.as_str());
             let m = req.into_inner();
@@ -164,7 +186,13 @@ impl CertificateAuthority for Service {
                 ttl_secs: ttl(m.ttl_secs),
                 reason: m.reason,
                 public_key: m.public_key,
+                break_glass: false,
             };
+            if m.break_glass {
+                return Err(Status::permission_denied(
+                    "workloads cannot use break-glass",
+                ));
+            }
             let view = self
                 .blocking(move |a| a.create_workload_request_at(&wl, new, clock::now()))
                 .await
@@ -181,6 +209,7 @@ impl CertificateAuthority for Service {
             ttl_secs: ttl(m.ttl_secs),
             reason: m.reason,
             public_key: m.public_key,
+            break_glass: m.break_glass,
         };
         let view = self
             .blocking(move |a| a.create_request_at(&caller, new, clock::now()))
@@ -278,7 +307,15 @@ impl CertificateAuthority for Service {
         let caller = self.caller(&req).await?;
         let m = req.into_inner();
         let views = self
-            .blocking(move |a| a.list_requests(&caller, m.pending_only, m.mine_only, m.limit))
+            .blocking(move |a| {
+                a.list_requests(
+                    &caller,
+                    m.pending_only,
+                    m.mine_only,
+                    m.unreviewed_only,
+                    m.limit,
+                )
+            })
             .await?;
         Ok(Response::new(pb::ListAccessRequestsResponse {
             requests: views.into_iter().map(convert::request).collect(),
@@ -375,5 +412,50 @@ impl CertificateAuthority for Service {
     ) -> Result<Response<pb::GetKrlResponse>, Status> {
         let (krl, version) = self.blocking(|a| a.krl_at(clock::now())).await?;
         Ok(Response::new(pb::GetKrlResponse { krl, version }))
+    }
+
+    #[tracing::instrument(skip_all, fields(caller, request_id))]
+    async fn review_break_glass(
+        &self,
+        req: Request<pb::ReviewBreakGlassRequest>,
+    ) -> Result<Response<pb::AccessRequest>, Status> {
+        let caller = self.caller(&req).await?;
+        let m = req.into_inner();
+        let id = check_id(&m.id)?;
+        tracing::Span::current().record("request_id", id.as_str());
+        let view = self
+            .blocking(move |a| a.review_break_glass_at(&caller, &id, &m.comment, clock::now()))
+            .await?;
+        Ok(Response::new(convert::request(view)))
+    }
+
+    #[tracing::instrument(skip_all, fields(caller))]
+    async fn list_audit_events(
+        &self,
+        req: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let caller = self.caller(&req).await?;
+        let m = req.into_inner();
+        let request_id = if m.request_id.is_empty() {
+            None
+        } else {
+            Some(check_id(&m.request_id)?)
+        };
+        let user = (!m.user.is_empty()).then_some(m.user);
+        let since = u64::try_from(m.since).unwrap_or(0);
+        let rows = self
+            .blocking(move |a| {
+                a.audit_events(
+                    &caller,
+                    user.as_deref(),
+                    request_id.as_deref(),
+                    since,
+                    m.limit,
+                )
+            })
+            .await?;
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: rows.into_iter().map(convert::audit_event).collect(),
+        }))
     }
 }

@@ -233,6 +233,32 @@ impl Signer {
     }
 }
 
+impl Signer {
+    /// Signs an audit checkpoint (see `audit::Checkpoint::message`); hex signature.
+    pub fn sign_checkpoint(&self, message: &[u8]) -> String {
+        hex::encode(ed25519_dalek::Signer::sign(&self.key, message).to_bytes())
+    }
+}
+
+/// Whether `signature` (hex) over `message` verifies with an ed25519 CA public key.
+pub fn checkpoint_signature_ok(ca: &PublicKey, message: &[u8], signature: &str) -> bool {
+    let KeyData::Ed25519(pk) = ca.key_data() else {
+        return false;
+    };
+    let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(&pk.0) else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(signature)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
+        .map(|b| ed25519_dalek::Signature::from_bytes(&b))
+        .ok_or(())
+    else {
+        return false;
+    };
+    vk.verify_strict(message, &sig).is_ok()
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;

@@ -93,6 +93,8 @@ pub struct RevokedCert {
 pub struct RequestFilter {
     /// Only pending ones.
     pub pending_only: bool,
+    /// Only break-glass requests not reviewed yet.
+    pub unreviewed_only: bool,
     /// Only this requester's.
     pub requester: Option<String>,
     /// Only these roles (None = any).
@@ -212,7 +214,65 @@ CREATE TABLE seen_jti (
     PRIMARY KEY (issuer, jti)
 ) STRICT;
 "#,
+    r#"
+CREATE TABLE outbox (
+    audit_seq INTEGER PRIMARY KEY REFERENCES audit(seq),
+    action TEXT NOT NULL,
+    request_id TEXT,
+    created_at INTEGER NOT NULL,
+    fanned_out INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX outbox_waiting ON outbox(fanned_out) WHERE fanned_out = 0;
+CREATE TABLE deliveries (
+    audit_seq INTEGER NOT NULL REFERENCES outbox(audit_seq),
+    webhook TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    last_error TEXT,
+    PRIMARY KEY (audit_seq, webhook)
+) STRICT;
+CREATE INDEX deliveries_due ON deliveries(state, next_at);
+"#,
+    r#"
+ALTER TABLE requests ADD COLUMN break_glass INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE requests ADD COLUMN glass_reviewer TEXT;
+ALTER TABLE requests ADD COLUMN glass_comment TEXT;
+ALTER TABLE requests ADD COLUMN glass_reviewed_at INTEGER;
+CREATE INDEX requests_unreviewed ON requests(break_glass) WHERE break_glass = 1 AND glass_reviewed_at IS NULL;
+CREATE TABLE audit_checkpoints (
+    seq INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL,
+    ca_fingerprint TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    at INTEGER NOT NULL
+) STRICT;
+"#,
 ];
+
+/// Audit actions that also go to the notification outbox, in the same transaction.
+pub const NOTIFY_ACTIONS: &[&str] = &[
+    "request.created",
+    "request.approved",
+    "request.denied",
+    "request.cancelled",
+    "request.expired",
+    "request.break_glass",
+    "request.reviewed",
+    "certificate.issued",
+    "certificate.revoked",
+];
+
+/// A notification waiting to be delivered to one webhook.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The audit event it announces.
+    pub event: audit::Row,
+    /// Webhook name.
+    pub webhook: String,
+    /// Tries so far.
+    pub attempts: u32,
+}
 
 impl Store {
     /// Opens (creating if needed) and migrates the database at `path`.
@@ -395,8 +455,9 @@ impl Tx<'_> {
     pub fn insert_request(&self, r: &Request) -> Result<()> {
         self.tx.execute(
             "INSERT INTO requests (id, requester, role, principals, ttl_secs, reason, public_key,
-                 fingerprint, state, created_at, expires_at, decided_at, approvals_required)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 fingerprint, state, created_at, expires_at, decided_at, approvals_required,
+                 break_glass)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 r.id,
                 r.requester,
@@ -411,6 +472,7 @@ impl Tx<'_> {
                 to_i64(r.expires_at),
                 r.decided_at.map(to_i64),
                 r.approvals_required,
+                i64::from(r.break_glass),
             ],
         )?;
         self.write_reviews(r)
@@ -419,12 +481,16 @@ impl Tx<'_> {
     /// Writes a request's state, ttl and reviews.
     pub fn update_request(&self, r: &Request) -> Result<()> {
         self.tx.execute(
-            "UPDATE requests SET state = ?2, ttl_secs = ?3, decided_at = ?4 WHERE id = ?1",
+            "UPDATE requests SET state = ?2, ttl_secs = ?3, decided_at = ?4, glass_reviewer = ?5,
+                 glass_comment = ?6, glass_reviewed_at = ?7 WHERE id = ?1",
             params![
                 r.id,
                 r.state.as_str(),
                 to_i64(r.ttl_secs),
-                r.decided_at.map(to_i64)
+                r.decided_at.map(to_i64),
+                r.break_glass_review.as_ref().map(|g| g.approver.clone()),
+                r.break_glass_review.as_ref().map(|g| g.comment.clone()),
+                r.break_glass_review.as_ref().map(|g| to_i64(g.at)),
             ],
         )?;
         self.write_reviews(r)
@@ -461,8 +527,13 @@ impl Tx<'_> {
     pub fn requests(&self, f: &RequestFilter) -> Result<Vec<Request>> {
         let mut out = self.query_requests(
             "WHERE (?1 = 0 OR state = 'pending') AND (?2 IS NULL OR requester = ?2)
+               AND (?3 = 0 OR (break_glass = 1 AND glass_reviewed_at IS NULL))
              ORDER BY created_at DESC, id DESC",
-            params![i64::from(f.pending_only), f.requester],
+            params![
+                i64::from(f.pending_only),
+                f.requester,
+                i64::from(f.unreviewed_only)
+            ],
         )?;
         if let Some(roles) = &f.roles {
             out.retain(|r| roles.contains(&r.role));
@@ -492,7 +563,8 @@ impl Tx<'_> {
     fn query_requests(&self, clause: &str, args: impl rusqlite::Params) -> Result<Vec<Request>> {
         let sql = format!(
             "SELECT id, requester, role, principals, ttl_secs, reason, public_key, fingerprint,
-                    state, created_at, expires_at, decided_at, approvals_required
+                    state, created_at, expires_at, decided_at, approvals_required,
+                    break_glass, glass_reviewer, glass_comment, glass_reviewed_at
              FROM requests {clause}"
         );
         let mut stmt = self.tx.prepare_cached(&sql)?;
@@ -512,6 +584,12 @@ impl Tx<'_> {
                     r.get::<_, i64>(10)?,
                     r.get::<_, Option<i64>>(11)?,
                     r.get::<_, u32>(12)?,
+                    (
+                        r.get::<_, i64>(13)?,
+                        r.get::<_, Option<String>>(14)?,
+                        r.get::<_, Option<String>>(15)?,
+                        r.get::<_, Option<i64>>(16)?,
+                    ),
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -534,6 +612,17 @@ impl Tx<'_> {
                     expires_at: to_u64(row.10),
                     decided_at: row.11.map(to_u64),
                     approvals_required: row.12,
+                    break_glass: row.13.0 != 0,
+                    break_glass_review: match (row.13.1, row.13.3) {
+                        (Some(approver), Some(at)) => Some(Review {
+                            approver,
+                            verdict: Verdict::Approve,
+                            ttl_secs: None,
+                            comment: row.13.2.unwrap_or_default(),
+                            at: to_u64(at),
+                        }),
+                        _ => None,
+                    },
                 })
             })
             .collect()
@@ -870,17 +959,215 @@ impl Tx<'_> {
                 hash
             ],
         )?;
+        if NOTIFY_ACTIONS.contains(&event.action.as_str()) {
+            self.tx.execute(
+                "INSERT INTO outbox (audit_seq, action, request_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![seq + 1, event.action, event.request_id, to_i64(event.at)],
+            )?;
+        }
         Ok(())
+    }
+
+    // --- notification outbox ---
+
+    /// Outbox events not yet fanned out to webhooks, oldest first.
+    pub fn outbox_waiting(&self, limit: u32) -> Result<Vec<audit::Row>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT audit_seq FROM outbox WHERE fanned_out = 0 ORDER BY audit_seq LIMIT ?1",
+        )?;
+        let seqs = stmt
+            .query_map([limit], |r| r.get::<_, i64>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        seqs.into_iter()
+            .filter_map(|seq| self.audit_row(to_u64(seq)).transpose())
+            .collect()
+    }
+
+    /// Creates one delivery per webhook for an outbox event and marks it fanned out.
+    pub fn fan_out(&self, audit_seq: u64, webhooks: &[String], now: u64) -> Result<()> {
+        for w in webhooks {
+            self.tx.execute(
+                "INSERT OR IGNORE INTO deliveries (audit_seq, webhook, next_at) VALUES (?1, ?2, ?3)",
+                params![to_i64(audit_seq), w, to_i64(now)],
+            )?;
+        }
+        self.tx.execute(
+            "UPDATE outbox SET fanned_out = 1 WHERE audit_seq = ?1",
+            [to_i64(audit_seq)],
+        )?;
+        Ok(())
+    }
+
+    /// Deliveries due at `now`, oldest first.
+    pub fn deliveries_due(&self, now: u64, limit: u32) -> Result<Vec<Delivery>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT audit_seq, webhook, attempts FROM deliveries
+             WHERE state = 'pending' AND next_at <= ?1 ORDER BY next_at, audit_seq LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![to_i64(now), limit], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u32>(2)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .filter_map(|(seq, webhook, attempts)| {
+                self.audit_row(to_u64(seq))
+                    .map(|row| {
+                        row.map(|event| Delivery {
+                            event,
+                            webhook,
+                            attempts,
+                        })
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// Deliveries to one webhook due at `now`, oldest first. Each webhook is served on its
+    /// own, so a slow or unreachable one never holds up the others.
+    pub fn deliveries_due_to(&self, webhook: &str, now: u64, limit: u32) -> Result<Vec<Delivery>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT audit_seq, attempts FROM deliveries
+             WHERE state = 'pending' AND webhook = ?1 AND next_at <= ?2
+             ORDER BY next_at, audit_seq LIMIT ?3",
+        )?;
+        let rows = stmt
+            .query_map(params![webhook, to_i64(now), limit], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (seq, attempts) in rows {
+            let event = self
+                .audit_row(to_u64(seq))?
+                .ok_or_else(|| Error::Corrupt(format!("delivery of missing audit event {seq}")))?;
+            out.push(Delivery {
+                event,
+                webhook: webhook.to_owned(),
+                attempts,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records the outcome of one delivery attempt: `delivered`, or retry at `next_at`, or
+    /// `dropped` after the last try.
+    pub fn delivery_attempted(
+        &self,
+        audit_seq: u64,
+        webhook: &str,
+        state: &str,
+        next_at: u64,
+        error: Option<&str>,
+    ) -> Result<()> {
+        self.tx.execute(
+            "UPDATE deliveries SET attempts = attempts + 1, state = ?3, next_at = ?4, last_error = ?5
+             WHERE audit_seq = ?1 AND webhook = ?2",
+            params![to_i64(audit_seq), webhook, state, to_i64(next_at), error],
+        )?;
+        Ok(())
+    }
+
+    /// Counts deliveries by state (`pending`, `delivered`, `dropped`).
+    pub fn delivery_counts(&self) -> Result<Vec<(String, u64)>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT state, COUNT(*) FROM deliveries GROUP BY state ORDER BY state",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, to_u64(r.get::<_, i64>(1)?)))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The last audit event's sequence number and hash.
+    pub fn audit_head(&self) -> Result<Option<(u64, String)>> {
+        Ok(self
+            .tx
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((to_u64(r.get(0)?), r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Stores a signed checkpoint of the audit chain's head.
+    pub fn insert_checkpoint(&self, c: &audit::Checkpoint) -> Result<()> {
+        self.tx.execute(
+            "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, ca_fingerprint, signature, at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                to_i64(c.seq),
+                c.hash,
+                c.ca_fingerprint,
+                c.signature,
+                to_i64(c.at)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every checkpoint, by sequence number.
+    pub fn checkpoints(&self) -> Result<Vec<audit::Checkpoint>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT seq, hash, ca_fingerprint, signature, at FROM audit_checkpoints ORDER BY seq",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(audit::Checkpoint {
+                    seq: to_u64(r.get(0)?),
+                    hash: r.get(1)?,
+                    ca_fingerprint: r.get(2)?,
+                    signature: r.get(3)?,
+                    at: to_u64(r.get(4)?),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Every CA public key ever registered, OpenSSH text (for checking old signatures).
+    pub fn all_ca_keys(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT public_key FROM ca_keys ORDER BY created_at")?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(rows)
+    }
+
+    /// One audit row by sequence number.
+    pub fn audit_row(&self, seq: u64) -> Result<Option<audit::Row>> {
+        Ok(self
+            .query_audit("WHERE seq = ?1", params![to_i64(seq)])?
+            .pop())
     }
 
     /// Every audit row, in order.
     pub fn audit_rows(&self) -> Result<Vec<audit::Row>> {
-        let mut stmt = self.tx.prepare(
+        self.query_audit("ORDER BY seq", [])
+    }
+
+    /// Audit rows at or after `since`, in order.
+    pub fn audit_rows_since(&self, since: u64) -> Result<Vec<audit::Row>> {
+        self.query_audit("WHERE at >= ?1 ORDER BY seq", params![to_i64(since)])
+    }
+
+    fn query_audit(&self, clause: &str, args: impl rusqlite::Params) -> Result<Vec<audit::Row>> {
+        let mut stmt = self.tx.prepare_cached(&format!(
             "SELECT seq, at, actor, action, request_id, details, prev_hash, hash
-             FROM audit ORDER BY seq",
-        )?;
+             FROM audit {clause}"
+        ))?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map(args, |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, i64>(1)?,
@@ -933,6 +1220,8 @@ mod tests {
             decided_at: None,
             approvals_required: 1,
             reviews: vec![],
+            break_glass: false,
+            break_glass_review: None,
         }
     }
 

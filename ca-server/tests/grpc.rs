@@ -66,6 +66,7 @@ async fn start() -> Harness {
         listener,
         Arc::clone(&loaded.authority),
         loaded.verifier,
+        loaded.notifier,
         Some(loaded.identity),
         async {
             let _ = rx.await;
@@ -116,6 +117,7 @@ impl Harness {
                     ttl_secs: ttl,
                     reason: "INC-1 replica lag".into(),
                     public_key: key.public_key().to_openssh().unwrap(),
+                    break_glass: false,
                 },
             ))
             .await
@@ -150,6 +152,7 @@ impl Harness {
                     pending_only: true,
                     mine_only: false,
                     limit: 0,
+                    unreviewed_only: false,
                 },
             ))
             .await
@@ -338,6 +341,7 @@ async fn oversized_and_malformed_messages_are_refused() {
                 ttl_secs: 0,
                 reason: "INC-1 replica lag".into(),
                 public_key: key,
+                break_glass: false,
             },
         ))
         .await
@@ -507,4 +511,37 @@ async fn krl_comes_without_a_token_and_parses_when_empty() {
         .status()
         .unwrap();
     assert!(ok.success());
+}
+
+#[tokio::test]
+async fn failed_authentications_are_rate_limited_per_peer() {
+    let h = start().await;
+    let bad = || {
+        let mut r = Request::new(pb::WhoAmIRequest {});
+        r.metadata_mut().insert(
+            "authorization",
+            "Bearer mca_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+                .parse()
+                .unwrap(),
+        );
+        r
+    };
+    for _ in 0..moshca_server::limits::MAX_AUTH_FAILURES {
+        let e = h.client().who_am_i(bad()).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+    }
+    let e = h.client().who_am_i(bad()).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(
+        e.message().contains("failed authentications"),
+        "{}",
+        e.message()
+    );
+    // The CA keys stay public.
+    assert!(
+        h.client()
+            .get_ca_public_keys(pb::GetCaPublicKeysRequest {})
+            .await
+            .is_ok()
+    );
 }

@@ -44,6 +44,8 @@ fn krl_for_100k_revoked_serials() {
                     decided_at: Some(1),
                     approvals_required: 1,
                     reviews: vec![],
+                    break_glass: false,
+                    break_glass_review: None,
                 })?;
                 let serial = rng.r#gen::<u64>() | 1;
                 tx.insert_certificate(&CertRecord {
