@@ -7,7 +7,8 @@
 //! anything: policy and state rules live in `policy`, `approvals` and `authority`.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
@@ -25,6 +26,9 @@ pub enum Error {
     /// A row holds something this version cannot read.
     #[error("database holds an unreadable value: {0}")]
     Corrupt(String),
+    /// The batch this write belonged to could not be committed; nothing of it is stored.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
     /// The database was made by a newer moshca.
     #[error("database schema version {0} is newer than this moshca-server understands")]
     TooNew(i64),
@@ -103,11 +107,40 @@ pub struct RequestFilter {
     pub limit: u32,
 }
 
-/// The database.
+/// The database: one writer connection with group commit, one reader connection.
+///
+/// Writers run their closure inside a savepoint of a shared transaction; the first of a
+/// batch (the leader) lets the writers queued behind it join, then commits once and wakes
+/// them all. Each caller returns only after the commit that holds its rows, so one fsync
+/// covers many issuances and nothing is acknowledged before it is durable. A closure that
+/// fails rolls back to its savepoint and leaves the others untouched. Reads use their own
+/// connection and see only committed data (WAL snapshots).
 #[derive(Debug)]
 pub struct Store {
-    conn: Mutex<Connection>,
+    writer: Mutex<Writer>,
+    batch_done: Condvar,
+    queued: AtomicUsize,
+    /// `None` for in-memory stores (a second connection would see another database).
+    reader: Option<Mutex<Connection>>,
 }
+
+#[derive(Debug)]
+struct Writer {
+    conn: Connection,
+    /// A batch transaction is open.
+    open: bool,
+    /// Id of the newest batch opened.
+    batch: u64,
+    /// Id of the newest batch finished (committed or failed).
+    finished: u64,
+    /// The newest batch whose COMMIT failed, with the error.
+    failed: Option<(u64, String)>,
+    /// Writers in the open batch so far.
+    members: usize,
+}
+
+/// Most writers one batch takes before it commits.
+const MAX_BATCH: usize = 512;
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -278,7 +311,12 @@ impl Store {
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path)?;
-        Self::setup(conn)
+        let mut store = Self::setup(conn)?;
+        let reader = Connection::open(path)?;
+        reader.busy_timeout(Duration::from_secs(5))?;
+        reader.pragma_update(None, "query_only", true)?;
+        store.reader = Some(Mutex::new(reader));
+        Ok(store)
     }
 
     /// A private in-memory database, for tests.
@@ -303,43 +341,151 @@ impl Store {
         }
         tx.commit()?;
         Ok(Store {
-            conn: Mutex::new(conn),
+            writer: Mutex::new(Writer {
+                conn,
+                open: false,
+                batch: 0,
+                finished: 0,
+                failed: None,
+                members: 0,
+            }),
+            batch_done: Condvar::new(),
+            queued: AtomicUsize::new(0),
+            reader: None,
         })
     }
 
-    /// Runs `f` in one immediate transaction; commits only if it returns `Ok`.
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        // A poisoned lock means a panic inside a closure; its savepoint guard rolled it
+        // back while unwinding, so the connection is still consistent.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` atomically and durably: its writes commit (with those of the writers
+    /// batched with it) before this returns `Ok`; on `Err` none of them happen.
     pub fn transact<T, E>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T, E>) -> Result<T, E>
     where
         E: From<Error>,
     {
-        // A poisoned lock means a panic mid-call; the transaction it held rolled back on
-        // drop, so the connection itself is still consistent.
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(Error::from)?;
-        let out = f(&Tx { tx: &tx })?;
-        tx.commit().map_err(Error::from)?;
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let mut w = self.lock_writer();
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        let leader = !w.open;
+        if leader {
+            w.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(Error::from)?;
+            w.open = true;
+            w.batch += 1;
+            w.members = 0;
+        }
+        let my_batch = w.batch;
+        w.members += 1;
+        let out = {
+            let sp = Savepoint::begin(&w.conn).map_err(Error::from)?;
+            let out = f(&Tx { tx: &w.conn });
+            if out.is_ok() {
+                sp.release().map_err(Error::from)?;
+            }
+            out
+        };
+        self.batch_done.notify_all();
+        if leader {
+            // Let the writers queued behind this one join the batch, up to a bound.
+            while self.queued.load(Ordering::SeqCst) > 0 && w.members < MAX_BATCH {
+                let (guard, timeout) = self
+                    .batch_done
+                    .wait_timeout(w, Duration::from_millis(5))
+                    .unwrap_or_else(|p| p.into_inner());
+                w = guard;
+                if timeout.timed_out() {
+                    break;
+                }
+            }
+            let committed = w.conn.execute_batch("COMMIT");
+            if let Err(e) = &committed {
+                let _ = w.conn.execute_batch("ROLLBACK");
+                w.failed = Some((my_batch, e.to_string()));
+            }
+            w.open = false;
+            w.finished = my_batch;
+            drop(w);
+            self.batch_done.notify_all();
+            committed.map_err(Error::from)?;
+            return out;
+        }
+        // A failed writer changed nothing; it need not wait for the commit.
+        let out = out?;
+        while w.finished < my_batch {
+            w = self.batch_done.wait(w).unwrap_or_else(|p| p.into_inner());
+        }
+        if let Some((batch, e)) = &w.failed
+            && *batch == my_batch
+        {
+            return Err(Error::CommitFailed(e.clone()).into());
+        }
         Ok(out)
     }
 
-    /// Runs read-only `f` in a deferred transaction (a consistent snapshot).
+    /// Runs read-only `f` on a consistent snapshot of committed data.
     pub fn read<T, E>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T, E>) -> Result<T, E>
     where
         E: From<Error>,
     {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(reader) = &self.reader else {
+            // In memory: one connection; wait for any open batch so no uncommitted row
+            // is ever seen.
+            let mut w = self.lock_writer();
+            while w.open {
+                w = self.batch_done.wait(w).unwrap_or_else(|p| p.into_inner());
+            }
+            let tx = w.conn.unchecked_transaction().map_err(Error::from)?;
+            return f(&Tx { tx: &tx });
+        };
+        let mut conn = reader.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Deferred)
             .map_err(Error::from)?;
         f(&Tx { tx: &tx })
+    }
+
+    /// Runs raw SQL on the writer outside any batch (tests that tamper with rows).
+    #[cfg(test)]
+    fn raw_execute(&self, sql: &str) -> Result<usize> {
+        Ok(self.lock_writer().conn.execute(sql, [])?)
+    }
+}
+
+/// Rolls back to the savepoint unless released (also while unwinding from a panic).
+struct Savepoint<'c> {
+    conn: &'c Connection,
+    done: bool,
+}
+
+impl<'c> Savepoint<'c> {
+    fn begin(conn: &'c Connection) -> rusqlite::Result<Self> {
+        conn.execute_batch("SAVEPOINT op")?;
+        Ok(Savepoint { conn, done: false })
+    }
+
+    fn release(mut self) -> rusqlite::Result<()> {
+        self.done = true;
+        self.conn.execute_batch("RELEASE op")
+    }
+}
+
+impl Drop for Savepoint<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
+        }
     }
 }
 
 /// A transaction: the only way to read or write rows.
 #[allow(missing_debug_implementations)]
 pub struct Tx<'c> {
-    tx: &'c rusqlite::Transaction<'c>,
+    tx: &'c Connection,
 }
 
 fn json_list(v: &[String]) -> String {
@@ -1238,12 +1384,50 @@ mod tests {
         let u = s.read(|tx| tx.user("alice")).unwrap().unwrap();
         assert_eq!(u.groups, ["oncall"]);
         let mode: String = s
+            .lock_writer()
             .conn
-            .lock()
-            .unwrap()
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn concurrent_writers_share_commits_and_failures_stay_isolated() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let s = &s;
+                scope.spawn(move || {
+                    for i in 0..50 {
+                        let name = format!("u{t}-{i}");
+                        let r: Result<(), Error> = s.transact(|tx| {
+                            tx.insert_user(&name, &[], 1)?;
+                            tx.append_audit(&Event::new(
+                                1,
+                                "op",
+                                "user.added",
+                                None,
+                                serde_json::json!({"u": name}),
+                            ))?;
+                            if i % 10 == 3 {
+                                // This writer fails after writing: its rows must vanish.
+                                return Err(Error::Corrupt("refused".into()));
+                            }
+                            Ok(())
+                        });
+                        assert_eq!(r.is_ok(), i % 10 != 3);
+                        // Once transact returned Ok, the row is visible to readers.
+                        let seen = s.read(|tx| tx.user(&name)).unwrap();
+                        assert_eq!(seen.is_some(), i % 10 != 3, "{name}");
+                    }
+                });
+            }
+        });
+        let users = s.read(|tx| tx.users()).unwrap();
+        assert_eq!(users.len(), 8 * 45);
+        let rows = s.read(|tx| tx.audit_rows()).unwrap();
+        assert_eq!(audit::verify(rows).unwrap(), 8 * 45);
     }
 
     #[test]
@@ -1367,10 +1551,7 @@ mod tests {
             audit::verify(s.read(|tx| tx.audit_rows()).unwrap()).unwrap(),
             4
         );
-        s.conn
-            .lock()
-            .unwrap()
-            .execute("UPDATE audit SET actor = 'mallory' WHERE seq = 2", [])
+        s.raw_execute("UPDATE audit SET actor = 'mallory' WHERE seq = 2")
             .unwrap();
         let err = audit::verify(s.read(|tx| tx.audit_rows()).unwrap()).unwrap_err();
         assert_eq!(err.seq, 2);
