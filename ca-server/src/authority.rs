@@ -24,6 +24,8 @@ use crate::store::{self, CertRecord, RequestFilter, Store, Tx};
 
 /// Most pending requests one requester may have at once.
 pub const MAX_PENDING_PER_REQUESTER: u64 = 5;
+/// Most pending requests overall.
+pub const MAX_PENDING_TOTAL: u64 = 10_000;
 
 /// Why a use case did not happen. Each variant maps to one gRPC code in `convert`.
 #[derive(Debug, thiserror::Error)]
@@ -285,6 +287,11 @@ impl Authority {
             if tx.pending_count(&caller.name)? >= MAX_PENDING_PER_REQUESTER {
                 return Err(Error::ResourceExhausted(format!(
                     "limit reached: at most {MAX_PENDING_PER_REQUESTER} pending requests per requester; cancel one with `moshca cancel ID`"
+                )));
+            }
+            if !new.break_glass && tx.pending_total()? >= MAX_PENDING_TOTAL {
+                return Err(Error::ResourceExhausted(format!(
+                    "limit reached: {MAX_PENDING_TOTAL} requests are pending on this CA; try again later"
                 )));
             }
             if tx.key_revoked(&request.fingerprint)? {

@@ -41,14 +41,21 @@ impl From<authority::Error> for Status {
     }
 }
 
-/// Disk full, read-only or locked database: the client should retry, nothing was issued.
+/// Disk full, read-only or locked database, or a failed commit: the client should retry;
+/// nothing was issued.
 fn is_unavailable(e: &crate::store::Error) -> bool {
     use rusqlite::ErrorCode as C;
     match e {
         crate::store::Error::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
             f.code,
-            C::DiskFull | C::ReadOnly | C::DatabaseBusy | C::DatabaseLocked | C::CannotOpen
+            C::DiskFull
+                | C::ReadOnly
+                | C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::CannotOpen
+                | C::SystemIoFailure
         ),
+        crate::store::Error::CommitFailed(_) => true,
         _ => false,
     }
 }
@@ -152,5 +159,29 @@ pub fn audit_event(row: crate::audit::Row) -> pb::AuditEvent {
         request_id: row.event.request_id.unwrap_or_default(),
         details_json: row.event.details.to_string(),
         hash: row.hash,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: i32) -> authority::Error {
+        authority::Error::Store(crate::store::Error::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            Some("/var/lib/moshca/moshca.db: secret path".into()),
+        )))
+    }
+
+    #[test]
+    fn storage_trouble_is_unavailable_and_reveals_nothing() {
+        for code in [rusqlite::ffi::SQLITE_FULL, rusqlite::ffi::SQLITE_READONLY] {
+            let s = Status::from(sqlite(code));
+            assert_eq!(s.code(), tonic::Code::Unavailable);
+            assert!(!s.message().contains("/var/lib"), "{}", s.message());
+        }
+        let s = Status::from(sqlite(rusqlite::ffi::SQLITE_CORRUPT));
+        assert_eq!(s.code(), tonic::Code::Internal);
+        assert_eq!(s.message(), "internal error");
     }
 }

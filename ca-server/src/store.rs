@@ -696,6 +696,16 @@ impl Tx<'_> {
         )
     }
 
+    /// How many requests are pending overall.
+    pub fn pending_total(&self) -> Result<u64> {
+        let n: i64 = self.tx.query_row(
+            "SELECT COUNT(*) FROM requests WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(to_u64(n))
+    }
+
     /// How many requests of `requester` are pending.
     pub fn pending_count(&self, requester: &str) -> Result<u64> {
         let n: i64 = self.tx.query_row(
@@ -1389,6 +1399,32 @@ mod tests {
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn read_only_database_refuses_writes_and_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        s.raw_execute("PRAGMA query_only = 1").unwrap();
+        let r: Result<(), Error> = s.transact(|tx| {
+            tx.insert_request(&req("A", 1))?;
+            tx.append_audit(&Event::new(
+                1,
+                "a",
+                "request.created",
+                Some("A"),
+                serde_json::json!({}),
+            ))
+        });
+        match r {
+            Err(Error::Sqlite(rusqlite::Error::SqliteFailure(f, _))) => {
+                assert_eq!(f.code, rusqlite::ErrorCode::ReadOnly);
+            }
+            other => panic!("expected a read-only error, got {other:?}"),
+        }
+        s.raw_execute("PRAGMA query_only = 0").unwrap();
+        assert!(s.read(|tx| tx.request("A")).unwrap().is_none());
+        assert!(s.read(|tx| tx.audit_rows()).unwrap().is_empty());
     }
 
     #[test]
