@@ -5,7 +5,7 @@
 //! are the help text.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand};
 
@@ -73,6 +73,9 @@ pub enum Command {
     Approve(ApproveArgs),
     /// Deny a pending request
     Deny(DenyArgs),
+    /// Mark a break-glass request reviewed, after the fact (an approver of its role other
+    /// than the requester)
+    Review(ReviewArgs),
     /// Revoke certificates by serial, request, user or public key; hosts refuse them once
     /// they fetch the new KRL (within a minute with the host timer)
     Revoke(RevokeArgs),
@@ -90,6 +93,8 @@ pub enum Command {
     /// In a CI job: get a short certificate of an auto-approved role with the job's OIDC ID
     /// token (MOSHCA_ID_TOKEN, or GitHub Actions' token endpoint); needs no MOSHCA_TOKEN
     Ci(CiArgs),
+    /// Read the audit trail, oldest first (for the policy's auditors, defaults.auditors)
+    Audit(AuditArgs),
 }
 
 /// Arguments of `moshca login`.
@@ -115,6 +120,12 @@ pub struct LoginArgs {
     /// request is decided or expires)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+
+    /// In an incident: get a short certificate at once, without approval, where the role
+    /// allows break-glass; everyone is notified and the request stays flagged until an
+    /// approver reviews it
+    #[arg(long)]
+    pub break_glass: bool,
 }
 
 /// Arguments of `moshca ci`.
@@ -170,6 +181,11 @@ pub struct RequestArgs {
     /// OpenSSH public key file to certify, e.g. ~/.ssh/id_ed25519.pub
     #[arg(long, value_name = "FILE")]
     pub public_key: PathBuf,
+
+    /// Issue at once without approval, where the role allows break-glass; everyone is
+    /// notified and the request stays flagged until an approver reviews it
+    #[arg(long)]
+    pub break_glass: bool,
 }
 
 /// A command that takes only a request id.
@@ -200,6 +216,10 @@ pub struct RequestsArgs {
     /// Only your own requests
     #[arg(long)]
     pub mine: bool,
+
+    /// Only break-glass requests nobody has reviewed yet
+    #[arg(long)]
+    pub unreviewed: bool,
 }
 
 /// Arguments of `moshca approve`.
@@ -226,6 +246,58 @@ pub struct DenyArgs {
     /// Why, shown to the requester
     #[arg(long)]
     pub reason: String,
+}
+
+/// Arguments of `moshca review`.
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    /// Request id of a break-glass request
+    pub id: String,
+
+    /// What you checked, for the audit log, e.g. "INC-4312 was real, access fit"
+    #[arg(long)]
+    pub comment: String,
+}
+
+/// Arguments of `moshca audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only events by this user, or about their requests
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// Only events of this request
+    #[arg(long, value_name = "ID")]
+    pub request: Option<String>,
+
+    /// Only events since this time: RFC 3339 (2025-01-02T03:04:05Z) or a duration meaning
+    /// that long ago (2h, 1d)
+    #[arg(long, value_name = "TIME", value_parser = parse_since)]
+    pub since: Option<Since>,
+
+    /// At most this many events, the newest (default: 100)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: Option<u32>,
+}
+
+/// The start of a time window: a moment, or a span before now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// This Unix time.
+    At(i64),
+    /// This long before now.
+    Ago(Duration),
+}
+
+impl Since {
+    /// The Unix time this stands for at `now`; never before 1970.
+    pub fn unix_at(self, now: i64) -> i64 {
+        match self {
+            Since::At(at) => at,
+            Since::Ago(ago) => now.saturating_sub(i64::try_from(ago.as_secs()).unwrap_or(i64::MAX)),
+        }
+        .max(0)
+    }
 }
 
 /// Arguments of `moshca revoke`: exactly one target and a reason.
@@ -326,6 +398,60 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("must be whole seconds".to_owned());
     }
     Ok(duration)
+}
+
+/// Parses `--since`: an RFC 3339 time (`2025-01-02T03:04:05Z`, `...+02:00`) or a duration
+/// (`2h`) meaning that long ago.
+pub fn parse_since(text: &str) -> Result<Since, String> {
+    const EXAMPLE: &str = "write a time like 2025-01-02T03:04:05Z or a duration like 2h \
+                           (meaning 2 hours ago)";
+    let text = text.trim();
+    let looks_like_a_date = text.len() > 4
+        && text.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+        && text.as_bytes()[4] == b'-';
+    if looks_like_a_date {
+        return parse_rfc3339(text)
+            .map(Since::At)
+            .map_err(|err| format!("{err}; {EXAMPLE}"));
+    }
+    match humantime::parse_duration(text) {
+        Ok(duration) => Ok(Since::Ago(Duration::from_secs(duration.as_secs()))),
+        Err(err) => Err(format!("{err}; {EXAMPLE}")),
+    }
+}
+
+/// RFC 3339 to Unix seconds, with `Z` or a numeric offset (humantime knows only `Z`).
+fn parse_rfc3339(text: &str) -> Result<i64, String> {
+    // A numeric offset is the last six characters: `+HH:MM` or `-HH:MM`.
+    let split = text
+        .len()
+        .checked_sub(6)
+        .filter(|&i| text.is_char_boundary(i))
+        .map(|i| text.split_at(i))
+        .filter(|(_, offset)| {
+            let b = offset.as_bytes();
+            matches!(b[0], b'+' | b'-') && b[3] == b':'
+        });
+    let (utc, offset_secs) = match split {
+        Some((base, offset)) => {
+            let b = offset.as_bytes();
+            let digits = [b[1], b[2], b[4], b[5]];
+            if !digits.iter().all(u8::is_ascii_digit) {
+                return Err(format!("bad time zone offset {offset:?}"));
+            }
+            let [h1, h2, m1, m2] = digits.map(|d| i64::from(d - b'0'));
+            let secs = (h1 * 10 + h2) * 3600 + (m1 * 10 + m2) * 60;
+            let secs = if b[0] == b'-' { -secs } else { secs };
+            (format!("{base}Z"), secs)
+        }
+        None => (text.to_owned(), 0),
+    };
+    let at = humantime::parse_rfc3339(&utc).map_err(|err| err.to_string())?;
+    let secs = at
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| "before 1970".to_owned())?
+        .as_secs();
+    Ok(i64::try_from(secs).unwrap_or(i64::MAX) - offset_secs)
 }
 
 #[cfg(test)]
@@ -471,5 +597,159 @@ mod tests {
         let err = Cli::try_parse_from(["moshca", "approve", "ID", "--ttl", "soon"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("--ttl"), "{err}");
+    }
+
+    #[test]
+    fn break_glass_is_a_flag_of_login_and_request() {
+        let cli = Cli::try_parse_from([
+            "moshca",
+            "login",
+            "--role",
+            "db",
+            "--reason",
+            "INC-1 down",
+            "--break-glass",
+        ])
+        .unwrap();
+        let Command::Login(login) = cli.command else {
+            panic!("not login: {:?}", cli.command);
+        };
+        assert!(login.break_glass);
+        let cli = Cli::try_parse_from([
+            "moshca",
+            "request",
+            "--role",
+            "db",
+            "--reason",
+            "INC-1 down",
+            "--public-key",
+            "k.pub",
+        ])
+        .unwrap();
+        let Command::Request(request) = cli.command else {
+            panic!("not request: {:?}", cli.command);
+        };
+        assert!(!request.break_glass);
+        let cli = Cli::try_parse_from(["moshca", "requests", "--unreviewed", "--json"]).unwrap();
+        let Command::Requests(requests) = cli.command else {
+            panic!("not requests: {:?}", cli.command);
+        };
+        assert!(requests.unreviewed && !requests.pending && !requests.mine);
+    }
+
+    #[test]
+    fn review_needs_an_id_and_a_comment() {
+        let cli =
+            Cli::try_parse_from(["moshca", "review", "01JREQ", "--comment", "was real"]).unwrap();
+        let Command::Review(args) = cli.command else {
+            panic!("not review: {:?}", cli.command);
+        };
+        assert_eq!(
+            (args.id.as_str(), args.comment.as_str()),
+            ("01JREQ", "was real")
+        );
+        for argv in [
+            &["moshca", "review", "01JREQ"][..],
+            &["moshca", "review", "--comment", "c"],
+        ] {
+            let err = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{argv:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn audit_takes_filters() {
+        let cli = Cli::try_parse_from([
+            "moshca",
+            "audit",
+            "--user",
+            "alice",
+            "--request",
+            "01JREQ",
+            "--since",
+            "2h",
+            "--limit",
+            "5",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Audit(args) = cli.command else {
+            panic!("not audit: {:?}", cli.command);
+        };
+        assert_eq!(args.user.as_deref(), Some("alice"));
+        assert_eq!(args.request.as_deref(), Some("01JREQ"));
+        assert_eq!(args.since, Some(Since::Ago(Duration::from_secs(7200))));
+        assert_eq!(args.limit, Some(5));
+        assert!(cli.global.json);
+
+        let cli = Cli::try_parse_from(["moshca", "audit"]).unwrap();
+        let Command::Audit(args) = cli.command else {
+            panic!("not audit: {:?}", cli.command);
+        };
+        assert_eq!(
+            (args.user, args.request, args.since, args.limit),
+            (None, None, None, None)
+        );
+
+        for argv in [
+            &["moshca", "audit", "--limit", "0"][..],
+            &["moshca", "audit", "--limit", "10001"],
+            &["moshca", "audit", "--since", "yesterday"],
+            &["moshca", "audit", "--since", "2025-13-01T00:00:00Z"],
+        ] {
+            let err = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{argv:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn since_takes_rfc3339_or_a_duration_ago() {
+        assert_eq!(
+            parse_since("2025-06-15T15:06:40Z"),
+            Ok(Since::At(1_750_000_000))
+        );
+        assert_eq!(
+            parse_since("2025-06-15T15:06:40.5Z"),
+            Ok(Since::At(1_750_000_000))
+        );
+        assert_eq!(
+            parse_since("2025-06-15T17:06:40+02:00"),
+            Ok(Since::At(1_750_000_000))
+        );
+        assert_eq!(
+            parse_since("2025-06-15T14:36:40-00:30"),
+            Ok(Since::At(1_750_000_000))
+        );
+        assert_eq!(parse_since("2h"), Ok(Since::Ago(Duration::from_secs(7200))));
+        assert_eq!(
+            parse_since("1day 30m"),
+            Ok(Since::Ago(Duration::from_secs(88_200)))
+        );
+        for text in [
+            "",
+            "soon",
+            "2025-06-15",
+            "2025-06-15T15:06:40+2:00",
+            "2025-06-15T15:06:40+ab:00",
+            "1750000000",
+            "2025-06-15T15:06:40\u{e9}0:00",
+        ] {
+            let err = parse_since(text).unwrap_err();
+            assert!(
+                err.contains("2025-01-02T03:04:05Z") && err.contains("2h"),
+                "{text:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn since_resolves_against_now() {
+        const NOW: i64 = 1_750_000_000;
+        assert_eq!(Since::At(5).unix_at(NOW), 5);
+        assert_eq!(
+            Since::Ago(Duration::from_secs(7200)).unix_at(NOW),
+            NOW - 7200
+        );
+        assert_eq!(Since::Ago(Duration::from_secs(u64::MAX)).unix_at(NOW), 0);
     }
 }

@@ -10,14 +10,15 @@ use std::path::Path;
 use moshca_proto::v1::revoke_certificates_request::Target;
 use moshca_proto::v1::{
     CancelAccessRequestRequest, CreateAccessRequestRequest, Decision, GetAccessRequestRequest,
-    GetCaPublicKeysRequest, GetKrlRequest, ListAccessRequestsRequest, ReviewAccessRequestRequest,
-    RevokeCertificatesRequest, State, WhoAmIRequest,
+    GetCaPublicKeysRequest, GetKrlRequest, ListAccessRequestsRequest, ListAuditEventsRequest,
+    ReviewAccessRequestRequest, ReviewBreakGlassRequest, RevokeCertificatesRequest, State,
+    WhoAmIRequest,
 };
 use ssh_key::HashAlg;
 
 use crate::cli::{
-    ApproveArgs, CaKeysArgs, DenyArgs, FetchArgs, HostSyncArgs, KrlArgs, RequestArgs, RequestsArgs,
-    RevokeArgs,
+    ApproveArgs, AuditArgs, CaKeysArgs, DenyArgs, FetchArgs, HostSyncArgs, KrlArgs, RequestArgs,
+    RequestsArgs, ReviewArgs, RevokeArgs,
 };
 use crate::clock;
 use crate::error::{self, Error, Result};
@@ -40,12 +41,15 @@ pub async fn request(client: &mut Client, args: &RequestArgs, out: Output) -> Re
             ttl_secs: args.ttl.map_or(0, |ttl| ttl.as_secs()),
             reason: args.reason.clone(),
             public_key,
-            break_glass: false,
+            break_glass: args.break_glass,
         })
         .await
         .map_err(|status| Error::rpc("create request", &status))?
         .into_inner();
     tracing::info!(request_id = %created.id, role = %created.role, "request created");
+    if created.break_glass && output::state(&created) == State::Issued {
+        output::break_glass_granted(&created);
+    }
     out.created(&created)
 }
 
@@ -107,14 +111,14 @@ pub async fn cancel(client: &mut Client, id: &str, out: Output) -> Result<()> {
     out.cancelled(&request)
 }
 
-/// `moshca requests [--pending] [--mine]`.
+/// `moshca requests [--pending] [--mine] [--unreviewed]`.
 pub async fn requests(client: &mut Client, args: &RequestsArgs, out: Output) -> Result<()> {
     let list = client
         .list_access_requests(ListAccessRequestsRequest {
             pending_only: args.pending,
             mine_only: args.mine,
             limit: 0,
-            unreviewed_only: false,
+            unreviewed_only: args.unreviewed,
         })
         .await
         .map_err(|status| Error::rpc("list requests", &status))?
@@ -152,6 +156,38 @@ pub async fn deny(client: &mut Client, args: &DenyArgs, out: Output) -> Result<(
         .into_inner();
     tracing::info!(request_id = %args.id, "request denied");
     out.reviewed(&request, Decision::Deny)
+}
+
+/// `moshca review ID --comment C`: marks a break-glass request reviewed.
+pub async fn review(client: &mut Client, args: &ReviewArgs, out: Output) -> Result<()> {
+    let request = client
+        .review_break_glass(ReviewBreakGlassRequest {
+            id: args.id.clone(),
+            comment: args.comment.clone(),
+        })
+        .await
+        .map_err(|status| Error::rpc("review break-glass request", &status))?
+        .into_inner();
+    tracing::info!(request_id = %args.id, "break-glass request reviewed");
+    out.glass_reviewed(&request)
+}
+
+/// `moshca audit [--user U] [--request ID] [--since T] [--limit N]`.
+pub async fn audit(client: &mut Client, args: &AuditArgs, out: Output) -> Result<()> {
+    let since = args
+        .since
+        .map_or(0, |since| since.unix_at(clock::now_unix()));
+    let list = client
+        .list_audit_events(ListAuditEventsRequest {
+            user: args.user.clone().unwrap_or_default(),
+            request_id: args.request.clone().unwrap_or_default(),
+            since,
+            limit: args.limit.unwrap_or(0),
+        })
+        .await
+        .map_err(|status| Error::audit(&status))?
+        .into_inner();
+    out.audit_events(&list.events)
 }
 
 /// `moshca revoke (--serial N | --request ID | --user NAME | --public-key FILE) --reason R`.

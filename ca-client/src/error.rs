@@ -278,6 +278,13 @@ pub enum Error {
         /// Whether the request was cancelled on the server.
         cancelled: bool,
     },
+    /// The server refused to show the audit trail: the caller is not an auditor
+    /// (PERMISSION_DENIED).
+    #[error("{message}")]
+    NotAuditor {
+        /// The server's one-line message, with the call.
+        message: String,
+    },
     /// `host sync` could not update some of its files (each error was reported already).
     #[error("not updated: {}", paths_list(failed))]
     HostSync {
@@ -354,6 +361,20 @@ impl Error {
         }
     }
 
+    /// An error for a failed `ListAuditEvents` call: a refusal names who may read the trail.
+    pub fn audit(status: &tonic::Status) -> Self {
+        match Error::rpc("list audit events", status) {
+            Error::Rpc {
+                code: Code::PermissionDenied,
+                message,
+                call,
+            } => Error::NotAuditor {
+                message: format!("{call}: {message}"),
+            },
+            other => other,
+        }
+    }
+
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -362,7 +383,8 @@ impl Error {
                 code: Code::PermissionDenied,
                 ..
             }
-            | Error::WorkloadDenied { .. } => exit::DENIED,
+            | Error::WorkloadDenied { .. }
+            | Error::NotAuditor { .. } => exit::DENIED,
             Error::Expired { .. } | Error::TimedOut { .. } | Error::CertificateExpired { .. } => {
                 exit::EXPIRED
             }
@@ -485,6 +507,11 @@ impl Error {
             Error::NotAutoApproved { .. } => {
                 "CI jobs need a role with approval = \"auto\" and `workloads` in the CA's \
                  policy.toml; ask the CA operator"
+            }
+            Error::NotAuditor { .. } => {
+                "the audit trail is for the policy's auditors: ask the CA operator to add you or \
+                 your group to `auditors` under [defaults] in policy.toml (defaults.auditors, \
+                 e.g. auditors = [\"group:audit\"])"
             }
             Error::HostSync { .. } => {
                 "the files named were kept as they were and sshd keeps using them; fix the \
@@ -726,6 +753,12 @@ mod tests {
             ),
             (Error::NoCiDestination, 1),
             (
+                Error::NotAuditor {
+                    message: "list audit events: no".into(),
+                },
+                3,
+            ),
+            (
                 Error::NotAutoApproved {
                     id: "r".into(),
                     role: "deploy".into(),
@@ -856,5 +889,27 @@ mod tests {
         assert_eq!(err.exit_code(), 3);
         req.reviews[0].comment.clear();
         assert!(Error::denied(&req).to_string().ends_with("no reason given"));
+    }
+
+    #[test]
+    fn a_refused_audit_read_names_defaults_auditors() {
+        let err = Error::audit(&tonic::Status::permission_denied(
+            "only the policy's auditors (defaults.auditors) may read the audit trail",
+        ));
+        assert_eq!(err.exit_code(), 3);
+        assert_eq!(
+            err.to_string(),
+            "list audit events: only the policy's auditors (defaults.auditors) may read the \
+             audit trail"
+        );
+        let hint = err.hint().unwrap();
+        assert!(
+            hint.contains("[defaults]") && hint.contains("auditors"),
+            "{hint}"
+        );
+
+        let other = Error::audit(&tonic::Status::invalid_argument("bad request id"));
+        assert!(matches!(other, Error::Rpc { .. }), "{other:?}");
+        assert_eq!(other.exit_code(), 1);
     }
 }

@@ -3,7 +3,9 @@
 //! An engineer runs `moshca login --role R --reason TEXT`; the client makes an in-memory
 //! ed25519 key, asks the CA for a certificate, waits while a colleague approves, and loads
 //! key and certificate into ssh-agent for exactly the certificate's lifetime. The other
-//! commands request, inspect, approve, deny, cancel and revoke; `moshca host sync` keeps a
+//! commands request, inspect, approve, deny, cancel, revoke, review break-glass access and
+//! read the audit trail; `moshca login --break-glass` skips the wait where the role allows
+//! it, and the request stays flagged until reviewed. `moshca host sync` keeps a
 //! host's CA keys and KRL current. A CI job runs `moshca ci --role R` with its OIDC ID token
 //! instead of a moshca token, and gets an auto-approved certificate at once.
 //!
@@ -87,6 +89,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         (Command::Requests(args), _) => commands::requests(&mut client, args, out).await,
         (Command::Approve(args), _) => commands::approve(&mut client, args, out).await,
         (Command::Deny(args), _) => commands::deny(&mut client, args, out).await,
+        (Command::Review(args), _) => commands::review(&mut client, args, out).await,
+        (Command::Audit(args), _) => commands::audit(&mut client, args, out).await,
         (Command::Revoke(args), _) => commands::revoke(&mut client, args, out).await,
         (Command::CaKeys(args), _) => commands::ca_keys(&mut client, args, out).await,
         (Command::Krl(args), _) => commands::krl(&mut client, args, out).await,

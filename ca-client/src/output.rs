@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use moshca_proto::v1::{
-    AccessRequest, Decision, RevokeCertificatesResponse, State, WhoAmIResponse,
+    AccessRequest, AuditEvent, Decision, RevokeCertificatesResponse, State, WhoAmIResponse,
 };
 use serde::Serialize;
 
@@ -76,6 +76,30 @@ impl Output {
             (_, other) => format!("approved request {id}: now {}\n", state_name(other)),
         };
         print_text(&line)
+    }
+
+    /// `moshca review`: the break-glass request after its review.
+    pub fn glass_reviewed(&self, request: &AccessRequest) -> Result<()> {
+        if self.json {
+            return print_json(&RequestView::from(request));
+        }
+        print_text(&format!(
+            "reviewed break-glass request {}; it is no longer flagged\n",
+            request.id
+        ))
+    }
+
+    /// `moshca audit`: one line per event, oldest first.
+    pub fn audit_events(&self, events: &[AuditEvent]) -> Result<()> {
+        if self.json {
+            let views: Vec<AuditEventView<'_>> = events.iter().map(AuditEventView::from).collect();
+            return print_json(&views);
+        }
+        if events.is_empty() {
+            notice("no matching audit events");
+            return Ok(());
+        }
+        print_text(&audit_lines(events))
     }
 
     /// `moshca cancel`.
@@ -275,6 +299,20 @@ pub fn notice(message: &str) {
     eprintln!("moshca: {message}");
 }
 
+/// Announces on stderr that a break-glass request was issued without approval.
+pub fn break_glass_granted(request: &AccessRequest) {
+    notice(&break_glass_line(request));
+}
+
+/// The loud line `login --break-glass` and `request --break-glass` print on stderr.
+fn break_glass_line(request: &AccessRequest) -> String {
+    format!(
+        "BREAK-GLASS access granted; everyone has been notified and request {} stays flagged \
+         until reviewed",
+        request.id
+    )
+}
+
 /// Prints `moshca: warning: {message}` on stderr.
 pub fn warning(message: &str) {
     eprintln!("moshca: warning: {message}");
@@ -462,6 +500,11 @@ fn describe(r: &AccessRequest) -> String {
                 state_name(s).to_owned()
             }
         }),
+    ];
+    if r.break_glass {
+        rows.push(("break-glass", glass_note(r)));
+    }
+    rows.extend([
         ("requester", r.requester.clone()),
         ("role", r.role.clone()),
         ("principals", r.principals.join(",")),
@@ -469,7 +512,7 @@ fn describe(r: &AccessRequest) -> String {
         ("reason", r.reason.clone()),
         ("key", r.fingerprint.clone()),
         ("created", rfc3339(r.created_at)),
-    ];
+    ]);
     if state(r) == State::Pending {
         rows.push(("expires", rfc3339(r.expires_at)));
     }
@@ -506,6 +549,22 @@ fn describe(r: &AccessRequest) -> String {
         .collect()
 }
 
+/// `BREAK-GLASS, reviewed by B at T: C`, or what to run while it is not reviewed.
+fn glass_note(r: &AccessRequest) -> String {
+    match &r.break_glass_review {
+        Some(review) => format!(
+            "BREAK-GLASS, reviewed by {} at {}: {}",
+            review.approver,
+            rfc3339(review.at),
+            review.comment
+        ),
+        None => format!(
+            "BREAK-GLASS, not reviewed yet (moshca review {} --comment TEXT)",
+            r.id
+        ),
+    }
+}
+
 /// The human form of a list of requests, for `moshca requests`.
 fn table(requests: &[AccessRequest]) -> String {
     let mut rows = vec![[
@@ -519,9 +578,13 @@ fn table(requests: &[AccessRequest]) -> String {
         "REASON".to_owned(),
     ]];
     for r in requests {
+        let mut state_cell = state_name(state(r)).to_owned();
+        if r.break_glass {
+            state_cell.push_str(" BREAK-GLASS");
+        }
         rows.push([
             r.id.clone(),
-            state_name(state(r)).to_owned(),
+            state_cell,
             r.requester.clone(),
             r.role.clone(),
             r.principals.join(","),
@@ -537,7 +600,9 @@ fn table(requests: &[AccessRequest]) -> String {
         }
     }
     let mut text = String::new();
-    for row in &rows {
+    // The header has no request; each request row is followed by its break-glass note.
+    let requests = std::iter::once(None).chain(requests.iter().map(Some));
+    for (row, r) in rows.iter().zip(requests) {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
             if i + 1 == row.len() {
@@ -548,8 +613,84 @@ fn table(requests: &[AccessRequest]) -> String {
         }
         text.push_str(line.trim_end());
         text.push('\n');
+        if let Some(r) = r.filter(|r| r.break_glass) {
+            text.push_str(&format!("    {}\n", glass_note(r)));
+        }
     }
     text
+}
+
+/// The human form of audit events: `TIME  ACTOR  ACTION  REQUEST  DETAILS`, one line each,
+/// columns aligned; `-` for no request, details as compact JSON.
+fn audit_lines(events: &[AuditEvent]) -> String {
+    let rows: Vec<[String; 5]> = events
+        .iter()
+        .map(|e| {
+            let details = match details(&e.details_json) {
+                serde_json::Value::String(raw) => crate::error::one_line(&raw),
+                value => value.to_string(),
+            };
+            [
+                rfc3339(e.at),
+                e.actor.clone(),
+                e.action.clone(),
+                if e.request_id.is_empty() {
+                    "-".to_owned()
+                } else {
+                    e.request_id.clone()
+                },
+                details,
+            ]
+        })
+        .collect();
+    let mut widths = [0usize; 4];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            let mut line = String::new();
+            for (cell, width) in row.iter().zip(widths) {
+                line.push_str(&format!("{cell:<width$}  "));
+            }
+            line.push_str(&row[4]);
+            format!("{}\n", line.trim_end())
+        })
+        .collect()
+}
+
+/// An event's details as JSON; text the server sent that is not JSON stays a string, so
+/// the auditor still sees it.
+fn details(json: &str) -> serde_json::Value {
+    serde_json::from_str(json).unwrap_or_else(|_| serde_json::Value::String(json.to_owned()))
+}
+
+/// The JSON form of an audit event (see the contract).
+#[derive(Debug, Serialize)]
+pub struct AuditEventView<'a> {
+    seq: u64,
+    at: i64,
+    actor: &'a str,
+    action: &'a str,
+    request_id: Option<&'a str>,
+    details: serde_json::Value,
+    hash: &'a str,
+}
+
+impl<'a> From<&'a AuditEvent> for AuditEventView<'a> {
+    fn from(e: &'a AuditEvent) -> Self {
+        AuditEventView {
+            seq: e.seq,
+            at: e.at,
+            actor: &e.actor,
+            action: &e.action,
+            request_id: (!e.request_id.is_empty()).then_some(e.request_id.as_str()),
+            details: details(&e.details_json),
+            hash: &e.hash,
+        }
+    }
 }
 
 /// The JSON form of a request (see the contract).
@@ -571,6 +712,16 @@ pub struct RequestView<'a> {
     serial: Option<u64>,
     valid_before: Option<i64>,
     certificate: Option<CertificateView<'a>>,
+    break_glass: bool,
+    break_glass_review: Option<GlassReviewView<'a>>,
+}
+
+/// The JSON form of a break-glass request's after-the-fact review.
+#[derive(Debug, Serialize)]
+struct GlassReviewView<'a> {
+    approver: &'a str,
+    comment: &'a str,
+    at: i64,
 }
 
 /// The JSON form of a review.
@@ -627,6 +778,12 @@ impl<'a> From<&'a AccessRequest> for RequestView<'a> {
                 principals: &c.principals,
                 valid_after: c.valid_after,
                 valid_before: c.valid_before,
+            }),
+            break_glass: r.break_glass,
+            break_glass_review: r.break_glass_review.as_ref().map(|v| GlassReviewView {
+                approver: &v.approver,
+                comment: &v.comment,
+                at: v.at,
             }),
         }
     }
@@ -708,6 +865,8 @@ mod tests {
                 "serial": null,
                 "valid_before": null,
                 "certificate": null,
+                "break_glass": false,
+                "break_glass_review": null,
             })
         );
     }
@@ -867,6 +1026,172 @@ mod tests {
         assert_eq!(
             host_sync_lines(&report),
             "/etc/ssh/moshca.krl: version 5, 120 bytes\n"
+        );
+    }
+
+    fn break_glass() -> AccessRequest {
+        AccessRequest {
+            id: "01JGLASS".into(),
+            reviews: vec![],
+            ttl_secs: 900,
+            break_glass: true,
+            ..issued()
+        }
+    }
+
+    fn glass_reviewed() -> AccessRequest {
+        AccessRequest {
+            break_glass_review: Some(Review {
+                approver: "bob".into(),
+                decision: Decision::Unspecified as i32,
+                comment: "INC-4312 was real".into(),
+                at: NOW + 600,
+            }),
+            ..break_glass()
+        }
+    }
+
+    #[test]
+    fn break_glass_json_carries_the_flag_and_the_review() {
+        let value = serde_json::to_value(RequestView::from(&break_glass())).unwrap();
+        assert_eq!(value["break_glass"], true);
+        assert_eq!(value["break_glass_review"], Value::Null);
+        let value = serde_json::to_value(RequestView::from(&glass_reviewed())).unwrap();
+        assert_eq!(value["break_glass"], true);
+        assert_eq!(
+            value["break_glass_review"],
+            json!({"approver": "bob", "comment": "INC-4312 was real", "at": NOW + 600})
+        );
+        let value = serde_json::to_value(RequestView::from(&issued())).unwrap();
+        assert_eq!(value["break_glass"], false);
+    }
+
+    #[test]
+    fn status_text_flags_break_glass_and_shows_its_review() {
+        let text = describe(&break_glass());
+        assert!(
+            text.contains(
+                "break-glass: BREAK-GLASS, not reviewed yet (moshca review 01JGLASS --comment TEXT)"
+            ),
+            "{text}"
+        );
+        let text = describe(&glass_reviewed());
+        assert!(
+            text.contains(
+                "break-glass: BREAK-GLASS, reviewed by bob at 2025-06-15T15:16:40Z: INC-4312 was real"
+            ),
+            "{text}"
+        );
+        assert!(!describe(&issued()).contains("BREAK-GLASS"));
+    }
+
+    #[test]
+    fn table_marks_break_glass_rows_and_notes_their_review() {
+        let text = table(&[pending(), break_glass(), glass_reviewed()]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 6, "{text}");
+        let col = lines[0].find("STATE").unwrap();
+        assert_eq!(&lines[1][col..col + 8], "pending ");
+        assert_eq!(&lines[2][col..col + 18], "issued BREAK-GLASS");
+        assert_eq!(
+            lines[3],
+            "    BREAK-GLASS, not reviewed yet (moshca review 01JGLASS --comment TEXT)"
+        );
+        assert_eq!(&lines[4][col..col + 18], "issued BREAK-GLASS");
+        assert_eq!(
+            lines[5],
+            "    BREAK-GLASS, reviewed by bob at 2025-06-15T15:16:40Z: INC-4312 was real"
+        );
+    }
+
+    #[test]
+    fn break_glass_line_follows_the_contract() {
+        assert_eq!(
+            break_glass_line(&break_glass()),
+            "BREAK-GLASS access granted; everyone has been notified and request 01JGLASS stays \
+             flagged until reviewed"
+        );
+    }
+
+    fn event(seq: u64, actor: &str, action: &str, request_id: &str, details: &str) -> AuditEvent {
+        AuditEvent {
+            seq,
+            at: NOW + seq as i64,
+            actor: actor.into(),
+            action: action.into(),
+            request_id: request_id.into(),
+            details_json: details.into(),
+            hash: format!("{seq:064x}"),
+        }
+    }
+
+    #[test]
+    fn audit_json_has_every_field_with_parsed_details() {
+        let events = [
+            event(
+                7,
+                "alice",
+                "request.break_glass",
+                "01JGLASS",
+                r#"{"role":"db-oncall","ttl_secs":900}"#,
+            ),
+            event(8, "moshca-server", "policy.reloaded", "", "{}"),
+            event(9, "bob", "odd", "", "not json"),
+        ];
+        let views: Vec<AuditEventView<'_>> = events.iter().map(AuditEventView::from).collect();
+        assert_eq!(
+            serde_json::to_value(&views).unwrap(),
+            json!([
+                {
+                    "seq": 7,
+                    "at": NOW + 7,
+                    "actor": "alice",
+                    "action": "request.break_glass",
+                    "request_id": "01JGLASS",
+                    "details": {"role": "db-oncall", "ttl_secs": 900},
+                    "hash": format!("{:064x}", 7),
+                },
+                {
+                    "seq": 8,
+                    "at": NOW + 8,
+                    "actor": "moshca-server",
+                    "action": "policy.reloaded",
+                    "request_id": null,
+                    "details": {},
+                    "hash": format!("{:064x}", 8),
+                },
+                {
+                    "seq": 9,
+                    "at": NOW + 9,
+                    "actor": "bob",
+                    "action": "odd",
+                    "request_id": null,
+                    "details": "not json",
+                    "hash": format!("{:064x}", 9),
+                },
+            ])
+        );
+    }
+
+    #[test]
+    fn audit_text_is_one_aligned_line_per_event() {
+        let events = [
+            event(
+                1,
+                "alice",
+                "request.break_glass",
+                "01JGLASS",
+                r#"{"reason": "INC-1\nline two"}"#,
+            ),
+            event(2, "moshca-server", "policy.reloaded", "", "{}"),
+            event(3, "bob", "odd", "", "not\njson"),
+        ];
+        assert_eq!(
+            audit_lines(&events),
+            "2025-06-15T15:06:41Z  alice          request.break_glass  01JGLASS  \
+             {\"reason\":\"INC-1\\nline two\"}\n\
+             2025-06-15T15:06:42Z  moshca-server  policy.reloaded      -         {}\n\
+             2025-06-15T15:06:43Z  bob            odd                  -         not json\n"
         );
     }
 }

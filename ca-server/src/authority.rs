@@ -1085,6 +1085,9 @@ impl Authority {
                 return Ok(None);
             }
             let signature = signer.sign_checkpoint(&crate::audit::Checkpoint::message(seq, &hash));
+            // Also to the log, which lives outside the database: deleting both the tail
+            // and its checkpoint rows is then still visible there.
+            tracing::info!(seq, hash = %hash, signature = %signature, "audit checkpoint");
             tx.insert_checkpoint(&crate::audit::Checkpoint {
                 seq,
                 hash,

@@ -1345,8 +1345,10 @@ impl Tx<'_> {
                         actor: r.2,
                         action: r.3,
                         request_id: r.4,
+                        // A row whose details are not JSON was tampered with: keep the raw
+                        // text so `audit::verify` reports that very event as edited.
                         details: serde_json::from_str(&r.5)
-                            .map_err(|e| Error::Corrupt(format!("audit details: {e}")))?,
+                            .unwrap_or(serde_json::Value::String(r.5)),
                     },
                     prev_hash: r.6,
                     hash: r.7,
