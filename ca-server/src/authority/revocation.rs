@@ -1,0 +1,230 @@
+//! Revocation and what hosts pull: revoke by serial, request, user or key; the KRL; the
+//! CA keys to trust (active and retired-but-needed).
+
+use super::*;
+
+/// What to revoke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeTarget {
+    /// One certificate.
+    Serial(u64),
+    /// The certificate of one request.
+    Request(String),
+    /// Every live certificate of a user, who is also disabled.
+    User(String),
+    /// Every certificate for a subject key, and the key itself for good.
+    PublicKey(String),
+}
+
+/// What a revocation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    /// Serials newly revoked.
+    pub serials: Vec<u64>,
+    /// The KRL version that includes them.
+    pub krl_version: u64,
+}
+
+impl Authority {
+    /// Revokes certificates (and, for a key, the key itself). Who may: `defaults.revokers`
+    /// for anything, a role's `revokers` for that role's certificates, and a requester for
+    /// their own.
+    pub fn revoke_at(
+        &self,
+        caller: &Caller,
+        target: RevokeTarget,
+        reason: &str,
+        now: UnixTime,
+    ) -> Result<Revoked> {
+        let reason = reason.trim();
+        if reason.is_empty()
+            || reason.len() > policy::MAX_REASON_LEN
+            || reason.chars().any(char::is_control)
+        {
+            return Err(Error::InvalidArgument(
+                "a revocation needs a reason of at most 1024 bytes: --reason TEXT".into(),
+            ));
+        }
+        let policy = self.policy();
+        let global = policy::selects(&policy.defaults.revokers, caller);
+        let may_revoke = |cert: &CertRecord| {
+            global
+                || cert.requester == caller.name
+                || policy
+                    .role(&cert.role)
+                    .is_some_and(|r| r.may_revoke(caller, &policy.defaults))
+        };
+        let denied = |what: &str| {
+            Error::PermissionDenied(format!(
+                "you may not revoke {what}; revokers are listed in the policy (defaults.revokers, role revokers)"
+            ))
+        };
+        let result = self.store.transact(|tx| {
+            let mut changed = false;
+            let (certs, target_desc) = match &target {
+                RevokeTarget::Serial(serial) => {
+                    let cert = tx.certificate_by_serial(*serial)?.ok_or_else(|| {
+                        Error::NotFound(format!("no certificate with serial {serial}"))
+                    })?;
+                    if !may_revoke(&cert) {
+                        return Err(denied(&format!("certificate {serial}")));
+                    }
+                    (vec![cert], json!({ "serial": serial.to_string() }))
+                }
+                RevokeTarget::Request(id) => {
+                    let cert = tx.certificate_for_request(id)?.ok_or_else(|| {
+                        Error::NotFound(format!("request {id} has no certificate"))
+                    })?;
+                    if !may_revoke(&cert) {
+                        return Err(denied(&format!("the certificate of request {id}")));
+                    }
+                    (vec![cert], json!({ "request_id": id }))
+                }
+                RevokeTarget::User(name) => {
+                    if !global && *name != caller.name {
+                        return Err(denied(&format!("user {name}'s certificates")));
+                    }
+                    let user = tx
+                        .user(name)?
+                        .ok_or_else(|| Error::NotFound(format!("no user named {name}")))?;
+                    if !user.disabled {
+                        tx.set_user_disabled(name, true)?;
+                        changed = true;
+                    }
+                    (tx.live_certificates_of(name, now)?, json!({ "user": name }))
+                }
+                RevokeTarget::PublicKey(text) => {
+                    let key = PublicKey::from_openssh(text.trim()).map_err(|_| {
+                        Error::InvalidArgument(
+                            "public key does not parse as an OpenSSH public key".into(),
+                        )
+                    })?;
+                    let key = PublicKey::new(key.key_data().clone(), "");
+                    let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+                    let certs = tx.live_certificates_for_key(&fingerprint, now)?;
+                    let own = !certs.is_empty() && certs.iter().all(|c| c.requester == caller.name);
+                    if !global && !own {
+                        return Err(denied(&format!("key {fingerprint}")));
+                    }
+                    let text = key.to_openssh().map_err(signer::Error::from)?;
+                    changed |=
+                        tx.insert_revoked_key(&fingerprint, &text, reason, &caller.name, now)?;
+                    (certs, json!({ "fingerprint": fingerprint }))
+                }
+            };
+            let mut serials = Vec::new();
+            for cert in certs {
+                if cert.valid_before > now && tx.revoke_certificate(cert.serial, now)? {
+                    serials.push(cert.serial);
+                }
+            }
+            changed |= !serials.is_empty();
+            let krl_version = if changed {
+                tx.bump_krl_version()?
+            } else {
+                tx.krl_version()?
+            };
+            tx.append_audit(&Event::new(
+                now,
+                &caller.name,
+                "certificate.revoked",
+                None,
+                json!({
+                    "target": target_desc,
+                    "serials": serials.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "reason": reason,
+                    "krl_version": krl_version,
+                }),
+            ))?;
+            Ok(Revoked {
+                serials,
+                krl_version,
+            })
+        });
+        match &result {
+            Ok(r) => {
+                tracing::info!(caller = %caller.name, serials = ?r.serials, krl_version = r.krl_version, "certificates revoked")
+            }
+            Err(e) if !e.is_internal() => {
+                tracing::warn!(caller = %caller.name, "revocation refused: {e}");
+                let _ = self.store.transact(|tx| {
+                    tx.append_audit(&Event::new(
+                        now,
+                        &caller.name,
+                        "revocation.refused",
+                        None,
+                        json!({ "reason": e.to_string() }),
+                    ))
+                });
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// The KRL for `now`: every revoked certificate not yet expired, by serial under its
+    /// CA key, and every revoked subject key.
+    pub fn krl_at(&self, now: UnixTime) -> Result<(Vec<u8>, u64)> {
+        krl_from_store(&self.store, &self.ca_public_keys_at(now)?, now)
+    }
+}
+
+/// CA public keys to trust at `now` given the active key's fingerprint, active first.
+pub fn trusted_ca_keys(store: &Store, active: &str, now: UnixTime) -> Result<Vec<PublicKey>> {
+    let keys = store.read(|tx| tx.trusted_ca_keys(active, now))?;
+    keys.iter()
+        .map(|k| {
+            PublicKey::from_openssh(k)
+                .map_err(|e| store::Error::Corrupt(format!("CA key: {e}")).into())
+        })
+        .collect()
+}
+
+/// Builds the KRL from the store for the given CA public keys (offline use needs no private
+/// key): every revoked, unexpired certificate by serial under its CA, every revoked key.
+pub fn krl_from_store(
+    store: &Store,
+    ca_keys: &[PublicKey],
+    now: UnixTime,
+) -> Result<(Vec<u8>, u64)> {
+    let (revoked, keys, version) = store.read(|tx| {
+        Ok::<_, Error>((
+            tx.revoked_live_certificates(now)?,
+            tx.revoked_keys()?,
+            tx.krl_version()?,
+        ))
+    })?;
+    let mut sections: Vec<crate::krl::CaSection> = Vec::new();
+    for ca in ca_keys {
+        let fingerprint = ca.fingerprint(HashAlg::Sha256).to_string();
+        let serials: Vec<u64> = revoked
+            .iter()
+            .filter(|r| r.ca_fingerprint == fingerprint)
+            .map(|r| r.serial)
+            .collect();
+        if !serials.is_empty() {
+            sections.push(crate::krl::CaSection {
+                ca_key: ca.to_bytes().map_err(signer::Error::from)?,
+                serials,
+                key_ids: Vec::new(),
+            });
+        }
+    }
+    let explicit_keys = keys
+        .iter()
+        .map(|k| {
+            PublicKey::from_openssh(k)
+                .and_then(|k| k.to_bytes())
+                .map_err(|e| store::Error::Corrupt(format!("revoked key: {e}")).into())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let krl = crate::krl::Krl {
+        version,
+        generated_at: now,
+        comment: format!("moshca KRL version {version}"),
+        ca_sections: sections,
+        explicit_keys,
+        sha256_keys: Vec::new(),
+    };
+    Ok((krl.encode()?, version))
+}
