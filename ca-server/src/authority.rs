@@ -7,7 +7,7 @@
 //! so async callers run them on a blocking thread. Time comes in as `now`.
 //!
 //! This file holds the request lifecycle (create, read, review, cancel, expire, issue);
-//! [`revocation`] the KRL and trusted CA keys, [`workloads`] CI jobs, [`audit_trail`]
+//! `revocation` the KRL and trusted CA keys, `workloads` CI jobs, `audit_trail`
 //! audit reading, checkpoints and verification.
 
 use std::sync::{Arc, RwLock};
