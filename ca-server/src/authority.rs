@@ -273,7 +273,8 @@ impl Authority {
             break_glass_review: None,
         };
         let view = self.store.transact(|tx| {
-            if tx.pending_count(&caller.name)? >= MAX_PENDING_PER_REQUESTER {
+            // Break-glass never waits, so it is not held back by pending requests.
+            if !new.break_glass && tx.pending_count(&caller.name)? >= MAX_PENDING_PER_REQUESTER {
                 return Err(Error::ResourceExhausted(format!(
                     "limit reached: at most {MAX_PENDING_PER_REQUESTER} pending requests per requester; cancel one with `moshca cancel ID`"
                 )));
@@ -724,7 +725,7 @@ impl Authority {
                 role.name
             )));
         }
-        let mut valid = 0u32;
+        let mut counted = Vec::new();
         for approver in &ready.approvers {
             let ok = tx.user(approver)?.is_some_and(|u| {
                 !u.disabled
@@ -734,16 +735,22 @@ impl Authority {
                         groups: u.groups.clone(),
                     })
             });
-            valid += u32::from(ok);
+            if ok {
+                counted.push(approver.clone());
+            }
         }
         let required = match role.approval {
             policy::Approval::Manual { required } => required.max(req.approvals_required),
             policy::Approval::Auto => req.approvals_required,
         };
-        if valid < required.max(1) {
+        if counted.len() < required.max(1) as usize {
             return Ok(Approval::Waiting(ready.request));
         }
-        Ok(Approval::Satisfied(ready))
+        // The key id names only the approvals that counted.
+        Ok(Approval::Satisfied(Ready {
+            approvers: counted,
+            ..ready
+        }))
     }
 
     /// Cancels the caller's own pending request.

@@ -253,10 +253,10 @@ pub fn valid_source_address(entry: &str) -> Result<(), String> {
         std::net::IpAddr::V6(v6) => u128::from(v6),
     };
     let host_bits = bits - prefix;
-    let mask = if host_bits == 0 {
-        0
-    } else {
-        (1u128 << host_bits) - 1
+    let mask = match host_bits {
+        0 => 0,
+        128.. => u128::MAX,
+        n => (1u128 << n) - 1,
     };
     if value & mask != 0 {
         return Err(format!(
@@ -1158,6 +1158,8 @@ reason_pattern = "^(INC|CHG)-[0-9]+"
         assert!(valid_source_address("192.0.2.7").is_ok());
         assert!(valid_source_address("2001:db8::/32").is_ok());
         assert!(valid_source_address("0.0.0.0/0").is_ok());
+        assert!(valid_source_address("::/0").is_ok());
+        assert!(valid_source_address("8000::/0").is_err());
         assert!(valid_source_address("127.0.0.1/8").is_err());
         assert!(valid_source_address("10.0.0.0/33").is_err());
         assert!(valid_source_address("").is_err());
