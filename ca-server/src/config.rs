@@ -183,8 +183,12 @@ fn acceptable_url(url: &str) -> bool {
     let Some(rest) = url.strip_prefix("http://") else {
         return false;
     };
-    let host = rest.split(['/', '?']).next().unwrap_or_default();
-    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // Userinfo would let `http://127.0.0.1:x@example.com/` pass as loopback.
+    if authority.contains('@') {
+        return false;
+    }
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
     matches!(host, "127.0.0.1" | "localhost" | "[::1]")
 }
 
@@ -526,6 +530,19 @@ mod tests {
         );
         assert_eq!(url_origin("https://user:pw@example.com/x"), "https://");
         assert_eq!(url_origin("https://example.com"), "https://example.com");
+    }
+
+    #[test]
+    fn loopback_http_only_for_real_loopback_hosts() {
+        assert!(acceptable_url(
+            "https://token.actions.githubusercontent.com"
+        ));
+        assert!(acceptable_url("http://127.0.0.1:8080/jwks"));
+        assert!(acceptable_url("http://[::1]:8080/jwks"));
+        assert!(!acceptable_url("http://example.com/jwks"));
+        assert!(!acceptable_url("http://127.0.0.1:x@example.com/hook"));
+        assert!(!acceptable_url("http://127.0.0.1.example.com/hook"));
+        assert!(!acceptable_url("ftp://127.0.0.1/"));
     }
 
     #[test]

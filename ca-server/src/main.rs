@@ -15,7 +15,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+                // The HTTP client logs whole URLs (webhook tokens) at debug and raw
+                // requests at trace: never let it below info, whatever RUST_LOG says.
+                .add_directive("ureq=info".parse().unwrap_or_else(|_| {
+                    tracing_subscriber::filter::Directive::from(tracing::Level::INFO)
+                }))
+                .add_directive("ureq_proto=info".parse().unwrap_or_else(|_| {
+                    tracing_subscriber::filter::Directive::from(tracing::Level::INFO)
+                })),
         )
         .init();
     match run(cli) {

@@ -567,10 +567,9 @@ impl Tx<'_> {
 
     /// Stores a token hash for a user.
     pub fn insert_token(&self, hash: &str, user: &str, now: u64) -> Result<()> {
-        self.tx.execute(
-            "INSERT INTO tokens (hash, user, created_at) VALUES (?1, ?2, ?3)",
-            params![hash, user, to_i64(now)],
-        )?;
+        self.tx
+            .prepare_cached("INSERT INTO tokens (hash, user, created_at) VALUES (?1, ?2, ?3)")?
+            .execute(params![hash, user, to_i64(now)])?;
         Ok(())
     }
 
@@ -599,11 +598,13 @@ impl Tx<'_> {
 
     /// Stores a new request.
     pub fn insert_request(&self, r: &Request) -> Result<()> {
-        self.tx.execute(
+        self.tx.prepare_cached(
             "INSERT INTO requests (id, requester, role, principals, ttl_secs, reason, public_key,
                  fingerprint, state, created_at, expires_at, decided_at, approvals_required,
                  break_glass)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )?
+        .execute(
             params![
                 r.id,
                 r.requester,
@@ -626,9 +627,11 @@ impl Tx<'_> {
 
     /// Writes a request's state, ttl and reviews.
     pub fn update_request(&self, r: &Request) -> Result<()> {
-        self.tx.execute(
+        self.tx.prepare_cached(
             "UPDATE requests SET state = ?2, ttl_secs = ?3, decided_at = ?4, glass_reviewer = ?5,
                  glass_comment = ?6, glass_reviewed_at = ?7 WHERE id = ?1",
+        )?
+        .execute(
             params![
                 r.id,
                 r.state.as_str(),
@@ -831,12 +834,14 @@ impl Tx<'_> {
 
     /// Stores an issued certificate.
     pub fn insert_certificate(&self, c: &CertRecord) -> Result<()> {
-        self.tx.execute(
-            "INSERT INTO certificates (serial, request_id, key_id, principals, valid_after,
+        self.tx
+            .prepare_cached(
+                "INSERT INTO certificates (serial, request_id, key_id, principals, valid_after,
                  valid_before, fingerprint, ca_fingerprint, openssh, issued_at, requester, role,
                  revoked_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            params![
+            )?
+            .execute(params![
                 to_i64(c.serial),
                 c.request_id,
                 c.key_id,
@@ -850,8 +855,7 @@ impl Tx<'_> {
                 c.requester,
                 c.role,
                 c.revoked_at.map(to_i64)
-            ],
-        )?;
+            ])?;
         Ok(())
     }
 
@@ -1035,10 +1039,12 @@ impl Tx<'_> {
 
     /// Records a token id as used; `false` if it was used before.
     pub fn insert_jti(&self, issuer: &str, jti: &str, expires_at: u64) -> Result<bool> {
-        let n = self.tx.execute(
-            "INSERT OR IGNORE INTO seen_jti (issuer, jti, expires_at) VALUES (?1, ?2, ?3)",
-            params![issuer, jti, to_i64(expires_at)],
-        )?;
+        let n = self
+            .tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO seen_jti (issuer, jti, expires_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![issuer, jti, to_i64(expires_at)])?;
         Ok(n == 1)
     }
 
@@ -1093,18 +1099,17 @@ impl Tx<'_> {
     pub fn append_audit(&self, event: &Event) -> Result<()> {
         let (seq, prev): (i64, String) = self
             .tx
-            .query_row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?
             .unwrap_or((0, audit::GENESIS.to_owned()));
         let hash = event.chain_hash(&prev);
-        self.tx.execute(
-            "INSERT INTO audit (seq, at, actor, action, request_id, details, prev_hash, hash)
+        self.tx
+            .prepare_cached(
+                "INSERT INTO audit (seq, at, actor, action, request_id, details, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
+            )?
+            .execute(params![
                 seq + 1,
                 to_i64(event.at),
                 event.actor,
@@ -1113,11 +1118,12 @@ impl Tx<'_> {
                 event.details.to_string(),
                 prev,
                 hash
-            ],
-        )?;
+            ])?;
         if NOTIFY_ACTIONS.contains(&event.action.as_str()) {
-            self.tx.execute(
+            self.tx.prepare_cached(
                 "INSERT INTO outbox (audit_seq, action, request_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(
                 params![seq + 1, event.action, event.request_id, to_i64(event.at)],
             )?;
         }
