@@ -1,0 +1,1470 @@
+//! Issuance benchmark: the real server in process (TLS, SQLite in WAL mode with
+//! `synchronous=FULL`), driven over gRPC with the generated client.
+//!
+//! ```text
+//! cargo bench -p moshca-server --bench issuance -- [--quick]   rate, latency, CPU, ceilings, watchers
+//! cargo bench -p moshca-server --bench issuance -- --scale     1,000,000 certificates in the store
+//! cargo build --release --bins &&
+//! cargo bench -p moshca-server --bench issuance -- --cli       `moshca request` + `moshca fetch` as processes
+//! ```
+//!
+//! It measures and prints; it asserts nothing. The server and the load generator share
+//! the process and the machine: each has its own two-thread tokio runtime (threads
+//! `moshca-srv` and `bench-cli`), so CPU is reported per side from per-thread counters as
+//! well as for the whole process. Only public APIs are used (`init`, `users`, `server`,
+//! `authority`, `signer`, `store`), so the numbers stay comparable while the store's
+//! internals change.
+
+#![allow(clippy::print_stdout)] // the report is the product
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use moshca_proto::v1 as pb;
+use moshca_proto::v1::certificate_authority_client::CertificateAuthorityClient;
+use moshca_server::approvals::{Request as StoredRequest, State};
+use moshca_server::audit::Event;
+use moshca_server::auth::{Caller, Token};
+use moshca_server::authority::{self, Authority, NewRequest};
+use moshca_server::config::Config;
+use moshca_server::signer::{Grant, Signer};
+use moshca_server::store::{self, CertRecord, Store};
+use moshca_server::{clock, init, server, users};
+use rand::Rng as _;
+use ssh_key::{Algorithm, HashAlg, PrivateKey, PublicKey};
+use tokio::runtime::Runtime;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+const POLICY: &str = r#"
+[[role]]
+name = "deploy"
+approval = "auto"
+requesters = ["group:bench"]
+logins = ["deploy"]
+max_ttl = "10m"
+
+[[role]]
+name = "db"
+approval = "manual"
+requesters = ["group:bench"]
+approvers = ["group:leads"]
+logins = ["postgres"]
+max_ttl = "1h"
+"#;
+
+/// Requested ttl of every benchmark certificate.
+const TTL_SECS: u64 = 300;
+/// Distinct subject keys, generated before any timing and reused round-robin.
+const KEYS: usize = 4096;
+/// Watch streams held open in part 5.
+const WATCHERS: usize = 1000;
+/// Pending requests one requester may have (`authority::MAX_PENDING_PER_REQUESTER`).
+const PENDING_PER_USER: usize = authority::MAX_PENDING_PER_REQUESTER as usize;
+/// Connections the watch streams are spread over (the server allows 256 streams each).
+const WATCH_CONNECTIONS: usize = 8;
+
+#[derive(Debug, Clone, Copy)]
+struct Opts {
+    quick: bool,
+    scale: bool,
+    cli: bool,
+    /// Only one issuance run at this many in flight (for profiling under `perf`).
+    in_flight: Option<usize>,
+    /// Overrides the measured window.
+    seconds: Option<u64>,
+}
+
+impl Opts {
+    fn parse() -> anyhow::Result<Self> {
+        let mut o = Opts {
+            quick: false,
+            scale: false,
+            cli: false,
+            in_flight: None,
+            seconds: None,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut number = |flag: &str| -> anyhow::Result<u64> {
+                args.next()
+                    .and_then(|v| v.parse().ok())
+                    .with_context(|| format!("{flag} needs a number"))
+            };
+            match arg.as_str() {
+                "--quick" => o.quick = true,
+                "--scale" => o.scale = true,
+                "--cli" => o.cli = true,
+                "--in-flight" => o.in_flight = Some(number("--in-flight")?.max(1) as usize),
+                "--seconds" => o.seconds = Some(number("--seconds")?.max(1)),
+                // cargo passes --bench to harness = false targets
+                "--bench" => {}
+                other => anyhow::bail!(
+                    "unknown argument {other:?}; use --quick, --scale, --cli, \
+                     --in-flight N and --seconds S \
+                     (cargo bench -p moshca-server --bench issuance -- --quick)"
+                ),
+            }
+        }
+        Ok(o)
+    }
+
+    fn warmup(&self) -> Duration {
+        if self.quick {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_secs(1)
+        }
+    }
+
+    fn measure(&self) -> Duration {
+        if let Some(s) = self.seconds {
+            Duration::from_secs(s)
+        } else if self.quick {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(5)
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let opts = Opts::parse()?;
+    // The binary logs every issuance at info level; format those lines as it would, into
+    // a sink, so their cost is counted without flooding the report.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::sink)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .init();
+    let rt = Runtimes::new()?;
+    let root = tempfile::Builder::new()
+        .prefix("moshca-bench-")
+        .tempdir()
+        .context("creating a temp dir")?;
+    print_header(&opts, root.path());
+    let keys = Arc::new(Keys::generate(KEYS)?);
+    if opts.cli {
+        return cli_mode(&opts, &rt, root.path(), &keys);
+    }
+    if opts.scale {
+        return scale_mode(&opts, &rt, root.path(), &keys);
+    }
+    if let Some(n) = opts.in_flight {
+        return single_mode(&opts, &rt, root.path(), &keys, n);
+    }
+    default_mode(&opts, &rt, root.path(), &keys)
+}
+
+// ---------------------------------------------------------------------------------------
+// Setup
+
+struct Runtimes {
+    srv: Runtime,
+    cli: Runtime,
+}
+
+impl Runtimes {
+    fn new() -> anyhow::Result<Self> {
+        let srv = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("moshca-srv")
+            // Keep blocking-pool threads so their CPU time stays readable per thread.
+            .thread_keep_alive(Duration::from_secs(3600))
+            .enable_all()
+            .build()?;
+        let cli = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("bench-cli")
+            .thread_keep_alive(Duration::from_secs(3600))
+            .enable_all()
+            .build()?;
+        Ok(Runtimes { srv, cli })
+    }
+}
+
+/// Subject keys as the wire carries them, with their fingerprints.
+struct Keys {
+    openssh: Vec<String>,
+    fingerprints: Vec<String>,
+}
+
+impl Keys {
+    fn generate(n: usize) -> anyhow::Result<Self> {
+        let mut openssh = Vec::with_capacity(n);
+        let mut fingerprints = Vec::with_capacity(n);
+        for _ in 0..n {
+            let key = PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519)?;
+            openssh.push(key.public_key().to_openssh()?);
+            fingerprints.push(key.public_key().fingerprint(HashAlg::Sha256).to_string());
+        }
+        Ok(Keys {
+            openssh,
+            fingerprints,
+        })
+    }
+}
+
+/// A data directory made by `init`, with the benchmark policy.
+fn data_dir(root: &Path, name: &str) -> anyhow::Result<Config> {
+    let data = root.join(name);
+    init::init(&data, None, clock::now())?;
+    std::fs::write(data.join("policy.toml"), POLICY)?;
+    Ok(Config::load(&data)?)
+}
+
+/// Adds users (all in group `bench`) and returns their tokens, in order.
+fn add_users(config: &Config, names: &[String]) -> anyhow::Result<Vec<String>> {
+    let store = Store::open(&config.database)?;
+    let groups = vec!["bench".to_owned()];
+    names
+        .iter()
+        .map(|n| {
+            Ok(users::add(&store, n, &groups, clock::now())?
+                .expose()
+                .to_owned())
+        })
+        .collect()
+}
+
+struct Server {
+    url: String,
+    pem: Vec<u8>,
+    authority: Arc<Authority>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Server {
+    fn start(rt: &Runtimes, config: &Config) -> anyhow::Result<Self> {
+        let loaded = server::open(config, None)?;
+        let listener = rt
+            .srv
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let authority = Arc::clone(&loaded.authority);
+        let task = rt.srv.spawn(server::run(
+            listener,
+            loaded.authority,
+            loaded.verifier,
+            loaded.notifier,
+            Some(loaded.identity),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Ok(Server {
+            url: format!("https://{addr}"),
+            pem: std::fs::read(&config.tls_cert)?,
+            authority,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    fn connect(&self, rt: &Runtimes) -> anyhow::Result<Channel> {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.pem));
+        let endpoint = Channel::from_shared(self.url.clone())?.tls_config(tls)?;
+        Ok(rt.cli.block_on(endpoint.connect())?)
+    }
+
+    fn stop(mut self, rt: &Runtimes) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            rt.srv.block_on(t)??;
+        }
+        Ok(())
+    }
+}
+
+fn bearer(token: &str) -> anyhow::Result<MetadataValue<Ascii>> {
+    Ok(format!("Bearer {token}").parse()?)
+}
+
+// ---------------------------------------------------------------------------------------
+// Process and thread accounting
+
+/// CPU time and memory read from /proc.
+#[derive(Debug, Clone, Default)]
+struct Cpu {
+    /// utime + stime of the whole process (10 ms resolution).
+    process: Duration,
+    /// Per-thread run time (ns resolution) summed by side.
+    server: Duration,
+    client: Duration,
+    other: Duration,
+}
+
+impl Cpu {
+    fn now() -> Self {
+        let mut cpu = Cpu {
+            process: process_cpu().unwrap_or_default(),
+            ..Cpu::default()
+        };
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for task in tasks.flatten() {
+                let p = task.path();
+                let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+                let ns = std::fs::read_to_string(p.join("schedstat"))
+                    .ok()
+                    .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                    .unwrap_or(0);
+                let t = Duration::from_nanos(ns);
+                match comm.trim() {
+                    c if c.starts_with("moshca-srv") => cpu.server += t,
+                    c if c.starts_with("bench-cli") => cpu.client += t,
+                    _ => cpu.other += t,
+                }
+            }
+        }
+        cpu
+    }
+
+    fn since(&self, before: &Cpu) -> Cpu {
+        Cpu {
+            process: self.process.saturating_sub(before.process),
+            server: self.server.saturating_sub(before.server),
+            client: self.client.saturating_sub(before.client),
+            other: self.other.saturating_sub(before.other),
+        }
+    }
+}
+
+/// utime + stime of the process from /proc/self/stat (USER_HZ is 100 on Linux).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// A `Name: value` line of /proc/self/status.
+fn status_field(name: &str) -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(name))
+                .map(|l| l[name.len()..].trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+fn print_load_at_end() {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!();
+    println!(
+        "load average at the end (1/5/15 min): {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+}
+
+fn print_header(opts: &Opts, root: &Path) {
+    let sh = |cmd: &str| {
+        Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    println!("moshca issuance benchmark");
+    println!(
+        "  machine   {} CPUs ({}), {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'"),
+        sh("uname -sr")
+    );
+    println!(
+        "  source    {} (git describe --always --dirty, taken at run time)",
+        sh(&format!(
+            "git -C {} describe --always --dirty 2>/dev/null",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+    );
+    println!("  load      {}", sh("uptime"));
+    println!(
+        "  store     SQLite WAL, synchronous=FULL, in {} ({})",
+        root.display(),
+        sh(&format!(
+            "df -T {} | tail -1 | awk '{{print $2}}'",
+            root.display()
+        ))
+    );
+    println!(
+        "  runs      warm-up {:?}, measured {:?}{}",
+        opts.warmup(),
+        opts.measure(),
+        if opts.quick { " (--quick)" } else { "" }
+    );
+    println!(
+        "  runtimes  server and load generator in one process, 2 tokio workers each; logs at info into a sink"
+    );
+    println!();
+}
+
+// ---------------------------------------------------------------------------------------
+// Load
+
+/// One measured window of issuance.
+struct Outcome {
+    in_flight: usize,
+    conns: usize,
+    window: Duration,
+    latencies: Vec<Duration>,
+    errors: BTreeMap<String, u64>,
+    cpu: Cpu,
+    threads: String,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.window.as_secs_f64()
+    }
+
+    fn pct(&self, p: f64) -> Duration {
+        percentile(&self.latencies, p)
+    }
+
+    fn per_cert(&self, d: Duration) -> String {
+        if self.latencies.is_empty() {
+            return "-".into();
+        }
+        format!("{:.0}", d.as_secs_f64() * 1e6 / self.latencies.len() as f64)
+    }
+
+    fn errors(&self) -> String {
+        if self.errors.is_empty() {
+            return "0".into();
+        }
+        self.errors
+            .iter()
+            .map(|(k, v)| format!("{k}:{v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+const ROW_HEAD: &str = "in flight  conns   certs/s   p50 ms   p95 ms   p99 ms   CPU us/cert: all  server  client   threads  errors";
+
+fn print_row(o: &Outcome) {
+    println!(
+        "{:>9}  {:>5}  {:>8.0}  {:>7}  {:>7}  {:>7}  {:>16}  {:>6}  {:>6}  {:>8}  {}",
+        o.in_flight,
+        o.conns,
+        o.rate(),
+        ms(o.pct(0.50)),
+        ms(o.pct(0.95)),
+        ms(o.pct(0.99)),
+        o.per_cert(o.cpu.process),
+        o.per_cert(o.cpu.server),
+        o.per_cert(o.cpu.client),
+        o.threads,
+        o.errors()
+    );
+}
+
+/// Keeps `in_flight` CreateAccessRequest calls outstanding on an auto-approved role for
+/// warm-up + the measured window; counts the calls that complete inside the window.
+fn issue(
+    rt: &Runtimes,
+    channels: &[Channel],
+    auth: &MetadataValue<Ascii>,
+    keys: &Arc<Keys>,
+    in_flight: usize,
+    opts: &Opts,
+) -> Outcome {
+    drive(rt, channels, auth, keys, in_flight, opts, Call::Issue)
+}
+
+/// What each load task calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// CreateAccessRequest on the auto-approved role; success = a certificate came back.
+    Issue,
+    /// WhoAmI: bearer authentication and the gRPC/TLS path, no write.
+    WhoAmI,
+}
+
+fn drive(
+    rt: &Runtimes,
+    channels: &[Channel],
+    auth: &MetadataValue<Ascii>,
+    keys: &Arc<Keys>,
+    in_flight: usize,
+    opts: &Opts,
+    call: Call,
+) -> Outcome {
+    let (warmup, measure) = (opts.warmup(), opts.measure());
+    let conns = channels.len();
+    let (latencies, errors, cpu) = rt.cli.block_on(async {
+        let start = Instant::now() + warmup;
+        let end = start + measure;
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..in_flight {
+            let mut client = CertificateAuthorityClient::new(channels[i % conns].clone());
+            let (auth, keys, next) = (auth.clone(), keys.clone(), next.clone());
+            tasks.spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+                loop {
+                    let sent = Instant::now();
+                    if sent >= end {
+                        break;
+                    }
+                    let got = match call {
+                        Call::Issue => {
+                            let k = next.fetch_add(1, Ordering::Relaxed) % keys.openssh.len();
+                            let mut req = tonic::Request::new(pb::CreateAccessRequestRequest {
+                                role: "deploy".into(),
+                                principals: vec!["deploy".into()],
+                                ttl_secs: TTL_SECS,
+                                reason: "bench issuance".into(),
+                                public_key: keys.openssh[k].clone(),
+                                break_glass: false,
+                            });
+                            req.metadata_mut().insert("authorization", auth.clone());
+                            client
+                                .create_access_request(req)
+                                .await
+                                .map(|r| r.get_ref().certificate.is_some())
+                        }
+                        Call::WhoAmI => {
+                            let mut req = tonic::Request::new(pb::WhoAmIRequest {});
+                            req.metadata_mut().insert("authorization", auth.clone());
+                            client.who_am_i(req).await.map(|_| true)
+                        }
+                    };
+                    let done = Instant::now();
+                    if done < start || done > end {
+                        continue;
+                    }
+                    match got {
+                        Ok(true) => lat.push(done - sent),
+                        Ok(false) => *errors.entry("no-certificate".into()).or_default() += 1,
+                        Err(s) => *errors.entry(format!("{:?}", s.code())).or_default() += 1,
+                    }
+                }
+                (lat, errors)
+            });
+        }
+        tokio::time::sleep_until(start.into()).await;
+        let before = Cpu::now();
+        tokio::time::sleep_until(end.into()).await;
+        let cpu = Cpu::now().since(&before);
+        let mut latencies = Vec::new();
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((l, e)) => {
+                    latencies.extend(l);
+                    for (k, v) in e {
+                        *errors.entry(k).or_default() += v;
+                    }
+                }
+                Err(e) => *errors.entry(format!("task:{e}")).or_default() += 1,
+            }
+        }
+        (latencies, errors, cpu)
+    });
+    let mut latencies = latencies;
+    latencies.sort_unstable();
+    Outcome {
+        in_flight,
+        conns,
+        window: measure,
+        latencies,
+        errors,
+        cpu,
+        threads: status_field("Threads:"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Ceilings: the parts of issuance alone, in this process, while the server is idle
+
+fn grant(serial: u64, now: u64) -> Grant {
+    Grant {
+        serial,
+        key_id: format!(
+            "moshca:req={}:user=bench:role=deploy:by=auto",
+            ulid::Ulid::new()
+        ),
+        principals: vec!["deploy".into()],
+        valid_after: now - 60,
+        valid_before: now + TTL_SECS,
+        force_command: None,
+        source_address: None,
+        extensions: vec!["permit-pty".into()],
+    }
+}
+
+/// Runs one ceiling, prints its rate, wall time and process CPU per operation.
+fn ceiling(name: &str, f: impl FnOnce() -> anyhow::Result<f64>) -> anyhow::Result<f64> {
+    let cpu0 = process_cpu().unwrap_or_default();
+    let t = Instant::now();
+    let rate = f()?;
+    let ops = rate * t.elapsed().as_secs_f64();
+    let cpu = process_cpu().unwrap_or_default().saturating_sub(cpu0);
+    println!(
+        "   {name:<52} {rate:>9.0}  {:>12.1}  {:>11.1}",
+        1e6 / rate,
+        cpu.as_secs_f64() * 1e6 / ops
+    );
+    Ok(rate)
+}
+
+/// `Signer::sign` plus the OpenSSH encoding issuance stores, on one thread.
+fn sign_only(config: &Config, keys: &Keys, measure: Duration) -> anyhow::Result<f64> {
+    let signer = Signer::load(&config.ca_key, None)?;
+    let subjects = keys
+        .openssh
+        .iter()
+        .take(256)
+        .map(|k| PublicKey::from_openssh(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut rng = rand::thread_rng();
+    let now = clock::now();
+    let t = Instant::now();
+    let mut n = 0usize;
+    while t.elapsed() < measure {
+        let cert = signer.sign(&grant(rng.r#gen::<u64>() | 1, now), &subjects[n % 256])?;
+        black_box(cert.to_openssh()?);
+        n += 1;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// A real certificate line, so stored rows have their real size.
+fn sample_certificate(config: &Config, keys: &Keys) -> anyhow::Result<String> {
+    let signer = Signer::load(&config.ca_key, None)?;
+    let subject = PublicKey::from_openssh(&keys.openssh[0])?;
+    Ok(signer
+        .sign(
+            &grant(rand::thread_rng().r#gen::<u64>() | 1, clock::now()),
+            &subject,
+        )?
+        .to_openssh()?)
+}
+
+fn request_row(id: &str, requester: &str, keys: &Keys, k: usize, now: u64) -> StoredRequest {
+    StoredRequest {
+        id: id.to_owned(),
+        requester: requester.to_owned(),
+        role: "deploy".into(),
+        principals: vec!["deploy".into()],
+        ttl_secs: TTL_SECS,
+        reason: "bench issuance".into(),
+        public_key: keys.openssh[k].clone(),
+        fingerprint: keys.fingerprints[k].clone(),
+        state: State::Pending,
+        created_at: now,
+        expires_at: now + 3600,
+        decided_at: None,
+        approvals_required: 0,
+        reviews: Vec::new(),
+        break_glass: false,
+        break_glass_review: None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cert_row(
+    serial: u64,
+    request: &StoredRequest,
+    ca_fingerprint: &str,
+    openssh: &str,
+    issued_at: u64,
+    valid_before: u64,
+    revoked_at: Option<u64>,
+) -> CertRecord {
+    CertRecord {
+        serial,
+        request_id: request.id.clone(),
+        key_id: format!(
+            "moshca:req={}:user={}:role=deploy:by=auto",
+            request.id, request.requester
+        ),
+        principals: request.principals.clone(),
+        valid_after: issued_at.saturating_sub(60),
+        valid_before,
+        fingerprint: request.fingerprint.clone(),
+        ca_fingerprint: ca_fingerprint.to_owned(),
+        openssh: openssh.to_owned(),
+        issued_at,
+        requester: request.requester.clone(),
+        role: request.role.clone(),
+        revoked_at,
+    }
+}
+
+/// The writes and reads of one auto-approved issuance, in one `Store::transact`: the
+/// request (inserted pending, then marked issued), the certificate, two audit events and
+/// the checks made on the way. `threads` writers share one `Store`.
+fn store_only(
+    path: &Path,
+    keys: &Arc<Keys>,
+    cert_line: &Arc<String>,
+    threads: usize,
+    measure: Duration,
+) -> anyhow::Result<f64> {
+    let store = Arc::new(Store::open(path)?);
+    let done = AtomicU64::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let mut handles = Vec::new();
+        for th in 0..threads {
+            let (store, keys, cert_line, done) =
+                (store.clone(), keys.clone(), cert_line.clone(), &done);
+            handles.push(s.spawn(move || -> anyhow::Result<()> {
+                let mut k = th;
+                while t.elapsed() < measure {
+                    let (ks, line) = (keys.clone(), cert_line.clone());
+                    store.transact(move |tx| issuance_writes(tx, &ks, k, &line))?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    k = (k + threads) % keys.openssh.len();
+                }
+                Ok(())
+            }));
+        }
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("store writer panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64())
+}
+
+fn issuance_writes(
+    tx: &store::Tx<'_>,
+    keys: &Keys,
+    k: usize,
+    cert_line: &str,
+) -> Result<(), store::Error> {
+    let now = clock::now();
+    let id = ulid::Ulid::new().to_string();
+    let mut request = request_row(&id, "bench", keys, k, now);
+    black_box(tx.pending_count("bench")?);
+    black_box(tx.key_revoked(&request.fingerprint)?);
+    tx.insert_request(&request)?;
+    tx.append_audit(&Event::new(
+        now,
+        "bench",
+        "request.created",
+        Some(&id),
+        serde_json::json!({
+            "role": request.role, "principals": request.principals,
+            "ttl_secs": request.ttl_secs, "reason": request.reason,
+            "fingerprint": request.fingerprint,
+        }),
+    ))?;
+    let serial = rand::thread_rng().r#gen::<u64>() | 1;
+    black_box(tx.serial_exists(serial)?);
+    black_box(tx.key_revoked(&request.fingerprint)?);
+    request.state = State::Issued;
+    request.decided_at = Some(now);
+    tx.update_request(&request)?;
+    let cert = cert_row(
+        serial,
+        &request,
+        "SHA256:bench",
+        cert_line,
+        now,
+        now + TTL_SECS,
+        None,
+    );
+    tx.insert_certificate(&cert)?;
+    tx.append_audit(&Event::new(
+        now,
+        "moshca-server",
+        "certificate.issued",
+        Some(&id),
+        serde_json::json!({
+            "serial": serial.to_string(), "key_id": cert.key_id,
+            "principals": cert.principals, "valid_after": cert.valid_after,
+            "valid_before": cert.valid_before, "fingerprint": cert.fingerprint,
+            "ca_fingerprint": cert.ca_fingerprint, "extensions": ["permit-pty"],
+            "force_command": null, "source_address": null,
+        }),
+    ))?;
+    Ok(())
+}
+
+/// `Authority::create_request_at` called directly: the whole use case (policy, key
+/// parsing, CA key lookup, transaction with signing inside) without gRPC, TLS, bearer
+/// authentication or `spawn_blocking`.
+fn authority_only(
+    authority: &Arc<Authority>,
+    keys: &Arc<Keys>,
+    threads: usize,
+    measure: Duration,
+) -> anyhow::Result<f64> {
+    let caller = Caller {
+        name: "bench".into(),
+        groups: vec!["bench".into()],
+    };
+    let done = AtomicU64::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let mut handles = Vec::new();
+        for th in 0..threads {
+            let (caller, done) = (&caller, &done);
+            handles.push(s.spawn(move || -> anyhow::Result<()> {
+                let mut k = th;
+                while t.elapsed() < measure {
+                    let new = NewRequest {
+                        role: "deploy".into(),
+                        principals: vec!["deploy".into()],
+                        ttl_secs: Some(TTL_SECS),
+                        reason: "bench issuance".into(),
+                        public_key: keys.openssh[k].clone(),
+                        break_glass: false,
+                    };
+                    black_box(authority.create_request_at(caller, new, clock::now())?);
+                    done.fetch_add(1, Ordering::Relaxed);
+                    k = (k + threads) % keys.openssh.len();
+                }
+                Ok(())
+            }));
+        }
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("authority caller panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Bearer-token authentication as every RPC does it (hash + one read under the store lock).
+fn auth_only(authority: &Authority, token: &str, measure: Duration) -> anyhow::Result<f64> {
+    let token = Token::from_presented(token);
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed() < measure {
+        black_box(authority.authenticate_at(&token, "127.0.0.1", clock::now())?);
+        n += 1;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// One 4 KiB write + fdatasync, as a WAL commit with synchronous=FULL ends, in the
+/// directory holding the database.
+fn fsync_latency(dir: &Path, n: usize) -> anyhow::Result<Vec<Duration>> {
+    use std::io::{Seek as _, SeekFrom, Write as _};
+    let mut f = std::fs::File::create(dir.join("fsync-probe"))?;
+    let page = [7u8; 4096];
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        f.seek(SeekFrom::Start((i as u64 % 64) * 4096))?;
+        let t = Instant::now();
+        f.write_all(&page)?;
+        f.sync_data()?;
+        out.push(t.elapsed());
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Round trip of an empty `spawn_blocking` from an async worker, one at a time.
+fn spawn_blocking_round_trip(rt: &Runtimes, n: u32) -> Duration {
+    rt.srv.block_on(async {
+        tokio::spawn(async move {
+            let t = Instant::now();
+            for _ in 0..n {
+                let _ = tokio::task::spawn_blocking(|| black_box(1)).await;
+            }
+            t.elapsed() / n
+        })
+        .await
+        .unwrap_or_default()
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Default mode: parts 1, 2, 3 and 5
+
+fn default_mode(opts: &Opts, rt: &Runtimes, root: &Path, keys: &Arc<Keys>) -> anyhow::Result<()> {
+    let config = data_dir(root, "ca")?;
+    let mut names = vec!["bench".to_owned()];
+    names.extend((0..WATCHERS / PENDING_PER_USER).map(|i| format!("w{i:03}")));
+    let tokens = add_users(&config, &names)?;
+    let server = Server::start(rt, &config)?;
+    let channel = server.connect(rt)?;
+    let auth = bearer(&tokens[0])?;
+    let measure = opts.measure();
+
+    println!("1-2. CreateAccessRequest on an auto-approved role over TLS, one shared connection");
+    println!(
+        "     (CPU: all = process utime+stime, client's share included; server/client = per-thread run time)"
+    );
+    println!("{ROW_HEAD}");
+    let mut outcomes = Vec::new();
+    for in_flight in [1, 16, 64, 256] {
+        let o = issue(
+            rt,
+            std::slice::from_ref(&channel),
+            &auth,
+            keys,
+            in_flight,
+            opts,
+        );
+        print_row(&o);
+        outcomes.push(o);
+    }
+    let four: Vec<Channel> = (0..4)
+        .map(|_| server.connect(rt))
+        .collect::<anyhow::Result<_>>()?;
+    let o = issue(rt, &four, &auth, keys, 256, opts);
+    print_row(&o);
+    outcomes.push(o);
+    println!("     peak RSS (VmHWM) {}", status_field("VmHWM:"));
+    println!(
+        "     transport floor: WhoAmI (bearer lookup + spawn_blocking + TLS/HTTP2, no write), same connection"
+    );
+    for in_flight in [1, 64] {
+        let o = drive(
+            rt,
+            std::slice::from_ref(&channel),
+            &auth,
+            keys,
+            in_flight,
+            opts,
+            Call::WhoAmI,
+        );
+        print_row(&o);
+    }
+    let best = outcomes.iter().map(Outcome::rate).fold(0.0, f64::max);
+    let at64 = outcomes[2].rate();
+    println!();
+
+    println!("3. in-process ceilings (server idle; one thread unless said)");
+    println!(
+        "   {:<52} {:>9}  {:>12}  {:>11}",
+        "", "ops/s", "wall us/op", "CPU us/op"
+    );
+    let sign = ceiling("sign only (Signer::sign + to_openssh)", || {
+        sign_only(&config, keys, measure)
+    })?;
+    let cert_line = Arc::new(sample_certificate(&config, keys)?);
+    let store1 = ceiling("store only (one issuance's rows per transaction)", || {
+        store_only(&root.join("store-only-1.db"), keys, &cert_line, 1, measure)
+    })?;
+    let store4 = ceiling("store only, 4 writer threads sharing one Store", || {
+        store_only(&root.join("store-only-4.db"), keys, &cert_line, 4, measure)
+    })?;
+    ceiling("bearer authentication (Authority::authenticate_at)", || {
+        auth_only(&server.authority, &tokens[0], measure)
+    })?;
+    let direct1 = ceiling("Authority::create_request_at (no gRPC, TLS, auth)", || {
+        authority_only(&server.authority, keys, 1, measure)
+    })?;
+    let direct4 = ceiling("Authority::create_request_at, 4 threads", || {
+        authority_only(&server.authority, keys, 4, measure)
+    })?;
+    let rtt = spawn_blocking_round_trip(rt, 20_000);
+    println!(
+        "   {:<52} {:>9}  {:>12.1}",
+        "spawn_blocking round trip (empty closure)",
+        "",
+        rtt.as_secs_f64() * 1e6
+    );
+    let fsyncs = fsync_latency(root, if opts.quick { 50 } else { 300 })?;
+    println!(
+        "   4 KiB overwrite + fdatasync in the data dir: p50 {} ms, p99 {} ms (one commit at a time => <= {:.0}/s)",
+        ms(percentile(&fsyncs, 0.5)),
+        ms(percentile(&fsyncs, 0.99)),
+        1.0 / percentile(&fsyncs, 0.5).as_secs_f64()
+    );
+    println!(
+        "   end-to-end peak {best:.0}/s = {:.1}% of sign-only, {:.0}% of store-only, {:.0}% of Authority-direct (each the best of 1/4 threads)",
+        100.0 * best / sign,
+        100.0 * best / store1.max(store4),
+        100.0 * best / direct1.max(direct4)
+    );
+    println!();
+
+    println!(
+        "5. {WATCHERS} WatchAccessRequest streams open on pending requests of a manual role, over {WATCH_CONNECTIONS} more connections"
+    );
+    let watch = Watchers::open(rt, &server, &tokens[1..])?;
+    println!(
+        "   opened in {:.2} s ({} of {WATCHERS} streams delivered their first message)",
+        watch.opened_in.as_secs_f64(),
+        watch.live.load(Ordering::Relaxed)
+    );
+    let before = watch.messages.load(Ordering::Relaxed);
+    println!("{ROW_HEAD}");
+    let o = issue(rt, std::slice::from_ref(&channel), &auth, keys, 64, opts);
+    print_row(&o);
+    let during = watch.messages.load(Ordering::Relaxed) - before;
+    println!(
+        "   with watchers: {:.0}% of the 64-in-flight rate without them; {during} watch messages sent during the run; peak RSS {}",
+        100.0 * o.rate() / at64,
+        status_field("VmHWM:")
+    );
+    watch.close(rt);
+    drop(four);
+    drop(channel);
+    server.stop(rt)?;
+    print_load_at_end();
+    Ok(())
+}
+
+/// One issuance run at `in_flight`, e.g. under `perf record`.
+fn single_mode(
+    opts: &Opts,
+    rt: &Runtimes,
+    root: &Path,
+    keys: &Arc<Keys>,
+    in_flight: usize,
+) -> anyhow::Result<()> {
+    let config = data_dir(root, "ca")?;
+    let tokens = add_users(&config, &["bench".to_owned()])?;
+    let server = Server::start(rt, &config)?;
+    let channel = server.connect(rt)?;
+    println!("{ROW_HEAD}");
+    let o = issue(
+        rt,
+        std::slice::from_ref(&channel),
+        &bearer(&tokens[0])?,
+        keys,
+        in_flight,
+        opts,
+    );
+    print_row(&o);
+    drop(channel);
+    server.stop(rt)?;
+    print_load_at_end();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Part 5: watch streams
+
+struct Watchers {
+    stop: Arc<AtomicBool>,
+    live: Arc<AtomicUsize>,
+    messages: Arc<AtomicU64>,
+    tasks: tokio::task::JoinSet<()>,
+    _channels: Vec<Channel>,
+    opened_in: Duration,
+}
+
+impl Watchers {
+    /// Makes `PENDING_PER_USER` pending requests per token on the manual role and opens
+    /// one watch stream per request; each stream is then read until closed.
+    fn open(rt: &Runtimes, server: &Server, tokens: &[String]) -> anyhow::Result<Self> {
+        let channels: Vec<Channel> = (0..WATCH_CONNECTIONS)
+            .map(|_| server.connect(rt))
+            .collect::<anyhow::Result<_>>()?;
+        let auths: Vec<MetadataValue<Ascii>> = tokens
+            .iter()
+            .map(|t| bearer(t))
+            .collect::<anyhow::Result<_>>()?;
+        let ids = rt.cli.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for (u, auth) in auths.iter().enumerate() {
+                let mut client =
+                    CertificateAuthorityClient::new(channels[u % WATCH_CONNECTIONS].clone());
+                let auth = auth.clone();
+                set.spawn(async move {
+                    let mut ids = Vec::new();
+                    for _ in 0..PENDING_PER_USER {
+                        let key = PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519)?;
+                        let mut req = tonic::Request::new(pb::CreateAccessRequestRequest {
+                            role: "db".into(),
+                            principals: vec!["postgres".into()],
+                            ttl_secs: 600,
+                            reason: "bench watch stream".into(),
+                            public_key: key.public_key().to_openssh()?,
+                            break_glass: false,
+                        });
+                        req.metadata_mut().insert("authorization", auth.clone());
+                        let id = client.create_access_request(req).await?.into_inner().id;
+                        ids.push((u, id));
+                    }
+                    Ok::<_, anyhow::Error>(ids)
+                });
+            }
+            let mut ids = Vec::new();
+            while let Some(r) = set.join_next().await {
+                ids.extend(r??);
+            }
+            Ok::<_, anyhow::Error>(ids)
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(AtomicUsize::new(0));
+        let messages = Arc::new(AtomicU64::new(0));
+        let t = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (u, id)) in ids.into_iter().enumerate() {
+            let mut client =
+                CertificateAuthorityClient::new(channels[i % WATCH_CONNECTIONS].clone());
+            let (auth, stop, live, messages) = (
+                auths[u].clone(),
+                stop.clone(),
+                live.clone(),
+                messages.clone(),
+            );
+            tasks.spawn_on(
+                async move {
+                    let mut req = tonic::Request::new(pb::WatchAccessRequestRequest {
+                        id,
+                        include_certificate: false,
+                    });
+                    req.metadata_mut().insert("authorization", auth);
+                    let Ok(resp) = client.watch_access_request(req).await else {
+                        return;
+                    };
+                    let mut stream = resp.into_inner();
+                    let mut first = true;
+                    while let Ok(Some(_)) = stream.message().await {
+                        if first {
+                            live.fetch_add(1, Ordering::Relaxed);
+                            first = false;
+                        } else {
+                            messages.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                    }
+                },
+                rt.cli.handle(),
+            );
+        }
+        // Wait until every stream has delivered its first message (or 30 s).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while live.load(Ordering::Relaxed) < WATCHERS && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Watchers {
+            stop,
+            live,
+            messages,
+            tasks,
+            _channels: channels,
+            opened_in: t.elapsed(),
+        })
+    }
+
+    fn close(mut self, rt: &Runtimes) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _guard = rt.cli.enter();
+        self.tasks.abort_all();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Part 4: a store with 1,000,000 certificates
+
+fn db_size(db: &Path) -> u64 {
+    ["", "-wal", "-shm"]
+        .iter()
+        .filter_map(|s| std::fs::metadata(format!("{}{s}", db.display())).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Fills the store with `total` issued requests and their certificates, `revoked` of
+/// them revoked and still valid (so in the KRL), the rest expired; `batch` rows per
+/// transaction.
+fn prefill(
+    db: &Path,
+    keys: &Arc<Keys>,
+    cert_line: &Arc<String>,
+    ca_fingerprint: &str,
+    total: usize,
+    revoked: usize,
+    batch: usize,
+) -> anyhow::Result<()> {
+    let store = Store::open(db)?;
+    let now = clock::now();
+    let ca = Arc::new(ca_fingerprint.to_owned());
+    let mut first = 0;
+    while first < total {
+        let last = (first + batch).min(total);
+        let (keys, cert_line, ca) = (keys.clone(), cert_line.clone(), ca.clone());
+        store.transact(move |tx| {
+            let mut rng = rand::thread_rng();
+            for i in first..last {
+                let k = i % keys.openssh.len();
+                let id = ulid::Ulid::new().to_string();
+                let requester = format!("u{:04}", i % 1000);
+                let is_revoked = i < revoked;
+                // Revoked ones are still valid (the KRL must list them); the rest expired.
+                let issued = if is_revoked {
+                    now - 600
+                } else {
+                    now - 86_400 - (i as u64 % 86_400)
+                };
+                let mut r = request_row(&id, &requester, &keys, k, issued);
+                r.state = State::Issued;
+                r.decided_at = Some(issued);
+                tx.insert_request(&r)?;
+                let valid_before = if is_revoked {
+                    now + 30 * 86_400
+                } else {
+                    issued + TTL_SECS
+                };
+                let serial = rng.r#gen::<u64>() | 1;
+                tx.insert_certificate(&cert_row(
+                    serial,
+                    &r,
+                    &ca,
+                    &cert_line,
+                    issued,
+                    valid_before,
+                    is_revoked.then_some(now - 60),
+                ))?;
+            }
+            Ok::<_, store::Error>(())
+        })?;
+        first = last;
+    }
+    Ok(())
+}
+
+fn scale_mode(opts: &Opts, rt: &Runtimes, root: &Path, keys: &Arc<Keys>) -> anyhow::Result<()> {
+    let (total, revoked) = if opts.quick {
+        (100_000, 10_000)
+    } else {
+        (1_000_000, 100_000)
+    };
+    let batch = 50_000;
+    let config = data_dir(root, "ca")?;
+    let tokens = add_users(&config, &["bench".to_owned()])?;
+    let auth = bearer(&tokens[0])?;
+    let ca_fingerprint = Signer::load(&config.ca_key, None)?.fingerprint();
+    let cert_line = Arc::new(sample_certificate(&config, keys)?);
+
+    println!(
+        "4. issuance and KRL with {total} certificates ({revoked} revoked and unexpired) in the store"
+    );
+    println!("{ROW_HEAD}");
+    let server = Server::start(rt, &config)?;
+    let channel = server.connect(rt)?;
+    let fresh = issue(rt, std::slice::from_ref(&channel), &auth, keys, 64, opts);
+    print_row(&fresh);
+    println!("   ^ fresh store ({})", mib(db_size(&config.database)));
+    drop(channel);
+    server.stop(rt)?;
+
+    let t = Instant::now();
+    prefill(
+        &config.database,
+        keys,
+        &cert_line,
+        &ca_fingerprint,
+        total,
+        revoked,
+        batch,
+    )?;
+    let took = t.elapsed();
+    println!(
+        "   prefill: {total} requests + certificates in {:.1} s ({:.0} rows/s, {batch} per transaction); store now {}",
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64(),
+        mib(db_size(&config.database))
+    );
+
+    let server = Server::start(rt, &config)?;
+    let channel = server.connect(rt)?;
+    let full = issue(rt, std::slice::from_ref(&channel), &auth, keys, 64, opts);
+    print_row(&full);
+    println!(
+        "   ^ prefilled store: {:.0}% of the fresh-store rate",
+        100.0 * full.rate() / fresh.rate()
+    );
+
+    let ca_keys = server.authority.ca_public_keys_at(clock::now())?;
+    let reader = Store::open(&config.database)?;
+    for round in 0..3 {
+        let t = Instant::now();
+        let (krl, version) = authority::krl_from_store(&reader, &ca_keys, clock::now())?;
+        println!(
+            "   krl_from_store round {round}: {} bytes (version {version}) in {} ms",
+            krl.len(),
+            ms(t.elapsed())
+        );
+    }
+    let t = Instant::now();
+    let rows = reader.read(|tx| tx.revoked_live_certificates(clock::now()))?;
+    println!(
+        "   of which the SQL read (Tx::revoked_live_certificates): {} rows in {} ms",
+        rows.len(),
+        ms(t.elapsed())
+    );
+    drop(reader);
+    let mut client = CertificateAuthorityClient::new(channel.clone());
+    for round in 0..3 {
+        let t = Instant::now();
+        let got = rt.cli.block_on(client.get_krl(pb::GetKrlRequest {}))?;
+        println!(
+            "   GetKrl RPC round {round}: {} bytes in {} ms",
+            got.get_ref().krl.len(),
+            ms(t.elapsed())
+        );
+    }
+
+    // A host fleet polling the KRL while issuance runs: one GetKrl after another.
+    let stop = Arc::new(AtomicBool::new(false));
+    let fetched = Arc::new(AtomicU64::new(0));
+    let poller = {
+        let (stop, fetched, mut client) = (stop.clone(), fetched.clone(), client.clone());
+        rt.cli.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if client.get_krl(pb::GetKrlRequest {}).await.is_ok() {
+                    fetched.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let polled = issue(rt, std::slice::from_ref(&channel), &auth, keys, 64, opts);
+    stop.store(true, Ordering::Relaxed);
+    let _ = rt.cli.block_on(poller);
+    print_row(&polled);
+    println!(
+        "   ^ prefilled store while one client fetches the KRL back to back ({} fetches, {:.1}/s)",
+        fetched.load(Ordering::Relaxed),
+        fetched.load(Ordering::Relaxed) as f64 / (opts.warmup() + opts.measure()).as_secs_f64()
+    );
+    println!(
+        "   store on disk after the runs: {} (database + WAL + shm); peak RSS {}",
+        mib(db_size(&config.database)),
+        status_field("VmHWM:")
+    );
+    drop(channel);
+    server.stop(rt)?;
+    print_load_at_end();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// --cli: the client binary as a whole process
+
+fn moshca_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MOSHCA_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    // target/release/deps/issuance-HASH -> target/release/moshca
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("moshca"))
+        .context("locating target/release")?;
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found; run `cargo build --release --bins` first (or set MOSHCA_BIN)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+fn cli_mode(opts: &Opts, rt: &Runtimes, root: &Path, keys: &Arc<Keys>) -> anyhow::Result<()> {
+    let bin = moshca_binary()?;
+    let config = data_dir(root, "ca")?;
+    let tokens = add_users(&config, &["bench".to_owned()])?;
+    let server = Server::start(rt, &config)?;
+    let home = root.join("home");
+    std::fs::create_dir_all(&home)?;
+    let key_file = root.join("id.pub");
+    std::fs::write(&key_file, format!("{}\n", keys.openssh[0]))?;
+    let cert_file = root.join("id-cert.pub");
+    let runs = if opts.quick { 10 } else { 50 };
+    let moshca = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(&bin)
+            .args(args)
+            .env_clear()
+            .env("HOME", &home)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("MOSHCA_SERVER", &server.url)
+            .env("MOSHCA_CA_CERT", &config.tls_cert)
+            .env("MOSHCA_TOKEN", &tokens[0])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "moshca {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let key = key_file.display().to_string();
+    let out = cert_file.display().to_string();
+    let (mut req, mut fetch, mut total) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let id = moshca(&[
+            "request",
+            "--role",
+            "deploy",
+            "--principal",
+            "deploy",
+            "--ttl",
+            "5m",
+            "--reason",
+            "bench cli",
+            "--public-key",
+            &key,
+        ])?;
+        let t1 = Instant::now();
+        moshca(&["fetch", &id, "--out", &out])?;
+        let t2 = Instant::now();
+        req.push(t1 - t0);
+        fetch.push(t2 - t1);
+        total.push(t2 - t0);
+    }
+    println!(
+        "--cli: `moshca request --public-key` then `moshca fetch ID --out FILE`, {runs} runs, one after another"
+    );
+    println!("   binary {}", bin.display());
+    println!("   step                     p50 ms   p99 ms   max ms");
+    for (name, v) in [
+        ("moshca request", &mut req),
+        ("moshca fetch", &mut fetch),
+        ("request + fetch", &mut total),
+    ] {
+        v.sort_unstable();
+        println!(
+            "   {name:<22} {:>8} {:>8} {:>8}",
+            ms(percentile(v, 0.5)),
+            ms(percentile(v, 0.99)),
+            ms(percentile(v, 1.0))
+        );
+    }
+    server.stop(rt)?;
+    print_load_at_end();
+    Ok(())
+}
