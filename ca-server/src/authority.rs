@@ -296,27 +296,17 @@ impl Authority {
                 &caller.name,
                 "request.created",
                 Some(&request.id),
-                json!({
-                    "role": request.role,
-                    "principals": request.principals,
-                    "ttl_secs": request.ttl_secs,
-                    "reason": request.reason,
-                    "fingerprint": request.fingerprint,
-                }),
+                request_details(&request),
             ))?;
             if request.break_glass {
+                let mut details = request_details(&request);
+                details["priority"] = json!("high");
                 tx.append_audit(&Event::new(
                     now,
                     &caller.name,
                     "request.break_glass",
                     Some(&request.id),
-                    json!({
-                        "role": request.role,
-                        "principals": request.principals,
-                        "ttl_secs": request.ttl_secs,
-                        "reason": request.reason,
-                        "priority": "high",
-                    }),
+                    details,
                 ))?;
             }
             if request.break_glass || role.approval == policy::Approval::Auto {
@@ -907,6 +897,17 @@ fn register_ca_key(store: &Store, signer: &Signer, now: UnixTime) -> Result<()> 
         // certificates are valid.
         tx.retire_ca_keys_except(&signer.fingerprint(), now)
             .map_err(Error::from)
+    })
+}
+
+/// The facts every event about a new request records.
+fn request_details(r: &Request) -> serde_json::Value {
+    json!({
+        "role": r.role,
+        "principals": r.principals,
+        "ttl_secs": r.ttl_secs,
+        "reason": r.reason,
+        "fingerprint": r.fingerprint,
     })
 }
 

@@ -107,13 +107,9 @@ impl Authority {
                 &name,
                 "request.created",
                 Some(&request.id),
-                json!({
-                    "role": request.role,
-                    "principals": request.principals,
-                    "ttl_secs": request.ttl_secs,
-                    "reason": request.reason,
-                    "fingerprint": request.fingerprint,
-                    "workload": {
+                {
+                    let mut details = request_details(&request);
+                    details["workload"] = json!({
                         "issuer": wl.issuer,
                         "subject": wl.subject,
                         "repository": wl.claim("repository"),
@@ -121,8 +117,9 @@ impl Authority {
                         "environment": wl.claim("environment"),
                         "run_id": wl.claim("run_id"),
                         "jti": wl.jti,
-                    },
-                }),
+                    });
+                    details
+                },
             ))?;
             let ready = Ready {
                 ttl_secs: request.ttl_secs,
