@@ -554,12 +554,10 @@ impl Authority {
             pending_only,
             unreviewed_only,
             requester: mine_only.then(|| caller.name.clone()),
-            roles: None,
-            limit: u32::MAX,
+            visible_to: Some((caller.name.clone(), approvable)),
+            limit,
         };
-        let mut found = self.store.read(|tx| tx.requests(&filter))?;
-        found.retain(|r| r.requester == caller.name || approvable.contains(&r.role));
-        found.truncate(limit as usize);
+        let found = self.store.read(|tx| tx.requests(&filter))?;
         Ok(found
             .into_iter()
             .map(|r| self.view(&policy, r, None, false))

@@ -101,8 +101,8 @@ pub struct RequestFilter {
     pub unreviewed_only: bool,
     /// Only this requester's.
     pub requester: Option<String>,
-    /// Only these roles (None = any).
-    pub roles: Option<Vec<String>>,
+    /// Only requests this caller may see: their own, or of these roles (None = all).
+    pub visible_to: Option<(String, Vec<String>)>,
     /// At most this many, newest first.
     pub limit: u32,
 }
@@ -674,21 +674,26 @@ impl Tx<'_> {
 
     /// Requests matching the filter, newest first.
     pub fn requests(&self, f: &RequestFilter) -> Result<Vec<Request>> {
-        let mut out = self.query_requests(
+        let (viewer, roles) = match &f.visible_to {
+            Some((user, roles)) => (Some(user.as_str()), Some(json_list(roles))),
+            None => (None, None),
+        };
+        // Filtered and limited in SQL, so a long history is never loaded to list a page.
+        self.query_requests(
             "WHERE (?1 = 0 OR state = 'pending') AND (?2 IS NULL OR requester = ?2)
                AND (?3 = 0 OR (break_glass = 1 AND glass_reviewed_at IS NULL))
-             ORDER BY created_at DESC, id DESC",
+               AND (?4 IS NULL OR requester = ?4 OR role IN (SELECT value FROM json_each(?5)))
+             ORDER BY created_at DESC, id DESC
+             LIMIT ?6",
             params![
                 i64::from(f.pending_only),
                 f.requester,
-                i64::from(f.unreviewed_only)
+                i64::from(f.unreviewed_only),
+                viewer,
+                roles,
+                i64::from(f.limit),
             ],
-        )?;
-        if let Some(roles) = &f.roles {
-            out.retain(|r| roles.contains(&r.role));
-        }
-        out.truncate(f.limit as usize);
-        Ok(out)
+        )
     }
 
     /// Pending requests whose time is up at `now`.
@@ -1409,6 +1414,56 @@ mod tests {
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn listing_filters_visibility_and_limit_in_sql() {
+        let s = Store::open_in_memory().unwrap();
+        s.transact(|tx| {
+            for (i, (who, role)) in [
+                ("alice", "db"),
+                ("bob", "web"),
+                ("carol", "db"),
+                ("dave", "ops"),
+            ]
+            .iter()
+            .enumerate()
+            {
+                let mut r = req(&format!("R{i}"), i as u64);
+                r.requester = (*who).into();
+                r.role = (*role).into();
+                tx.insert_request(&r)?;
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let ids = |f: RequestFilter| -> Vec<String> {
+            s.read(|tx| tx.requests(&f))
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect()
+        };
+        // bob sees his own and the db role's, newest first.
+        let visible = RequestFilter {
+            visible_to: Some(("bob".into(), vec!["db".into()])),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(ids(visible.clone()), ["R2", "R1", "R0"]);
+        assert_eq!(
+            ids(RequestFilter {
+                limit: 2,
+                ..visible
+            }),
+            ["R2", "R1"]
+        );
+        let nobody = RequestFilter {
+            visible_to: Some(("eve".into(), vec![])),
+            limit: 10,
+            ..Default::default()
+        };
+        assert!(ids(nobody).is_empty());
     }
 
     #[test]
