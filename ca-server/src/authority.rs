@@ -498,6 +498,13 @@ impl Authority {
         }
     }
 
+    /// A request the caller may see, or NOT_FOUND (never telling whether it exists).
+    fn visible_request(tx: &Tx<'_>, policy: &Policy, caller: &Caller, id: &str) -> Result<Request> {
+        tx.request(id)?
+            .filter(|r| Self::may_see(policy, caller, r))
+            .ok_or_else(|| not_found(id))
+    }
+
     /// Whether the caller may see the request at all.
     fn may_see(policy: &Policy, caller: &Caller, req: &Request) -> bool {
         req.requester == caller.name
@@ -574,7 +581,7 @@ impl Authority {
         comment: &str,
         now: UnixTime,
     ) -> Result<RequestView> {
-        if comment.len() > policy::MAX_REASON_LEN || comment.chars().any(char::is_control) {
+        if !free_text_ok(comment) {
             return Err(Error::InvalidArgument(
                 "comment must be at most 1024 bytes without control characters".into(),
             ));
@@ -586,10 +593,7 @@ impl Authority {
         }
         let policy = self.policy();
         let result = self.store.transact(|tx| {
-            let req = tx
-                .request(id)?
-                .filter(|r| Self::may_see(&policy, caller, r))
-                .ok_or_else(|| not_found(id))?;
+            let req = Self::visible_request(tx, &policy, caller, id)?;
             let role = policy.role(&req.role).ok_or_else(|| {
                 Error::FailedPrecondition(format!(
                     "role {} no longer exists in the policy; request {id} cannot be approved",
@@ -745,10 +749,7 @@ impl Authority {
     pub fn cancel_at(&self, caller: &Caller, id: &str, now: UnixTime) -> Result<RequestView> {
         let policy = self.policy();
         let view = self.store.transact(|tx| {
-            let req = tx
-                .request(id)?
-                .filter(|r| Self::may_see(&policy, caller, r))
-                .ok_or_else(|| not_found(id))?;
+            let req = Self::visible_request(tx, &policy, caller, id)?;
             let req = req
                 .pending_at(now)
                 .map_err(transition_error)?
@@ -807,20 +808,14 @@ impl Authority {
         now: UnixTime,
     ) -> Result<RequestView> {
         let comment = comment.trim();
-        if comment.is_empty()
-            || comment.len() > policy::MAX_REASON_LEN
-            || comment.chars().any(char::is_control)
-        {
+        if comment.is_empty() || !free_text_ok(comment) {
             return Err(Error::InvalidArgument(
                 "a break-glass review needs a comment: moshca review ID --comment TEXT".into(),
             ));
         }
         let policy = self.policy();
         let view = self.store.transact(|tx| {
-            let req = tx
-                .request(id)?
-                .filter(|r| Self::may_see(&policy, caller, r))
-                .ok_or_else(|| not_found(id))?;
+            let req = Self::visible_request(tx, &policy, caller, id)?;
             let may = policy
                 .role(&req.role)
                 .is_some_and(|r| r.may_approve(caller));
@@ -896,6 +891,11 @@ fn register_ca_key(store: &Store, signer: &Signer, now: UnixTime) -> Result<()> 
         tx.retire_ca_keys_except(&signer.fingerprint(), now)
             .map_err(Error::from)
     })
+}
+
+/// Comments and reasons: bounded, no control characters (they end up in logs and audit).
+fn free_text_ok(text: &str) -> bool {
+    text.len() <= policy::MAX_REASON_LEN && !text.chars().any(char::is_control)
 }
 
 /// The facts every event about a new request records.

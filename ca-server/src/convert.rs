@@ -93,6 +93,18 @@ pub fn verdict(d: i32) -> Result<Verdict, Status> {
     }
 }
 
+/// A create request off the wire. A zero ttl means the role's default.
+pub fn new_request(m: pb::CreateAccessRequestRequest) -> crate::authority::NewRequest {
+    crate::authority::NewRequest {
+        role: m.role,
+        principals: m.principals,
+        ttl_secs: (m.ttl_secs != 0).then_some(m.ttl_secs),
+        reason: m.reason,
+        public_key: m.public_key,
+        break_glass: m.break_glass,
+    }
+}
+
 /// A request view for the wire.
 pub fn request(v: RequestView) -> pb::AccessRequest {
     let r = v.request;

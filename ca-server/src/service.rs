@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::auth::{self, Caller, Credential, Token};
-use crate::authority::{Authority, NewRequest, RevokeTarget};
+use crate::authority::{Authority, RevokeTarget};
 use crate::limits::{AuthFailures, MAX_AUTH_FAILURES};
 use crate::oidc::{Verifier, WorkloadIdentity};
 use crate::{clock, convert};
@@ -180,19 +180,12 @@ impl CertificateAuthority for Service {
             tracing::Span::current().record("caller", wl.subject.as_str());
             let m = req.into_inner();
             tracing::Span::current().record("role", m.role.as_str());
-            let new = NewRequest {
-                role: m.role,
-                principals: m.principals,
-                ttl_secs: ttl(m.ttl_secs),
-                reason: m.reason,
-                public_key: m.public_key,
-                break_glass: false,
-            };
             if m.break_glass {
                 return Err(Status::permission_denied(
                     "workloads cannot use break-glass",
                 ));
             }
+            let new = convert::new_request(m);
             let view = self
                 .blocking(move |a| a.create_workload_request_at(&wl, new, clock::now()))
                 .await
@@ -203,14 +196,7 @@ impl CertificateAuthority for Service {
         let caller = self.caller(&req).await?;
         let m = req.into_inner();
         tracing::Span::current().record("role", m.role.as_str());
-        let new = NewRequest {
-            role: m.role,
-            principals: m.principals,
-            ttl_secs: ttl(m.ttl_secs),
-            reason: m.reason,
-            public_key: m.public_key,
-            break_glass: m.break_glass,
-        };
+        let new = convert::new_request(m);
         let view = self
             .blocking(move |a| a.create_request_at(&caller, new, clock::now()))
             .await

@@ -37,10 +37,7 @@ impl Authority {
         now: UnixTime,
     ) -> Result<Revoked> {
         let reason = reason.trim();
-        if reason.is_empty()
-            || reason.len() > policy::MAX_REASON_LEN
-            || reason.chars().any(char::is_control)
-        {
+        if reason.is_empty() || !free_text_ok(reason) {
             return Err(Error::InvalidArgument(
                 "a revocation needs a reason of at most 1024 bytes: --reason TEXT".into(),
             ));
