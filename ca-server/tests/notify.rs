@@ -674,14 +674,13 @@ async fn slow_webhook_does_not_slow_issuance() {
     println!("issuance without webhook:       {}", describe(&without));
     println!("issuance with a 1 s webhook:    {}", describe(&with));
     println!("notifications that reached the 1 s webhook while measuring: {reached}");
-    let (m0, m1) = (without[N / 2], with[N / 2]);
+    let m1 = with[N / 2];
     assert!(
         m1 < Duration::from_millis(250),
         "issuance waits for the webhook: median {m1:?}"
     );
     // Only the functional property is asserted (issuance never waits the webhook's 1 s);
     // how much the worker costs is a measurement, printed above.
-    let _ = m0;
 }
 
 #[tokio::test]
