@@ -2,8 +2,10 @@
 //! `signer`, `store` and `audit`.
 //!
 //! Every change and the audit events that record it commit in one store transaction; a
-//! certificate is signed inside the transaction that marks its request issued, so it
-//! exists only if its rows do. No proto types and no SQL here; methods block on the store,
+//! certificate is returned only once the transaction that marks its request issued has
+//! committed, so none exists without its rows. Requests issued the moment they are made
+//! are signed just before that transaction (not under the write lock); approved ones
+//! inside it. No proto types and no SQL here; methods block on the store,
 //! so async callers run them on a blocking thread. Time comes in as `now`.
 //!
 //! This file holds the request lifecycle (create, read, review, cancel, expire, issue);
@@ -109,6 +111,19 @@ pub struct RequestView {
     pub certificate: Option<CertRecord>,
     /// Whether the certificate text may be shown to this caller.
     pub certificate_visible: bool,
+}
+
+/// A certificate signed for a request, not yet recorded.
+struct Signed {
+    grant: Grant,
+    record: CertRecord,
+}
+
+/// Whether recording an issuance inserts the request row or updates it.
+#[derive(Debug, Clone, Copy)]
+enum Row {
+    Insert,
+    Update,
 }
 
 /// The certificate authority's use cases.
@@ -272,6 +287,19 @@ impl Authority {
             break_glass: new.break_glass,
             break_glass_review: None,
         };
+        let issue_now = request.break_glass || role.approval == policy::Approval::Auto;
+        let ready = Ready {
+            ttl_secs: request.ttl_secs,
+            approvers: Vec::new(),
+            request: request.clone(),
+        };
+        // Signed before the transaction, with a serial checked inside it.
+        let presigned = if issue_now {
+            let serial = random_serial();
+            Some(self.sign(&ready, role, &policy, now, "", serial)?)
+        } else {
+            None
+        };
         let view = self.store.transact(|tx| {
             // Break-glass never waits, so it is not held back by pending requests.
             if !new.break_glass && tx.pending_count(&caller.name)? >= MAX_PENDING_PER_REQUESTER {
@@ -290,7 +318,6 @@ impl Authority {
                     request.fingerprint
                 )));
             }
-            tx.insert_request(&request)?;
             tx.append_audit(&Event::new(
                 now,
                 &caller.name,
@@ -309,15 +336,11 @@ impl Authority {
                     details,
                 ))?;
             }
-            if request.break_glass || role.approval == policy::Approval::Auto {
-                let ready = Ready {
-                    ttl_secs: request.ttl_secs,
-                    approvers: Vec::new(),
-                    request: request.clone(),
-                };
-                let (request, cert) = self.issue(tx, ready, role, &policy, now, "")?;
+            if let Some(signed) = presigned {
+                let (request, cert) = self.issue_presigned(tx, ready, signed)?;
                 return Ok(self.view(&policy, request, Some(cert), true));
             }
+            tx.insert_request(&request)?;
             Ok(self.view(&policy, request.clone(), None, true))
         });
         let view = match view {
@@ -388,6 +411,8 @@ impl Authority {
     }
 
     /// Signs the certificate for a satisfied request and records it, inside `tx`.
+    /// Signs and records the certificate for a request whose approval is complete, inside
+    /// the transaction that marks it issued (the approval path: the request row exists).
     fn issue(
         &self,
         tx: &Tx<'_>,
@@ -397,7 +422,50 @@ impl Authority {
         now: UnixTime,
         key_id_extra: &str,
     ) -> Result<(Request, CertRecord)> {
+        let req = &ready.request;
+        // A key revoked after the request was made must not be certified on approval.
+        if tx.key_revoked(&req.fingerprint)? {
+            return Err(Error::FailedPrecondition(format!(
+                "public key {} was revoked after request {} was made; the requester must ask again with a new key",
+                req.fingerprint, req.id
+            )));
+        }
         let serial = loop_serial(tx)?;
+        let signed = self.sign(&ready, role, policy, now, key_id_extra, serial)?;
+        self.record_issued(tx, ready, signed, Row::Update)
+    }
+
+    /// Records a request that is issued the moment it is made (auto-approved, break-glass
+    /// or workload), with a certificate signed before the transaction so the signature is
+    /// not made under the store's write lock. Signs again inside only if the serial was
+    /// taken meanwhile. Writes the request row once, already issued. The caller has
+    /// checked, in this transaction, that the key is not revoked.
+    fn issue_presigned(
+        &self,
+        tx: &Tx<'_>,
+        ready: Ready,
+        mut signed: Signed,
+    ) -> Result<(Request, CertRecord)> {
+        if tx.serial_exists(signed.record.serial)? {
+            let grant = Grant {
+                serial: loop_serial(tx)?,
+                ..signed.grant
+            };
+            signed = self.sign_grant(&ready, grant, signed.record.issued_at)?;
+        }
+        self.record_issued(tx, ready, signed, Row::Insert)
+    }
+
+    /// Signs the certificate a ready request gets; touches no store.
+    fn sign(
+        &self,
+        ready: &Ready,
+        role: &Role,
+        policy: &Policy,
+        now: UnixTime,
+        key_id_extra: &str,
+        serial: u64,
+    ) -> Result<Signed> {
         let by = if ready.request.break_glass {
             "break-glass".to_owned()
         } else if ready.approvers.is_empty() {
@@ -412,7 +480,7 @@ impl Authority {
         );
         let grant = Grant {
             serial,
-            key_id: key_id.clone(),
+            key_id,
             principals: req.principals.clone(),
             valid_after: now.saturating_sub(policy.defaults.backdate),
             valid_before: now + ready.ttl_secs,
@@ -420,21 +488,20 @@ impl Authority {
             source_address: role.source_address.clone(),
             extensions: role.extensions.clone(),
         };
-        // A key revoked after the request was made must not be certified on approval.
-        if tx.key_revoked(&req.fingerprint)? {
-            return Err(Error::FailedPrecondition(format!(
-                "public key {} was revoked after request {} was made; the requester must ask again with a new key",
-                req.fingerprint, req.id
-            )));
-        }
+        self.sign_grant(ready, grant, now)
+    }
+
+    /// Signs `grant` for a ready request's key, issued at `now`.
+    fn sign_grant(&self, ready: &Ready, grant: Grant, now: UnixTime) -> Result<Signed> {
+        let req = &ready.request;
         let subject = PublicKey::from_openssh(&req.public_key)
             .map_err(|e| store::Error::Corrupt(format!("stored public key: {e}")))?;
         let signer = self.signer();
         let cert = signer.sign(&grant, &subject)?;
         let record = CertRecord {
-            serial,
+            serial: grant.serial,
             request_id: req.id.clone(),
-            key_id,
+            key_id: grant.key_id.clone(),
             principals: grant.principals.clone(),
             valid_after: grant.valid_after,
             valid_before: grant.valid_before,
@@ -446,17 +513,32 @@ impl Authority {
             role: req.role.clone(),
             revoked_at: None,
         };
+        Ok(Signed { grant, record })
+    }
+
+    /// Writes an issuance: the request as issued, the certificate and its audit event.
+    fn record_issued(
+        &self,
+        tx: &Tx<'_>,
+        ready: Ready,
+        signed: Signed,
+        row: Row,
+    ) -> Result<(Request, CertRecord)> {
+        let Signed { grant, record } = signed;
         let ttl_secs = ready.ttl_secs;
-        let request = ready.issued(now);
-        tx.update_request(&request)?;
+        let request = ready.issued(record.issued_at);
+        match row {
+            Row::Insert => tx.insert_request(&request)?,
+            Row::Update => tx.update_request(&request)?,
+        }
         tx.insert_certificate(&record)?;
         tx.append_audit(&Event::new(
-            now,
+            record.issued_at,
             "moshca-server",
             "certificate.issued",
             Some(&request.id),
             json!({
-                "serial": serial.to_string(),
+                "serial": record.serial.to_string(),
                 "key_id": record.key_id,
                 "principals": record.principals,
                 "valid_after": record.valid_after,
@@ -470,7 +552,7 @@ impl Authority {
         ))?;
         tracing::info!(
             request_id = %request.id,
-            serial,
+            serial = record.serial,
             key_id = %record.key_id,
             principals = ?record.principals,
             ttl_secs,
@@ -909,11 +991,22 @@ fn request_details(r: &Request) -> serde_json::Value {
     })
 }
 
-fn loop_serial(tx: &Tx<'_>) -> Result<u64> {
+/// A random non-zero serial, from the OS generator.
+fn random_serial() -> u64 {
     let mut rng = rand::rngs::OsRng;
-    for _ in 0..16 {
+    loop {
         let serial: u64 = rng.r#gen();
-        if serial != 0 && !tx.serial_exists(serial)? {
+        if serial != 0 {
+            return serial;
+        }
+    }
+}
+
+/// A random serial no certificate has.
+fn loop_serial(tx: &Tx<'_>) -> Result<u64> {
+    for _ in 0..16 {
+        let serial = random_serial();
+        if !tx.serial_exists(serial)? {
             return Ok(serial);
         }
     }

@@ -516,7 +516,9 @@ impl Notifier {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                got = changes.recv(), if feed_open => {
+                // With no webhook, changes queue nothing here; only the tick clears the
+                // outbox rows other processes (the admin commands) may have left.
+                got = changes.recv(), if feed_open && !this.hooks.is_empty() => {
                     feed_open = !matches!(got, Err(broadcast::error::RecvError::Closed));
                     // One fan-out covers every change that arrived meanwhile.
                     while changes.try_recv().is_ok() {}

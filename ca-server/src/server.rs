@@ -191,6 +191,7 @@ pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<L
             .with_context(|| format!("opening database {}", config.database.display()))?,
     );
     let notifier = Notifier::new(store.clone(), &config.webhooks)?;
+    store.set_outbox(!config.webhooks.is_empty());
     let cert = std::fs::read(&config.tls_cert)
         .with_context(|| format!("reading TLS certificate {}", config.tls_cert.display()))?;
     let key = std::fs::read(&config.tls_key)

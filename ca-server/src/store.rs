@@ -7,7 +7,7 @@
 //! anything: policy and state rules live in `policy`, `approvals` and `authority`.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -118,8 +118,13 @@ pub struct RequestFilter {
 #[derive(Debug)]
 pub struct Store {
     writer: Mutex<Writer>,
+    /// Signalled when a writer joined the open batch (the leader waits on it).
+    joined: Condvar,
+    /// Signalled when a batch committed or failed (its members wait on it).
     batch_done: Condvar,
     queued: AtomicUsize,
+    /// Whether notifying audit events are queued for webhooks (see [`Store::set_outbox`]).
+    outbox: AtomicBool,
     /// `None` for in-memory stores (a second connection would see another database).
     reader: Option<Mutex<Connection>>,
 }
@@ -138,6 +143,10 @@ struct Writer {
     /// Writers in the open batch so far.
     members: usize,
 }
+
+/// Statements each connection keeps prepared: every distinct statement the server runs
+/// fits, so none is parsed twice.
+const STATEMENT_CACHE: usize = 128;
 
 /// Most writers one batch takes before it commits.
 const MAX_BATCH: usize = 512;
@@ -314,6 +323,7 @@ impl Store {
         let mut store = Self::setup(conn)?;
         let reader = Connection::open(path)?;
         reader.busy_timeout(Duration::from_secs(5))?;
+        reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         reader.pragma_update(None, "query_only", true)?;
         store.reader = Some(Mutex::new(reader));
         Ok(store)
@@ -326,6 +336,7 @@ impl Store {
 
     fn setup(mut conn: Connection) -> Result<Self> {
         conn.busy_timeout(Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -349,10 +360,19 @@ impl Store {
                 failed: None,
                 members: 0,
             }),
+            joined: Condvar::new(),
             batch_done: Condvar::new(),
             queued: AtomicUsize::new(0),
+            outbox: AtomicBool::new(true),
             reader: None,
         })
+    }
+
+    /// Whether notifying audit events are also written to the webhook outbox (on by
+    /// default). A server with no webhook turns it off: events nobody will deliver are
+    /// not queued, and the audit trail is unchanged.
+    pub fn set_outbox(&self, on: bool) {
+        self.outbox.store(on, Ordering::Relaxed);
     }
 
     fn lock_writer(&self) -> MutexGuard<'_, Writer> {
@@ -372,29 +392,32 @@ impl Store {
         self.queued.fetch_sub(1, Ordering::SeqCst);
         let leader = !w.open;
         if leader {
-            w.conn
-                .execute_batch("BEGIN IMMEDIATE")
-                .map_err(Error::from)?;
+            run(&w.conn, "BEGIN IMMEDIATE").map_err(Error::from)?;
             w.open = true;
             w.batch += 1;
             w.members = 0;
         }
         let my_batch = w.batch;
         w.members += 1;
-        let out = {
-            let sp = Savepoint::begin(&w.conn).map_err(Error::from)?;
-            let out = f(&Tx { tx: &w.conn });
-            if out.is_ok() {
-                sp.release().map_err(Error::from)?;
-            }
-            out
+        // No early return from here on: a leader must always close its batch.
+        let out = match Savepoint::begin(&w.conn) {
+            Err(e) => Err(E::from(Error::from(e))),
+            Ok(sp) => match f(&Tx {
+                tx: &w.conn,
+                outbox: self.outbox.load(Ordering::Relaxed),
+            }) {
+                Ok(v) => sp
+                    .release()
+                    .map(|()| v)
+                    .map_err(|e| E::from(Error::from(e))),
+                Err(e) => Err(e),
+            },
         };
-        self.batch_done.notify_all();
         if leader {
             // Let the writers queued behind this one join the batch, up to a bound.
             while self.queued.load(Ordering::SeqCst) > 0 && w.members < MAX_BATCH {
                 let (guard, timeout) = self
-                    .batch_done
+                    .joined
                     .wait_timeout(w, Duration::from_millis(5))
                     .unwrap_or_else(|p| p.into_inner());
                 w = guard;
@@ -402,9 +425,9 @@ impl Store {
                     break;
                 }
             }
-            let committed = w.conn.execute_batch("COMMIT");
+            let committed = run(&w.conn, "COMMIT");
             if let Err(e) = &committed {
-                let _ = w.conn.execute_batch("ROLLBACK");
+                let _ = run(&w.conn, "ROLLBACK");
                 w.failed = Some((my_batch, e.to_string()));
             }
             w.open = false;
@@ -414,6 +437,9 @@ impl Store {
             committed.map_err(Error::from)?;
             return out;
         }
+        // Only the leader waits for joiners; waking the whole batch per joiner would cost
+        // a futex storm.
+        self.joined.notify_one();
         // A failed writer changed nothing; it need not wait for the commit.
         let out = out?;
         while w.finished < my_batch {
@@ -440,13 +466,24 @@ impl Store {
                 w = self.batch_done.wait(w).unwrap_or_else(|p| p.into_inner());
             }
             let tx = w.conn.unchecked_transaction().map_err(Error::from)?;
-            return f(&Tx { tx: &tx });
+            return f(&Tx {
+                tx: &tx,
+                outbox: false,
+            });
         };
-        let mut conn = reader.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Deferred)
-            .map_err(Error::from)?;
-        f(&Tx { tx: &tx })
+        let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+        if !conn.is_autocommit() {
+            // A read that panicked left its snapshot open.
+            run(&conn, "ROLLBACK").map_err(Error::from)?;
+        }
+        run(&conn, "BEGIN").map_err(Error::from)?;
+        let out = f(&Tx {
+            tx: &conn,
+            outbox: false,
+        });
+        // Read-only: ending the snapshot commits nothing.
+        run(&conn, "COMMIT").map_err(Error::from)?;
+        out
     }
 
     /// Runs raw SQL on the writer outside any batch (tests that tamper with rows).
@@ -454,6 +491,11 @@ impl Store {
     fn raw_execute(&self, sql: &str) -> Result<usize> {
         Ok(self.lock_writer().conn.execute(sql, [])?)
     }
+}
+
+/// Runs a transaction-control statement through the statement cache.
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 /// Rolls back to the savepoint unless released (also while unwinding from a panic).
@@ -464,20 +506,21 @@ struct Savepoint<'c> {
 
 impl<'c> Savepoint<'c> {
     fn begin(conn: &'c Connection) -> rusqlite::Result<Self> {
-        conn.execute_batch("SAVEPOINT op")?;
+        run(conn, "SAVEPOINT op")?;
         Ok(Savepoint { conn, done: false })
     }
 
     fn release(mut self) -> rusqlite::Result<()> {
+        run(self.conn, "RELEASE op")?;
         self.done = true;
-        self.conn.execute_batch("RELEASE op")
+        Ok(())
     }
 }
 
 impl Drop for Savepoint<'_> {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
+            let _ = run(self.conn, "ROLLBACK TO op").and_then(|()| run(self.conn, "RELEASE op"));
         }
     }
 }
@@ -486,6 +529,8 @@ impl Drop for Savepoint<'_> {
 #[allow(missing_debug_implementations)]
 pub struct Tx<'c> {
     tx: &'c Connection,
+    /// Whether notifying events also go to the outbox.
+    outbox: bool,
 }
 
 fn json_list(v: &[String]) -> String {
@@ -506,11 +551,27 @@ fn to_u64(v: i64) -> u64 {
 }
 
 impl Tx<'_> {
+    /// Runs a statement through the connection's statement cache: hot statements are
+    /// parsed once per connection, not once per call.
+    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.tx.prepare_cached(sql)?.execute(params)
+    }
+
+    /// The one row a cached query returns.
+    fn row<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.tx.prepare_cached(sql)?.query_row(params, f)
+    }
+
     // --- users and tokens ---
 
     /// Adds a user; `false` if the name is taken.
     pub fn insert_user(&self, name: &str, groups: &[String], now: u64) -> Result<bool> {
-        let n = self.tx.execute(
+        let n = self.exec(
             "INSERT OR IGNORE INTO users (name, groups, created_at) VALUES (?1, ?2, ?3)",
             params![name, json_list(groups), to_i64(now)],
         )?;
@@ -519,34 +580,35 @@ impl Tx<'_> {
 
     /// A user by name.
     pub fn user(&self, name: &str) -> Result<Option<User>> {
-        self.tx
-            .query_row(
-                "SELECT name, groups, disabled, created_at FROM users WHERE name = ?1",
-                [name],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                },
-            )
-            .optional()?
-            .map(|(name, groups, disabled, created)| {
-                Ok(User {
-                    name,
-                    groups: parse_list(&groups)?,
-                    disabled: disabled != 0,
-                    created_at: to_u64(created),
-                })
+        self.row(
+            "SELECT name, groups, disabled, created_at FROM users WHERE name = ?1",
+            [name],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            },
+        )
+        .optional()?
+        .map(|(name, groups, disabled, created)| {
+            Ok(User {
+                name,
+                groups: parse_list(&groups)?,
+                disabled: disabled != 0,
+                created_at: to_u64(created),
             })
-            .transpose()
+        })
+        .transpose()
     }
 
     /// All users, by name.
     pub fn users(&self) -> Result<Vec<User>> {
-        let mut stmt = self.tx.prepare("SELECT name FROM users ORDER BY name")?;
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT name FROM users ORDER BY name")?;
         let names: Vec<String> = stmt
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
@@ -558,7 +620,7 @@ impl Tx<'_> {
 
     /// Enables or disables a user; `false` if there is no such user.
     pub fn set_user_disabled(&self, name: &str, disabled: bool) -> Result<bool> {
-        let n = self.tx.execute(
+        let n = self.exec(
             "UPDATE users SET disabled = ?2 WHERE name = ?1",
             params![name, i64::from(disabled)],
         )?;
@@ -576,8 +638,7 @@ impl Tx<'_> {
     /// The enabled user a valid, unrevoked, unexpired token belongs to.
     pub fn caller_by_token(&self, hash: &str, now: u64) -> Result<Option<Caller>> {
         let row: Option<(String, String)> = self
-            .tx
-            .query_row(
+            .row(
                 "SELECT u.name, u.groups FROM tokens t JOIN users u ON u.name = t.user
                  WHERE t.hash = ?1 AND t.revoked = 0 AND u.disabled = 0
                    AND (t.expires_at IS NULL OR t.expires_at > ?2)",
@@ -646,8 +707,7 @@ impl Tx<'_> {
     }
 
     fn write_reviews(&self, r: &Request) -> Result<()> {
-        self.tx
-            .execute("DELETE FROM reviews WHERE request_id = ?1", [&r.id])?;
+        self.exec("DELETE FROM reviews WHERE request_id = ?1", [&r.id])?;
         let mut stmt = self.tx.prepare_cached(
             "INSERT INTO reviews (request_id, position, approver, verdict, ttl_secs, comment, at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -706,7 +766,7 @@ impl Tx<'_> {
 
     /// How many requests are pending overall.
     pub fn pending_total(&self) -> Result<u64> {
-        let n: i64 = self.tx.query_row(
+        let n: i64 = self.row(
             "SELECT COUNT(*) FROM requests WHERE state = 'pending'",
             [],
             |r| r.get(0),
@@ -716,7 +776,7 @@ impl Tx<'_> {
 
     /// How many requests of `requester` are pending.
     pub fn pending_count(&self, requester: &str) -> Result<u64> {
-        let n: i64 = self.tx.query_row(
+        let n: i64 = self.row(
             "SELECT COUNT(*) FROM requests WHERE requester = ?1 AND state = 'pending'",
             [requester],
             |r| r.get(0),
@@ -827,8 +887,7 @@ impl Tx<'_> {
     /// Whether a serial is already used.
     pub fn serial_exists(&self, serial: u64) -> Result<bool> {
         Ok(self
-            .tx
-            .query_row(
+            .row(
                 "SELECT 1 FROM certificates WHERE serial = ?1",
                 [to_i64(serial)],
                 |_| Ok(()),
@@ -900,7 +959,7 @@ impl Tx<'_> {
 
     /// Marks a certificate revoked; `false` if it was already.
     pub fn revoke_certificate(&self, serial: u64, now: u64) -> Result<bool> {
-        let n = self.tx.execute(
+        let n = self.exec(
             "UPDATE certificates SET revoked_at = ?2 WHERE serial = ?1 AND revoked_at IS NULL",
             params![to_i64(serial), to_i64(now)],
         )?;
@@ -936,7 +995,7 @@ impl Tx<'_> {
         by: &str,
         now: u64,
     ) -> Result<bool> {
-        let n = self.tx.execute(
+        let n = self.exec(
             "INSERT OR IGNORE INTO revoked_keys (fingerprint, public_key, reason, revoked_by, revoked_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![fingerprint, public_key, reason, by, to_i64(now)],
@@ -947,8 +1006,7 @@ impl Tx<'_> {
     /// Whether a subject key is revoked.
     pub fn key_revoked(&self, fingerprint: &str) -> Result<bool> {
         Ok(self
-            .tx
-            .query_row(
+            .row(
                 "SELECT 1 FROM revoked_keys WHERE fingerprint = ?1",
                 [fingerprint],
                 |_| Ok(()),
@@ -970,17 +1028,15 @@ impl Tx<'_> {
 
     /// The KRL version now.
     pub fn krl_version(&self) -> Result<u64> {
-        let v: i64 = self
-            .tx
-            .query_row("SELECT version FROM krl_state WHERE id = 1", [], |r| {
-                r.get(0)
-            })?;
+        let v: i64 = self.row("SELECT version FROM krl_state WHERE id = 1", [], |r| {
+            r.get(0)
+        })?;
         Ok(to_u64(v))
     }
 
     /// Increments the KRL version and returns the new one.
     pub fn bump_krl_version(&self) -> Result<u64> {
-        self.tx.execute(
+        self.exec(
             "UPDATE krl_state SET version = version + 1 WHERE id = 1",
             [],
         )?;
@@ -1057,7 +1113,7 @@ impl Tx<'_> {
 
     /// Forgets token ids whose tokens have expired (with leeway) by `now`.
     pub fn purge_jti(&self, now: u64, leeway: u64) -> Result<usize> {
-        Ok(self.tx.execute(
+        Ok(self.exec(
             "DELETE FROM seen_jti WHERE expires_at + ?2 < ?1",
             params![to_i64(now), to_i64(leeway)],
         )?)
@@ -1067,7 +1123,7 @@ impl Tx<'_> {
 
     /// Registers a CA public key as trusted; `false` if it already was registered.
     pub fn insert_ca_key(&self, fingerprint: &str, public_key: &str, now: u64) -> Result<bool> {
-        let n = self.tx.execute(
+        let n = self.exec(
             "INSERT OR IGNORE INTO ca_keys (fingerprint, public_key, created_at) VALUES (?1, ?2, ?3)",
             params![fingerprint, public_key, to_i64(now)],
         )?;
@@ -1077,7 +1133,7 @@ impl Tx<'_> {
     /// Marks every CA key except `keep` retired: it stays trusted only while certificates it
     /// signed are unexpired.
     pub fn retire_ca_keys_except(&self, keep: &str, now: u64) -> Result<()> {
-        self.tx.execute(
+        self.exec(
             "UPDATE ca_keys SET retired_at = ?2 WHERE fingerprint != ?1 AND retired_at IS NULL",
             params![keep, to_i64(now)],
         )?;
@@ -1126,7 +1182,7 @@ impl Tx<'_> {
                 prev,
                 hash
             ])?;
-        if NOTIFY_ACTIONS.contains(&event.action.as_str()) {
+        if self.outbox && NOTIFY_ACTIONS.contains(&event.action.as_str()) {
             self.tx.prepare_cached(
                 "INSERT INTO outbox (audit_seq, action, request_id, created_at) VALUES (?1, ?2, ?3, ?4)",
             )?
@@ -1155,12 +1211,12 @@ impl Tx<'_> {
     /// Creates one delivery per webhook for an outbox event and marks it fanned out.
     pub fn fan_out(&self, audit_seq: u64, webhooks: &[String], now: u64) -> Result<()> {
         for w in webhooks {
-            self.tx.execute(
+            self.exec(
                 "INSERT OR IGNORE INTO deliveries (audit_seq, webhook, next_at) VALUES (?1, ?2, ?3)",
                 params![to_i64(audit_seq), w, to_i64(now)],
             )?;
         }
-        self.tx.execute(
+        self.exec(
             "UPDATE outbox SET fanned_out = 1 WHERE audit_seq = ?1",
             [to_i64(audit_seq)],
         )?;
@@ -1234,7 +1290,7 @@ impl Tx<'_> {
         next_at: u64,
         error: Option<&str>,
     ) -> Result<()> {
-        self.tx.execute(
+        self.exec(
             "UPDATE deliveries SET attempts = attempts + 1, state = ?3, next_at = ?4, last_error = ?5
              WHERE audit_seq = ?1 AND webhook = ?2",
             params![to_i64(audit_seq), webhook, state, to_i64(next_at), error],
@@ -1258,8 +1314,7 @@ impl Tx<'_> {
     /// The last audit event's sequence number and hash.
     pub fn audit_head(&self) -> Result<Option<(u64, String)>> {
         Ok(self
-            .tx
-            .query_row(
+            .row(
                 "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
                 [],
                 |r| Ok((to_u64(r.get(0)?), r.get(1)?)),
@@ -1269,7 +1324,7 @@ impl Tx<'_> {
 
     /// Stores a signed checkpoint of the audit chain's head.
     pub fn insert_checkpoint(&self, c: &audit::Checkpoint) -> Result<()> {
-        self.tx.execute(
+        self.exec(
             "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, ca_fingerprint, signature, at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![

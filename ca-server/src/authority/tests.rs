@@ -932,3 +932,63 @@ fn checkpoints_catch_a_cut_tail() {
     // Unsigned tail events are fine until cut below a checkpoint.
     assert_eq!(verify_audit(&f.store).unwrap().unwrap().0, 4);
 }
+
+#[test]
+fn a_presigned_certificate_whose_serial_was_taken_is_signed_again_with_a_free_one() {
+    let f = fixture();
+    let ci = who("ci", &["ci"]);
+    // An issued certificate owns serial `taken`.
+    let first = f
+        .auth
+        .create_request_at(&ci, ask("auto", &["deploy"], None), T0)
+        .unwrap();
+    let taken = first.certificate.unwrap().serial;
+    // A second auto request, signed before its transaction with that same serial.
+    let policy = f.auth.policy();
+    let role = policy.role("auto").unwrap();
+    let new = ask("auto", &["deploy"], None);
+    let subject = PublicKey::from_openssh(&new.public_key).unwrap();
+    let request = Request {
+        id: "01SECOND".into(),
+        requester: "ci".into(),
+        role: "auto".into(),
+        principals: vec!["deploy".into()],
+        ttl_secs: 600,
+        reason: new.reason.clone(),
+        public_key: new.public_key.clone(),
+        fingerprint: subject.fingerprint(HashAlg::Sha256).to_string(),
+        state: State::Pending,
+        created_at: T0,
+        expires_at: T0 + 3600,
+        decided_at: None,
+        approvals_required: 0,
+        reviews: Vec::new(),
+        break_glass: false,
+        break_glass_review: None,
+    };
+    let ready = Ready {
+        ttl_secs: 600,
+        approvers: Vec::new(),
+        request,
+    };
+    let signed = f.auth.sign(&ready, role, &policy, T0, "", taken).unwrap();
+    assert_eq!(signed.record.serial, taken);
+    let (_, cert) = f
+        .store
+        .transact(|tx| f.auth.issue_presigned(tx, ready, signed))
+        .unwrap();
+    assert_ne!(cert.serial, taken, "a taken serial was issued twice");
+    // The stored text is a certificate signed over the new serial, not the old one.
+    let parsed = ssh_key::Certificate::from_openssh(&cert.openssh).unwrap();
+    assert_eq!(parsed.serial(), cert.serial);
+    let ca = f.auth.signer().public_key().clone();
+    parsed
+        .validate_at(T0 + 1, [&ca.fingerprint(HashAlg::Sha256)])
+        .unwrap();
+    let stored = f
+        .store
+        .read(|tx| tx.certificate_by_serial(cert.serial))
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.request_id, "01SECOND");
+}

@@ -92,6 +92,13 @@ impl Authority {
                     .unwrap_or("-")
             ),
         );
+        let ready = Ready {
+            ttl_secs: request.ttl_secs,
+            approvers: Vec::new(),
+            request: request.clone(),
+        };
+        // Signed before the transaction, with a serial checked inside it.
+        let signed = self.sign(&ready, role, &policy, now, &extra, random_serial())?;
         let result = self.store.transact(|tx| {
             if !tx.insert_jti(&wl.issuer, &wl.jti, wl.expires_at)? {
                 return Err(Error::Unauthenticated(
@@ -101,7 +108,6 @@ impl Authority {
             if tx.key_revoked(&request.fingerprint)? {
                 return Err(Error::PermissionDenied("public key is revoked".into()));
             }
-            tx.insert_request(&request)?;
             tx.append_audit(&Event::new(
                 now,
                 &name,
@@ -121,12 +127,7 @@ impl Authority {
                     details
                 },
             ))?;
-            let ready = Ready {
-                ttl_secs: request.ttl_secs,
-                approvers: Vec::new(),
-                request: request.clone(),
-            };
-            let (request, cert) = self.issue(tx, ready, role, &policy, now, &extra)?;
+            let (request, cert) = self.issue_presigned(tx, ready, signed)?;
             Ok(self.view(&policy, request, Some(cert), true))
         });
         match result {
