@@ -214,6 +214,14 @@ impl Authority {
         trusted_ca_keys(&self.store, &self.signer().fingerprint(), now)
     }
 
+    /// Parses a subject key, refusing the signing CA key. Older CA keys are refused by
+    /// [`refuse_ca_subject`] inside the issuing transaction, where the registered keys are
+    /// read fresh without a query of their own on every request.
+    fn subject_key(&self, text: &str) -> Result<PublicKey> {
+        let active = [self.signer().public_key().clone()];
+        signer::parse_subject_key(text, &active).map_err(|e| Error::InvalidArgument(e.0))
+    }
+
     /// Resolves a bearer token to a caller; failures are audited.
     pub fn authenticate_at(&self, token: &Token, peer: &str, now: UnixTime) -> Result<Caller> {
         let hash = token.hash();
@@ -261,7 +269,7 @@ impl Authority {
         now: UnixTime,
     ) -> Result<RequestView> {
         let policy = self.policy();
-        let checked = match self.check_new(caller, &policy, &new, now) {
+        let checked = match self.check_new(caller, &policy, &new) {
             Ok(v) => v,
             Err(e) => return Err(self.refuse(caller, &new.role, e, now)),
         };
@@ -312,6 +320,7 @@ impl Authority {
                     "limit reached: {MAX_PENDING_TOTAL} requests are pending on this CA; try again later"
                 )));
             }
+            refuse_ca_subject(tx, &request.fingerprint)?;
             if tx.key_revoked(&request.fingerprint)? {
                 return Err(Error::PermissionDenied(format!(
                     "public key {} is revoked; generate a new key",
@@ -345,20 +354,24 @@ impl Authority {
         });
         let view = match view {
             Ok(v) => v,
-            Err(e @ Error::ResourceExhausted(_)) => {
+            Err(e @ (Error::ResourceExhausted(_) | Error::InvalidArgument(_))) => {
                 return Err(self.refuse(caller, &new.role, e, now));
             }
             Err(e) => return Err(e),
         };
-        tracing::info!(
-            request_id = %view.request.id,
-            caller = %caller.name,
-            role = %view.request.role,
-            principals = ?view.request.principals,
-            ttl_secs = view.request.ttl_secs,
-            fingerprint = %view.request.fingerprint,
-            "access request created"
-        );
+        // Logged after the commit, outside the write lock; one line per request.
+        match &view.certificate {
+            Some(cert) => log_issued(cert, &caller.name),
+            None => tracing::info!(
+                request_id = %view.request.id,
+                caller = %caller.name,
+                role = %view.request.role,
+                principals = ?view.request.principals,
+                ttl_secs = view.request.ttl_secs,
+                fingerprint = %view.request.fingerprint,
+                "access request created"
+            ),
+        }
         let _ = self.changes.send(view.request.id.clone());
         Ok(view)
     }
@@ -368,7 +381,6 @@ impl Authority {
         caller: &Caller,
         policy: &'p Policy,
         new: &NewRequest,
-        now: UnixTime,
     ) -> Result<(&'p Role, policy::Checked, PublicKey)> {
         let role = policy
             .role(&new.role)
@@ -405,12 +417,10 @@ impl Authority {
                 Refusal::Invalid(m) => Error::InvalidArgument(m),
                 Refusal::Denied(m) => Error::PermissionDenied(m),
             })?;
-        let subject = signer::parse_subject_key(&new.public_key, &self.ca_public_keys_at(now)?)
-            .map_err(|e| Error::InvalidArgument(e.0))?;
+        let subject = self.subject_key(&new.public_key)?;
         Ok((role, checked, subject))
     }
 
-    /// Signs the certificate for a satisfied request and records it, inside `tx`.
     /// Signs and records the certificate for a request whose approval is complete, inside
     /// the transaction that marks it issued (the approval path: the request row exists).
     fn issue(
@@ -525,7 +535,6 @@ impl Authority {
         row: Row,
     ) -> Result<(Request, CertRecord)> {
         let Signed { grant, record } = signed;
-        let ttl_secs = ready.ttl_secs;
         let request = ready.issued(record.issued_at);
         match row {
             Row::Insert => tx.insert_request(&request)?,
@@ -550,14 +559,6 @@ impl Authority {
                 "source_address": grant.source_address,
             }),
         ))?;
-        tracing::info!(
-            request_id = %request.id,
-            serial = record.serial,
-            key_id = %record.key_id,
-            principals = ?record.principals,
-            ttl_secs,
-            "certificate issued"
-        );
         Ok((request, record))
     }
 
@@ -741,6 +742,9 @@ impl Authority {
         match &result {
             Ok(view) => {
                 tracing::info!(request_id = %id, approver = %caller.name, state = %view.request.state, "request reviewed");
+                if let Some(cert) = &view.certificate {
+                    log_issued(cert, &caller.name);
+                }
                 let _ = self.changes.send(id.to_owned());
             }
             Err(Error::PermissionDenied(m)) => {
@@ -973,6 +977,30 @@ fn register_ca_key(store: &Store, signer: &Signer, now: UnixTime) -> Result<()> 
         tx.retire_ca_keys_except(&signer.fingerprint(), now)
             .map_err(Error::from)
     })
+}
+
+/// The log line of an issuance.
+fn log_issued(cert: &CertRecord, caller: &str) {
+    tracing::info!(
+        request_id = %cert.request_id,
+        caller,
+        serial = cert.serial,
+        key_id = %cert.key_id,
+        principals = ?cert.principals,
+        ttl_secs = cert.valid_before.saturating_sub(cert.issued_at),
+        fingerprint = %cert.fingerprint,
+        "certificate issued"
+    );
+}
+
+/// Refuses a subject key that is, or ever was, one of this CA's keys.
+fn refuse_ca_subject(tx: &Tx<'_>, fingerprint: &str) -> Result<()> {
+    if tx.is_ca_key(fingerprint)? {
+        return Err(Error::InvalidArgument(
+            "the CA's own key cannot be a subject key".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Comments and reasons: bounded, no control characters (they end up in logs and audit).

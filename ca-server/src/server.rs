@@ -190,6 +190,9 @@ pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<L
         Store::open(&config.database)
             .with_context(|| format!("opening database {}", config.database.display()))?,
     );
+    store
+        .checkpoint_in_background(Duration::from_millis(250))
+        .context("starting the WAL checkpoint thread")?;
     let notifier = Notifier::new(store.clone(), &config.webhooks)?;
     store.set_outbox(!config.webhooks.is_empty());
     let cert = std::fs::read(&config.tls_cert)

@@ -6,7 +6,8 @@
 //! immediate transaction that either commits whole or not at all. Nothing here decides
 //! anything: policy and state rules live in `policy`, `approvals` and `authority`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -127,6 +128,8 @@ pub struct Store {
     outbox: AtomicBool,
     /// `None` for in-memory stores (a second connection would see another database).
     reader: Option<Mutex<Connection>>,
+    /// The database file; `None` in memory.
+    path: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -326,6 +329,7 @@ impl Store {
         reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         reader.pragma_update(None, "query_only", true)?;
         store.reader = Some(Mutex::new(reader));
+        store.path = Some(path.to_owned());
         Ok(store)
     }
 
@@ -365,6 +369,7 @@ impl Store {
             queued: AtomicUsize::new(0),
             outbox: AtomicBool::new(true),
             reader: None,
+            path: None,
         })
     }
 
@@ -373,6 +378,47 @@ impl Store {
     /// not queued, and the audit trail is unchanged.
     pub fn set_outbox(&self, on: bool) {
         self.outbox.store(on, Ordering::Relaxed);
+    }
+
+    /// Moves WAL checkpoints off the commit path: the writer stops checkpointing on its
+    /// own, and a thread with its own connection copies committed pages into the database
+    /// file every `every`, without the write lock (SQLite's passive checkpoint). Commits
+    /// stay durable in the WAL either way; this only takes the copying (and its fsync) out
+    /// of the latency of the writers who happen to cross the threshold. The thread ends
+    /// with the store. No-op in memory.
+    pub fn checkpoint_in_background(self: &Arc<Self>, every: Duration) -> Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        self.lock_writer()
+            .conn
+            .pragma_update(None, "wal_autocheckpoint", 0)?;
+        let store = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("moshca-wal".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    if store.strong_count() == 0 {
+                        break;
+                    }
+                    let done = conn
+                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0));
+                    if let Err(e) = done {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // Without the thread, the writer checkpoints on its own again.
+            self.lock_writer()
+                .conn
+                .pragma_update(None, "wal_autocheckpoint", 1000)?;
+            tracing::warn!(error = %e, "no WAL checkpoint thread; the writer checkpoints");
+        }
+        Ok(())
     }
 
     fn lock_writer(&self) -> MutexGuard<'_, Writer> {
@@ -1130,6 +1176,18 @@ impl Tx<'_> {
         Ok(n == 1)
     }
 
+    /// Whether a key with this fingerprint is, or was, one of the CA's keys.
+    pub fn is_ca_key(&self, fingerprint: &str) -> Result<bool> {
+        Ok(self
+            .row(
+                "SELECT 1 FROM ca_keys WHERE fingerprint = ?1",
+                [fingerprint],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
     /// Marks every CA key except `keep` retired: it stays trusted only while certificates it
     /// signed are unexpired.
     pub fn retire_ca_keys_except(&self, keep: &str, now: u64) -> Result<()> {
@@ -1449,6 +1507,38 @@ mod tests {
             break_glass: false,
             break_glass_review: None,
         }
+    }
+
+    #[test]
+    fn the_background_thread_checkpoints_the_wal_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let s = Arc::new(Store::open(&path).unwrap());
+        s.checkpoint_in_background(Duration::from_millis(20))
+            .unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        let wide = "x".repeat(2000);
+        for i in 0..300 {
+            s.transact(|tx| tx.insert_user(&format!("u{i}-{wide}"), &[], 1).map(|_| ()))
+                .unwrap();
+        }
+        // The writer no longer checkpoints: only the thread can grow the main file.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&path).unwrap().len() < before + 300 * 2000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "main file still {} bytes after 300 commits of 2 kB",
+                std::fs::metadata(&path).unwrap().len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let autocheckpoint: i64 = s
+            .lock_writer()
+            .conn
+            .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
+            .unwrap();
+        assert_eq!(autocheckpoint, 0);
+        assert_eq!(s.read(|tx| tx.users()).unwrap().len(), 300);
     }
 
     #[test]

@@ -992,3 +992,35 @@ fn a_presigned_certificate_whose_serial_was_taken_is_signed_again_with_a_free_on
         .unwrap();
     assert_eq!(stored.request_id, "01SECOND");
 }
+
+#[test]
+fn a_retired_ca_key_is_refused_as_a_subject_key_and_the_refusal_is_audited() {
+    let f = fixture();
+    let old = f.auth.signer().public_key().to_openssh().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let next = Signer::generate(&dir.path().join("ca2"), None, "t").unwrap();
+    assert!(f.auth.replace_signer(next, T0).unwrap());
+    let ci = who("ci", &["ci"]);
+    for role in ["auto", "db"] {
+        let caller = if role == "auto" { ci.clone() } else { alice() };
+        let logins: &[&str] = if role == "auto" {
+            &["deploy"]
+        } else {
+            &["postgres"]
+        };
+        let mut new = ask(role, logins, None);
+        new.public_key = old.clone();
+        let before = count_requests(&f);
+        let err = f.auth.create_request_at(&caller, new, T0).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m.contains("CA's own key")),
+            "{role}: {err:?}"
+        );
+        assert_eq!(count_requests(&f), before, "{role}: a request was stored");
+    }
+    let refused = audit_actions(&f)
+        .iter()
+        .filter(|a| *a == "request.refused")
+        .count();
+    assert_eq!(refused, 2);
+}

@@ -51,8 +51,7 @@ impl Authority {
                     Refusal::Invalid(m) => Error::InvalidArgument(m),
                     Refusal::Denied(m) => Error::PermissionDenied(m),
                 })?;
-            let subject = signer::parse_subject_key(&new.public_key, &self.ca_public_keys_at(now)?)
-                .map_err(|e| Error::InvalidArgument(e.0))?;
+            let subject = self.subject_key(&new.public_key)?;
             Ok((role, checked, subject, reason))
         })();
         let (role, checked, subject, reason) = match checked {
@@ -105,6 +104,7 @@ impl Authority {
                     "token already used (jti replay); request a fresh ID token".into(),
                 ));
             }
+            refuse_ca_subject(tx, &request.fingerprint)?;
             if tx.key_revoked(&request.fingerprint)? {
                 return Err(Error::PermissionDenied("public key is revoked".into()));
             }
@@ -132,7 +132,9 @@ impl Authority {
         });
         match result {
             Ok(view) => {
-                tracing::info!(request_id = %view.request.id, caller = %name, role = %view.request.role, "workload certificate issued");
+                if let Some(cert) = &view.certificate {
+                    log_issued(cert, &name);
+                }
                 let _ = self.changes.send(view.request.id.clone());
                 Ok(view)
             }
