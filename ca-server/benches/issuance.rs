@@ -5,7 +5,7 @@
 //! cargo bench -p moshca-server --bench issuance -- [--quick]   rate, latency, CPU, ceilings, watchers
 //! cargo bench -p moshca-server --bench issuance -- --scale     1,000,000 certificates in the store
 //! cargo build --release --bins &&
-//! cargo bench -p moshca-server --bench issuance -- --cli       `moshca request` + `moshca fetch` as processes
+//! cargo bench -p moshca-server --bench issuance -- --cli       `moshca request`, `fetch`, `ci`, `login` as processes
 //! ```
 //!
 //! It measures and prints; it asserts nothing. The server and the load generator share
@@ -1393,27 +1393,167 @@ fn moshca_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// The OIDC issuer whose tokens the `--cli` mode's CI jobs present.
+const CI_ISSUER: &str = "https://ci.bench.invalid";
+
+/// The role those jobs get: auto-approved, bound to one repository and branch.
+const CI_ROLE: &str = r#"
+[[role]]
+name = "ci-deploy"
+approval = "auto"
+workloads = [{ issuer = "https://ci.bench.invalid", claims = { repository = "acme/app", ref = "refs/heads/main" } }]
+logins = ["deploy"]
+max_ttl = "10m"
+"#;
+
+/// An identity provider for the CI runs: an Ed25519 key whose JWKS the CA reads from a
+/// file, minting one fresh token (its own `jti`) per job.
+struct Idp {
+    key: jsonwebtoken::EncodingKey,
+    jwks: String,
+}
+
+impl Idp {
+    fn new() -> Self {
+        use base64::Engine as _;
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        // PKCS#8 v1 for Ed25519 (RFC 8410): a fixed prefix, then the 32-byte seed.
+        let mut der = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        der.extend_from_slice(key.as_bytes());
+        let x =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes());
+        Idp {
+            key: jsonwebtoken::EncodingKey::from_ed_der(&der),
+            jwks: serde_json::json!({ "keys": [{
+                "kty": "OKP", "crv": "Ed25519", "x": x,
+                "alg": "EdDSA", "kid": "bench", "use": "sig",
+            }]})
+            .to_string(),
+        }
+    }
+
+    /// A GitHub-Actions-shaped token for acme/app on main, valid 5 minutes.
+    fn token(&self, run: usize) -> anyhow::Result<String> {
+        let now = clock::now();
+        let claims = serde_json::json!({
+            "iss": CI_ISSUER, "aud": "moshca",
+            "sub": "repo:acme/app:ref:refs/heads/main",
+            "repository": "acme/app", "ref": "refs/heads/main",
+            "run_id": run.to_string(),
+            "iat": now, "nbf": now, "exp": now + 300,
+            "jti": format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>()),
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some("bench".into());
+        Ok(jsonwebtoken::encode(&header, &claims, &self.key)?)
+    }
+}
+
+/// A real `ssh-agent` on a socket in `dir`, killed on drop.
+struct SshAgent {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl SshAgent {
+    fn start(dir: &Path) -> anyhow::Result<Self> {
+        let socket = dir.join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting ssh-agent (install openssh-client)")?;
+        let agent = SshAgent { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !agent.socket.exists() {
+            anyhow::ensure!(Instant::now() < deadline, "ssh-agent made no socket");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(agent)
+    }
+
+    /// How many certificates the agent holds (`ssh-add -l`).
+    fn certificates(&self) -> anyhow::Result<usize> {
+        let out = Command::new("ssh-add")
+            .arg("-l")
+            .env("SSH_AUTH_SOCK", &self.socket)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("CERT"))
+            .count())
+    }
+}
+
+impl Drop for SshAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One client command as a whole process, timed from spawn to exit.
+struct Step {
+    name: &'static str,
+    times: Vec<Duration>,
+}
+
 fn cli_mode(opts: &Opts, rt: &Runtimes, root: &Path, keys: &Arc<Keys>) -> anyhow::Result<()> {
     let bin = moshca_binary()?;
     let config = data_dir(root, "ca")?;
     let tokens = add_users(&config, &["bench".to_owned()])?;
+    // A CI issuer (JWKS from a file) and a role for its jobs.
+    let idp = Idp::new();
+    let data = root.join("ca");
+    let jwks = data.join("jwks.json");
+    std::fs::write(&jwks, &idp.jwks)?;
+    let append = |file: &str, text: &str| -> anyhow::Result<()> {
+        let path = data.join(file);
+        let mut all = std::fs::read_to_string(&path)?;
+        all.push_str(text);
+        Ok(std::fs::write(&path, all)?)
+    };
+    append(
+        "config.toml",
+        &format!(
+            "\n[[oidc.issuer]]\nissuer = \"{CI_ISSUER}\"\naudience = \"moshca\"\njwks_file = \"{}\"\n",
+            jwks.display()
+        ),
+    )?;
+    append("policy.toml", CI_ROLE)?;
+    let config = Config::load(&data)?;
     let server = Server::start(rt, &config)?;
     let home = root.join("home");
     std::fs::create_dir_all(&home)?;
+    let agent = match SshAgent::start(root) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            println!("   (no ssh-agent: {e:#}; the agent rows are skipped)");
+            None
+        }
+    };
     let key_file = root.join("id.pub");
     std::fs::write(&key_file, format!("{}\n", keys.openssh[0]))?;
     let cert_file = root.join("id-cert.pub");
+    let ci_out = root.join("ci-out");
     let runs = if opts.quick { 10 } else { 50 };
-    let moshca = |args: &[&str]| -> anyhow::Result<String> {
-        let out = Command::new(&bin)
-            .args(args)
+    let moshca = |args: &[&str], env: &[(&str, &std::ffi::OsStr)]| -> anyhow::Result<String> {
+        let mut cmd = Command::new(&bin);
+        cmd.args(args)
             .env_clear()
             .env("HOME", &home)
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("MOSHCA_SERVER", &server.url)
-            .env("MOSHCA_CA_CERT", &config.tls_cert)
-            .env("MOSHCA_TOKEN", &tokens[0])
-            .output()?;
+            .env("MOSHCA_CA_CERT", &config.tls_cert);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output()?;
         anyhow::ensure!(
             out.status.success(),
             "moshca {args:?} failed: {}",
@@ -1421,49 +1561,117 @@ fn cli_mode(opts: &Opts, rt: &Runtimes, root: &Path, keys: &Arc<Keys>) -> anyhow
         );
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     };
+    let token = std::ffi::OsString::from(&tokens[0]);
+    let user = [("MOSHCA_TOKEN", token.as_os_str())];
     let key = key_file.display().to_string();
     let out = cert_file.display().to_string();
-    let (mut req, mut fetch, mut total) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..runs {
+    let mut steps: Vec<Step> = [
+        "moshca request --public-key",
+        "moshca fetch ID --out",
+        "request + fetch",
+        "moshca ci --out DIR",
+        "moshca ci (ssh-agent)",
+        "moshca login (ssh-agent)",
+    ]
+    .into_iter()
+    .map(|name| Step {
+        name,
+        times: Vec::new(),
+    })
+    .collect();
+    for run in 0..runs {
         let t0 = Instant::now();
-        let id = moshca(&[
-            "request",
-            "--role",
-            "deploy",
-            "--principal",
-            "deploy",
-            "--ttl",
-            "5m",
-            "--reason",
-            "bench cli",
-            "--public-key",
-            &key,
-        ])?;
+        let id = moshca(
+            &[
+                "request",
+                "--role",
+                "deploy",
+                "--principal",
+                "deploy",
+                "--ttl",
+                "5m",
+                "--reason",
+                "bench cli",
+                "--public-key",
+                &key,
+            ],
+            &user,
+        )?;
         let t1 = Instant::now();
-        moshca(&["fetch", &id, "--out", &out])?;
+        moshca(&["fetch", &id, "--out", &out], &user)?;
         let t2 = Instant::now();
-        req.push(t1 - t0);
-        fetch.push(t2 - t1);
-        total.push(t2 - t0);
+        steps[0].times.push(t1 - t0);
+        steps[1].times.push(t2 - t1);
+        steps[2].times.push(t2 - t0);
+
+        // A CI job: token in the environment, key and certificate written to --out.
+        let _ = std::fs::remove_dir_all(&ci_out);
+        let id_token = std::ffi::OsString::from(idp.token(run)?);
+        let ci = [("MOSHCA_ID_TOKEN", id_token.as_os_str())];
+        let t = Instant::now();
+        let dir = ci_out.display().to_string();
+        moshca(
+            &["ci", "--role", "ci-deploy", "--ttl", "5m", "--out", &dir],
+            &ci,
+        )?;
+        steps[3].times.push(t.elapsed());
+        anyhow::ensure!(
+            ci_out.join("id_ed25519-cert.pub").exists(),
+            "moshca ci wrote no certificate"
+        );
+
+        if let Some(agent) = &agent {
+            let sock = agent.socket.as_os_str();
+            let id_token = std::ffi::OsString::from(idp.token(run)?);
+            let t = Instant::now();
+            moshca(
+                &["ci", "--role", "ci-deploy", "--ttl", "5m"],
+                &[
+                    ("MOSHCA_ID_TOKEN", id_token.as_os_str()),
+                    ("SSH_AUTH_SOCK", sock),
+                ],
+            )?;
+            steps[4].times.push(t.elapsed());
+            let t = Instant::now();
+            moshca(
+                &[
+                    "login",
+                    "--role",
+                    "deploy",
+                    "--ttl",
+                    "5m",
+                    "--reason",
+                    "bench login",
+                ],
+                &[user[0], ("SSH_AUTH_SOCK", sock)],
+            )?;
+            steps[5].times.push(t.elapsed());
+        }
     }
-    println!(
-        "--cli: `moshca request --public-key` then `moshca fetch ID --out FILE`, {runs} runs, one after another"
-    );
+    let in_agent = agent.as_ref().map(SshAgent::certificates).transpose()?;
+    println!("--cli: the client binary as whole processes, {runs} runs of each, one after another");
     println!("   binary {}", bin.display());
-    println!("   step                     p50 ms   p99 ms   max ms");
-    for (name, v) in [
-        ("moshca request", &mut req),
-        ("moshca fetch", &mut fetch),
-        ("request + fetch", &mut total),
-    ] {
-        v.sort_unstable();
+    println!("   step                           p50 ms   p99 ms   max ms");
+    for step in &mut steps {
+        if step.times.is_empty() {
+            continue;
+        }
+        step.times.sort_unstable();
         println!(
-            "   {name:<22} {:>8} {:>8} {:>8}",
-            ms(percentile(v, 0.5)),
-            ms(percentile(v, 0.99)),
-            ms(percentile(v, 1.0))
+            "   {:<30} {:>8} {:>8} {:>8}",
+            step.name,
+            ms(percentile(&step.times, 0.5)),
+            ms(percentile(&step.times, 0.99)),
+            ms(percentile(&step.times, 1.0))
         );
     }
+    if let Some(n) = in_agent {
+        println!(
+            "   certificates in the agent at the end: {n} (expected {})",
+            2 * runs
+        );
+    }
+    drop(agent);
     server.stop(rt)?;
     print_load_at_end();
     Ok(())
