@@ -12,12 +12,13 @@
 //! `revocation` the KRL and trusted CA keys, `workloads` CI jobs, `audit_trail`
 //! audit reading, checkpoints and verification.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use rand::Rng as _;
 use serde_json::json;
 use ssh_key::{HashAlg, PublicKey};
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 
 use crate::approvals::{self, Approval, Ready, Request, State, Verdict};
 use crate::audit::Event;
@@ -133,6 +134,37 @@ pub struct Authority {
     signer: RwLock<Arc<Signer>>,
     policy: RwLock<Arc<Policy>>,
     changes: broadcast::Sender<String>,
+    watchers: Arc<Watchers>,
+}
+
+/// Open watches by request id.
+type Watchers = Mutex<HashMap<String, Vec<Arc<Notify>>>>;
+
+/// A watch on one request (see [`Authority::watch`]); unregisters itself when dropped.
+#[derive(Debug)]
+pub struct Watch {
+    watchers: Arc<Watchers>,
+    id: String,
+    notify: Arc<Notify>,
+}
+
+impl Watch {
+    /// Resolves once the request changed since the last call (or since the watch began).
+    pub async fn changed(&self) {
+        self.notify.notified().await;
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = watchers.get_mut(&self.id) {
+            list.retain(|n| !Arc::ptr_eq(n, &self.notify));
+            if list.is_empty() {
+                watchers.remove(&self.id);
+            }
+        }
+    }
 }
 
 impl Authority {
@@ -146,6 +178,7 @@ impl Authority {
             signer: RwLock::new(Arc::new(signer)),
             policy: RwLock::new(Arc::new(policy)),
             changes,
+            watchers: Arc::default(),
         })
     }
 
@@ -204,9 +237,36 @@ impl Authority {
         })
     }
 
-    /// Notified with a request id whenever that request changes.
+    /// Notified with a request id whenever any request changes (the webhook notifier).
     pub fn subscribe(&self) -> broadcast::Receiver<String> {
         self.changes.subscribe()
+    }
+
+    /// A handle woken when request `id` changes. Only the watchers of that request are
+    /// woken, so a thousand open watch streams cost nothing per unrelated issuance.
+    pub fn watch(&self, id: &str) -> Watch {
+        let notify = Arc::new(Notify::new());
+        self.watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .push(notify.clone());
+        Watch {
+            watchers: self.watchers.clone(),
+            id: id.to_owned(),
+            notify,
+        }
+    }
+
+    /// Tells the notifier and the watchers of `id` that it changed.
+    fn changed(&self, id: &str) {
+        let _ = self.changes.send(id.to_owned());
+        let watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        for n in watchers.get(id).into_iter().flatten() {
+            // Stores a permit if the watcher is not waiting yet: no change is missed.
+            n.notify_one();
+        }
     }
 
     /// CA public keys hosts should trust at `now`, the signing key first.
@@ -372,7 +432,7 @@ impl Authority {
                 "access request created"
             ),
         }
-        let _ = self.changes.send(view.request.id.clone());
+        self.changed(&view.request.id);
         Ok(view)
     }
 
@@ -745,7 +805,7 @@ impl Authority {
                 if let Some(cert) = &view.certificate {
                     log_issued(cert, &caller.name);
                 }
-                let _ = self.changes.send(id.to_owned());
+                self.changed(id);
             }
             Err(Error::PermissionDenied(m)) => {
                 tracing::warn!(request_id = %id, caller = %caller.name, "review refused: {m}");
@@ -852,7 +912,7 @@ impl Authority {
             Ok::<_, Error>(self.view(&policy, req, None, false))
         })?;
         tracing::info!(request_id = %id, caller = %caller.name, "request cancelled");
-        let _ = self.changes.send(id.to_owned());
+        self.changed(id);
         Ok(view)
     }
 
@@ -879,7 +939,7 @@ impl Authority {
         })?;
         for id in &expired {
             tracing::info!(request_id = %id, "pending request expired");
-            let _ = self.changes.send(id.clone());
+            self.changed(&id);
         }
         Ok(expired.len())
     }
@@ -929,7 +989,7 @@ impl Authority {
             Ok::<_, Error>(self.view(&policy, req, cert, false))
         })?;
         tracing::info!(request_id = %id, approver = %caller.name, "break-glass request reviewed");
-        let _ = self.changes.send(id.to_owned());
+        self.changed(id);
         Ok(view)
     }
 

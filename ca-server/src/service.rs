@@ -119,28 +119,44 @@ impl Service {
         }
     }
 
-    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        let (token, peer) = match self.credential(req)? {
-            (Credential::Token(t), peer) => (t, peer),
-            (Credential::IdToken(_), _) => {
-                return Err(Status::permission_denied(
-                    "workload ID tokens may only request certificates (moshca ci)",
-                ));
-            }
-        };
-        let p = peer.clone();
-        let caller = self
-            .blocking(move |a| a.authenticate_at(&token, &p, clock::now()))
-            .await;
-        if let Err(s) = &caller {
-            tracing::warn!("authentication failed: {}", s.message());
-            if s.code() == tonic::Code::Unauthenticated {
-                self.failed(&peer);
-            }
+    /// The bearer token of a user (not a workload) and the peer address.
+    fn user_token<T>(&self, req: &Request<T>) -> Result<(Token, String), Status> {
+        match self.credential(req)? {
+            (Credential::Token(t), peer) => Ok((t, peer)),
+            (Credential::IdToken(_), _) => Err(Status::permission_denied(
+                "workload ID tokens may only request certificates (moshca ci)",
+            )),
         }
-        let caller = caller?;
-        tracing::Span::current().record("caller", caller.name.as_str());
-        Ok(caller)
+    }
+
+    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        let credential = self.user_token(req)?;
+        self.as_caller(credential, |_, caller| Ok(caller.clone()))
+            .await
+    }
+
+    /// Authenticates and runs `f` as the caller, both in one blocking task (one thread
+    /// hop per call instead of two).
+    async fn as_caller<T: Send + 'static>(
+        &self,
+        (token, peer): (Token, String),
+        f: impl FnOnce(&Authority, &Caller) -> Result<T, crate::authority::Error> + Send + 'static,
+    ) -> Result<T, Status> {
+        let p = peer.clone();
+        let out = self
+            .blocking(move |a| {
+                let caller = a.authenticate_at(&token, &p, clock::now())?;
+                tracing::Span::current().record("caller", caller.name.as_str());
+                f(a, &caller)
+            })
+            .await;
+        if let Err(s) = &out
+            && s.code() == tonic::Code::Unauthenticated
+        {
+            tracing::warn!("authentication failed: {}", s.message());
+            self.failed(&peer);
+        }
+        out
     }
 }
 
@@ -193,12 +209,14 @@ impl CertificateAuthority for Service {
             tracing::Span::current().record("request_id", view.request.id.as_str());
             return Ok(Response::new(convert::request(view)));
         }
-        let caller = self.caller(&req).await?;
+        let credential = self.user_token(&req)?;
         let m = req.into_inner();
         tracing::Span::current().record("role", m.role.as_str());
         let new = convert::new_request(m);
         let view = self
-            .blocking(move |a| a.create_request_at(&caller, new, clock::now()))
+            .as_caller(credential, move |a, caller| {
+                a.create_request_at(caller, new, clock::now())
+            })
             .await
             .inspect_err(|s| tracing::warn!("request refused: {}", s.message()))?;
         tracing::Span::current().record("request_id", view.request.id.as_str());
@@ -210,12 +228,14 @@ impl CertificateAuthority for Service {
         &self,
         req: Request<pb::GetAccessRequestRequest>,
     ) -> Result<Response<pb::AccessRequest>, Status> {
-        let caller = self.caller(&req).await?;
+        let credential = self.user_token(&req)?;
         let m = req.into_inner();
         let id = check_id(&m.id)?;
         tracing::Span::current().record("request_id", id.as_str());
         let view = self
-            .blocking(move |a| a.get_request(&caller, &id, m.include_certificate))
+            .as_caller(credential, move |a, caller| {
+                a.get_request(caller, &id, m.include_certificate)
+            })
             .await?;
         Ok(Response::new(convert::request(view)))
     }
@@ -231,8 +251,8 @@ impl CertificateAuthority for Service {
         let m = req.into_inner();
         let id = check_id(&m.id)?;
         tracing::Span::current().record("request_id", id.as_str());
-        // Subscribe before the first read so no change between the two is missed.
-        let mut changes = self.authority.subscribe();
+        // Watch before the first read so no change between the two is missed.
+        let watch = self.authority.watch(&id);
         let (c, i, inc) = (caller.clone(), id.clone(), m.include_certificate);
         let first = self.blocking(move |a| a.get_request(&c, &i, inc)).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -246,26 +266,18 @@ impl CertificateAuthority for Service {
                     if tx.send(Ok(convert::request(current))).await.is_err() || terminal {
                         return;
                     }
-                    // Wake on a change of this request, or re-read every few seconds anyway
-                    // (cheap, and it covers a lagged channel).
-                    let deadline = tokio::time::sleep(Duration::from_secs(5));
-                    tokio::pin!(deadline);
-                    loop {
-                        tokio::select! {
-                            changed = changes.recv() => match changed {
-                                Ok(changed_id) if changed_id != id => continue,
-                                _ => break,
-                            },
-                            () = &mut deadline => break,
-                            () = tx.closed() => return,
-                            _ = async { stopping.wait_for(|s| *s).await.is_ok() } => {
-                                let _ = tx
-                                    .send(Err(Status::unavailable(
-                                        "server is shutting down; watch again when it is back",
-                                    )))
-                                    .await;
-                                return;
-                            }
+                    // Wake on a change of this request, or re-read every few seconds anyway.
+                    tokio::select! {
+                        () = watch.changed() => {}
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        () = tx.closed() => return,
+                        _ = async { stopping.wait_for(|s| *s).await.is_ok() } => {
+                            let _ = tx
+                                .send(Err(Status::unavailable(
+                                    "server is shutting down; watch again when it is back",
+                                )))
+                                .await;
+                            return;
                         }
                     }
                     let (c, i) = (caller.clone(), id.clone());

@@ -1024,3 +1024,42 @@ fn a_retired_ca_key_is_refused_as_a_subject_key_and_the_refusal_is_audited() {
         .count();
     assert_eq!(refused, 2);
 }
+
+#[test]
+fn a_watch_wakes_only_for_its_own_request_and_never_misses_a_change() {
+    let f = fixture();
+    let a = f
+        .auth
+        .create_request_at(&alice(), ask("db", &["postgres"], None), T0)
+        .unwrap();
+    let b = f
+        .auth
+        .create_request_at(&alice(), ask("db", &["postgres"], None), T0)
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let woke = |w: &Watch| {
+        rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_millis(50), w.changed())
+                .await
+                .is_ok()
+        })
+    };
+    let watch_a = f.auth.watch(&a.request.id);
+    // A change of another request does not wake it.
+    f.auth
+        .review_at(&bob(), &b.request.id, Verdict::Deny, None, "no", T0 + 1)
+        .unwrap();
+    assert!(!woke(&watch_a), "woken by another request's change");
+    // Its own change, made before anyone waits, is still seen.
+    f.auth
+        .review_at(&bob(), &a.request.id, Verdict::Approve, None, "", T0 + 2)
+        .unwrap();
+    assert!(woke(&watch_a), "a change made before the wait was missed");
+    assert!(!woke(&watch_a), "one change woke it twice");
+    // A dropped watch leaves nothing registered.
+    drop(watch_a);
+    assert!(f.auth.watchers.lock().unwrap().is_empty());
+}

@@ -135,7 +135,7 @@ impl Authority {
                 if let Some(cert) = &view.certificate {
                     log_issued(cert, &name);
                 }
-                let _ = self.changes.send(view.request.id.clone());
+                self.changed(&view.request.id);
                 Ok(view)
             }
             Err(e) if !e.is_internal() => Err(self.refuse(&pseudo, &new.role, e, now)),
