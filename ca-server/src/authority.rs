@@ -939,7 +939,7 @@ impl Authority {
         })?;
         for id in &expired {
             tracing::info!(request_id = %id, "pending request expired");
-            self.changed(&id);
+            self.changed(id);
         }
         Ok(expired.len())
     }
