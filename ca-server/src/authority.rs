@@ -369,13 +369,15 @@ impl Authority {
             None
         };
         let view = self.store.transact(|tx| {
-            // Break-glass never waits, so it is not held back by pending requests.
-            if !new.break_glass && tx.pending_count(&caller.name)? >= MAX_PENDING_PER_REQUESTER {
+            // The caps bound pending rows: a request issued at once (auto-approved or
+            // break-glass) never waits, so it is not held back by them.
+            let waits = presigned.is_none();
+            if waits && tx.pending_count(&caller.name)? >= MAX_PENDING_PER_REQUESTER {
                 return Err(Error::ResourceExhausted(format!(
                     "limit reached: at most {MAX_PENDING_PER_REQUESTER} pending requests per requester; cancel one with `moshca cancel ID`"
                 )));
             }
-            if !new.break_glass && tx.pending_total()? >= MAX_PENDING_TOTAL {
+            if waits && tx.pending_total()? >= MAX_PENDING_TOTAL {
                 return Err(Error::ResourceExhausted(format!(
                     "limit reached: {MAX_PENDING_TOTAL} requests are pending on this CA; try again later"
                 )));

@@ -1063,3 +1063,26 @@ fn a_watch_wakes_only_for_its_own_request_and_never_misses_a_change() {
     drop(watch_a);
     assert!(f.auth.watchers.lock().unwrap().is_empty());
 }
+
+#[test]
+fn the_pending_cap_holds_back_waiting_requests_but_not_one_issued_at_once() {
+    let f = fixture();
+    let both = who("ci", &["ci", "oncall"]);
+    for _ in 0..MAX_PENDING_PER_REQUESTER {
+        f.auth
+            .create_request_at(&both, ask("db", &["postgres"], None), T0)
+            .unwrap();
+    }
+    let err = f
+        .auth
+        .create_request_at(&both, ask("db", &["postgres"], None), T0)
+        .unwrap_err();
+    assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
+    // An auto-approved request adds no pending row, so the cap does not apply to it.
+    let view = f
+        .auth
+        .create_request_at(&both, ask("auto", &["deploy"], None), T0)
+        .unwrap();
+    assert_eq!(view.request.state, State::Issued);
+    assert!(view.certificate.is_some());
+}
