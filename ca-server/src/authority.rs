@@ -34,7 +34,7 @@ mod revocation;
 mod workloads;
 
 pub use audit_trail::verify_audit;
-pub use revocation::{RevokeTarget, Revoked, krl_from_store, trusted_ca_keys};
+pub use revocation::{KRL_REBUILD_AFTER, RevokeTarget, Revoked, krl_from_store, trusted_ca_keys};
 
 /// Most pending requests one requester may have at once.
 pub const MAX_PENDING_PER_REQUESTER: u64 = 5;
@@ -135,6 +135,7 @@ pub struct Authority {
     policy: RwLock<Arc<Policy>>,
     changes: broadcast::Sender<String>,
     watchers: Arc<Watchers>,
+    krl_cache: Mutex<Option<revocation::CachedKrl>>,
 }
 
 /// Open watches by request id.
@@ -179,6 +180,7 @@ impl Authority {
             policy: RwLock::new(Arc::new(policy)),
             changes,
             watchers: Arc::default(),
+            krl_cache: Mutex::new(None),
         })
     }
 

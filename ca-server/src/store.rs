@@ -1,7 +1,7 @@
 //! All SQL: the SQLite schema, its migrations, and typed reads and writes.
 //!
-//! One connection behind a mutex, WAL, `synchronous=FULL`: a commit is on disk before
-//! anyone is told it happened. Writes that belong together (a request's new state, its
+//! One writer connection with group commit and a few reader connections, WAL,
+//! `synchronous=FULL`: a commit is on disk before anyone is told it happened. Writes that belong together (a request's new state, its
 //! certificate and their audit events) go through one [`Store::transact`] call, an
 //! immediate transaction that either commits whole or not at all. Nothing here decides
 //! anything: policy and state rules live in `policy`, `approvals` and `authority`.
@@ -108,7 +108,7 @@ pub struct RequestFilter {
     pub limit: u32,
 }
 
-/// The database: one writer connection with group commit, one reader connection.
+/// The database: one writer connection with group commit, a few reader connections.
 ///
 /// Writers run their closure inside a savepoint of a shared transaction; the first of a
 /// batch (the leader) lets the writers queued behind it join, then commits once and wakes
@@ -127,7 +127,9 @@ pub struct Store {
     /// Whether notifying audit events are queued for webhooks (see [`Store::set_outbox`]).
     outbox: AtomicBool,
     /// `None` for in-memory stores (a second connection would see another database).
-    reader: Option<Mutex<Connection>>,
+    readers: Vec<Mutex<Connection>>,
+    /// Which reader a read waits for when all are busy.
+    next_reader: AtomicUsize,
     /// The database file; `None` in memory.
     path: Option<PathBuf>,
 }
@@ -150,6 +152,10 @@ struct Writer {
 /// Statements each connection keeps prepared: every distinct statement the server runs
 /// fits, so none is parsed twice.
 const STATEMENT_CACHE: usize = 128;
+
+/// Reader connections: a long read (a KRL over 100,000 revocations, an audit export)
+/// holds one, and authentication and the rest read through the others.
+const READERS: usize = 3;
 
 /// Most writers one batch takes before it commits.
 const MAX_BATCH: usize = 512;
@@ -324,11 +330,13 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path)?;
         let mut store = Self::setup(conn)?;
-        let reader = Connection::open(path)?;
-        reader.busy_timeout(Duration::from_secs(5))?;
-        reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        reader.pragma_update(None, "query_only", true)?;
-        store.reader = Some(Mutex::new(reader));
+        for _ in 0..READERS {
+            let reader = Connection::open(path)?;
+            reader.busy_timeout(Duration::from_secs(5))?;
+            reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            reader.pragma_update(None, "query_only", true)?;
+            store.readers.push(Mutex::new(reader));
+        }
         store.path = Some(path.to_owned());
         Ok(store)
     }
@@ -368,7 +376,8 @@ impl Store {
             batch_done: Condvar::new(),
             queued: AtomicUsize::new(0),
             outbox: AtomicBool::new(true),
-            reader: None,
+            readers: Vec::new(),
+            next_reader: AtomicUsize::new(0),
             path: None,
         })
     }
@@ -499,12 +508,25 @@ impl Store {
         Ok(out)
     }
 
+    /// A free reader connection, or (all busy) the next one in turn.
+    fn lock_reader(&self) -> MutexGuard<'_, Connection> {
+        for r in &self.readers {
+            match r.try_lock() {
+                Ok(conn) => return conn,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        self.readers[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs read-only `f` on a consistent snapshot of committed data.
     pub fn read<T, E>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T, E>) -> Result<T, E>
     where
         E: From<Error>,
     {
-        let Some(reader) = &self.reader else {
+        if self.readers.is_empty() {
             // In memory: one connection; wait for any open batch so no uncommitted row
             // is ever seen.
             let mut w = self.lock_writer();
@@ -517,7 +539,7 @@ impl Store {
                 outbox: false,
             });
         };
-        let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.lock_reader();
         if !conn.is_autocommit() {
             // A read that panicked left its snapshot open.
             run(&conn, "ROLLBACK").map_err(Error::from)?;

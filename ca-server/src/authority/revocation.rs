@@ -161,9 +161,55 @@ impl Authority {
 
     /// The KRL for `now`: every revoked certificate not yet expired, by serial under its
     /// CA key, and every revoked subject key.
+    ///
+    /// Built once per KRL version and set of CA keys, and again at most every
+    /// [`KRL_REBUILD_AFTER`] seconds to drop expired certificates. Every revocation bumps
+    /// the version in its own transaction, so a cached KRL never misses a revocation;
+    /// it may only still list certificates that have expired since. Hosts polling every
+    /// minute cost one cheap read each instead of a scan of every revocation.
     pub fn krl_at(&self, now: UnixTime) -> Result<(Vec<u8>, u64)> {
-        krl_from_store(&self.store, &self.ca_public_keys_at(now)?, now)
+        let active = self.signer().fingerprint();
+        let (version, ca_keys) = self
+            .store
+            .read(|tx| Ok::<_, Error>((tx.krl_version()?, tx.trusted_ca_keys(&active, now)?)))?;
+        // Held while building, so concurrent misses build once.
+        let mut cache = self.krl_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.as_ref()
+            && c.version == version
+            && c.ca_keys == ca_keys
+            && now.saturating_sub(c.built_at) < KRL_REBUILD_AFTER
+        {
+            return Ok((c.krl.clone(), c.version));
+        }
+        let parsed = ca_keys
+            .iter()
+            .map(|k| {
+                PublicKey::from_openssh(k)
+                    .map_err(|e| store::Error::Corrupt(format!("CA key: {e}")).into())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (krl, built) = krl_from_store(&self.store, &parsed, now)?;
+        *cache = Some(CachedKrl {
+            version: built,
+            ca_keys,
+            built_at: now,
+            krl: krl.clone(),
+        });
+        Ok((krl, built))
     }
+}
+
+/// Longest a cached KRL is served before it is rebuilt (only to drop expired
+/// certificates; revocations rebuild it at once).
+pub const KRL_REBUILD_AFTER: u64 = 60;
+
+/// The last KRL built, with what it was built from.
+#[derive(Debug)]
+pub(super) struct CachedKrl {
+    version: u64,
+    ca_keys: Vec<String>,
+    built_at: UnixTime,
+    krl: Vec<u8>,
 }
 
 /// CA public keys to trust at `now` given the active key's fingerprint, active first.

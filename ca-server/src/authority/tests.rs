@@ -1086,3 +1086,48 @@ fn the_pending_cap_holds_back_waiting_requests_but_not_one_issued_at_once() {
     assert_eq!(view.request.state, State::Issued);
     assert!(view.certificate.is_some());
 }
+
+/// Whether `krl` lists `serial` (a one-serial section is a serial list: its 8 bytes).
+fn lists(krl: &[u8], serial: u64) -> bool {
+    krl.windows(8).any(|w| w == serial.to_be_bytes())
+}
+
+#[test]
+fn the_cached_krl_is_rebuilt_by_every_revocation_and_rotation_and_once_a_minute() {
+    let f = fixture();
+    let sec = who("sam", &["security"]);
+    let first = issued(&f, alice());
+    let second = issued(&f, who("mallory", &["oncall"]));
+    f.auth
+        .revoke_at(&sec, RevokeTarget::Serial(first.serial), "x", T0 + 1)
+        .unwrap();
+    let (a, v1) = f.auth.krl_at(T0 + 2).unwrap();
+    assert!(lists(&a, first.serial) && !lists(&a, second.serial));
+    // Nothing changed: the same bytes (its generated_at still T0 + 2), not a rebuild.
+    let (b, _) = f.auth.krl_at(T0 + 30).unwrap();
+    assert_eq!(a, b);
+    // A revocation is in the very next KRL, however fresh the cached one is.
+    f.auth
+        .revoke_at(&sec, RevokeTarget::Serial(second.serial), "x", T0 + 31)
+        .unwrap();
+    let (c, v2) = f.auth.krl_at(T0 + 32).unwrap();
+    assert!(v2 > v1);
+    assert!(lists(&c, first.serial) && lists(&c, second.serial));
+    // A minute on, it is rebuilt (a new generated_at) though nothing was revoked.
+    let (d, _) = f.auth.krl_at(T0 + 32 + KRL_REBUILD_AFTER).unwrap();
+    assert_ne!(c, d);
+    assert!(lists(&d, first.serial) && lists(&d, second.serial));
+    // A new CA key changes the sections: rebuilt at once.
+    let dir = tempfile::tempdir().unwrap();
+    let next = Signer::generate(&dir.path().join("ca2"), None, "t").unwrap();
+    let (e, _) = f.auth.krl_at(T0 + 33 + KRL_REBUILD_AFTER).unwrap();
+    assert_eq!(d, e);
+    assert!(
+        f.auth
+            .replace_signer(next, T0 + 34 + KRL_REBUILD_AFTER)
+            .unwrap()
+    );
+    let (g, _) = f.auth.krl_at(T0 + 35 + KRL_REBUILD_AFTER).unwrap();
+    assert_ne!(e, g);
+    assert!(lists(&g, first.serial) && lists(&g, second.serial));
+}
