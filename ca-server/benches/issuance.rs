@@ -1328,6 +1328,22 @@ fn scale_mode(opts: &Opts, rt: &Runtimes, root: &Path, keys: &Arc<Keys>) -> anyh
         ms(t.elapsed())
     );
     drop(reader);
+    // What an approver and a user see first: a page of requests, pending or all.
+    let caller = Caller {
+        name: "bench".into(),
+        groups: vec!["bench".into()],
+    };
+    for (what, pending_only) in [("all", false), ("pending only", true)] {
+        let t = Instant::now();
+        let page = server
+            .authority
+            .list_requests(&caller, pending_only, false, false, 50)?;
+        println!(
+            "   list_requests ({what}, newest 50): {} rows in {} ms",
+            page.len(),
+            ms(t.elapsed())
+        );
+    }
     let mut client = CertificateAuthorityClient::new(channel.clone());
     for round in 0..3 {
         let t = Instant::now();
