@@ -190,8 +190,10 @@ pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<L
         Store::open(&config.database)
             .with_context(|| format!("opening database {}", config.database.display()))?,
     );
+    // Once a second: pages rewritten within the second (the ends of the tables and
+    // indexes) are copied to the database file once, not once per checkpoint.
     store
-        .checkpoint_in_background(Duration::from_millis(250))
+        .checkpoint_in_background(Duration::from_secs(1))
         .context("starting the WAL checkpoint thread")?;
     let notifier = Notifier::new(store.clone(), &config.webhooks)?;
     store.set_outbox(!config.webhooks.is_empty());

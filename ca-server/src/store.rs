@@ -423,9 +423,14 @@ impl Store {
         };
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        self.lock_writer()
-            .conn
-            .pragma_update(None, "wal_autocheckpoint", 0)?;
+        {
+            let w = self.lock_writer();
+            w.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+            // Between checkpoints the WAL grows by what a second of issuance writes; keep
+            // the file from staying at its high-water mark after a burst.
+            w.conn
+                .pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        }
         let store = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("moshca-wal".into())
