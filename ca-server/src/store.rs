@@ -1683,6 +1683,64 @@ mod tests {
     }
 
     #[test]
+    fn a_database_of_the_previous_schema_upgrades_with_its_rows_and_new_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            // A database as the release before the index changes left it (schema 6).
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..6] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 6).unwrap();
+            conn.execute_batch(
+                "INSERT INTO requests (id, requester, role, principals, ttl_secs, reason,
+                     public_key, fingerprint, state, created_at, expires_at, approvals_required)
+                 VALUES ('01OLD', 'alice', 'db', '[\"postgres\"]', 600, 'INC-1', 'k', 'SHA256:x',
+                     'pending', 1, 3601, 1);
+                 INSERT INTO requests (id, requester, role, principals, ttl_secs, reason,
+                     public_key, fingerprint, state, created_at, expires_at, approvals_required)
+                 VALUES ('02OLD', 'alice', 'db', '[\"postgres\"]', 600, 'INC-2', 'k', 'SHA256:x',
+                     'issued', 2, 3602, 1);
+                 INSERT INTO certificates (serial, request_id, key_id, principals, valid_after,
+                     valid_before, fingerprint, ca_fingerprint, openssh, issued_at, requester, role)
+                 VALUES (7, '02OLD', 'kid', '[\"postgres\"]', 2, 9999, 'SHA256:x', 'SHA256:ca',
+                     'cert', 2, 'alice', 'db');",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let version: i64 = s
+            .lock_writer()
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        s.read(|tx| {
+            assert_eq!(tx.pending_count("alice")?, 1);
+            assert_eq!(tx.pending_total()?, 1);
+            let live = tx.live_certificates_for_key("SHA256:x", 100)?;
+            assert_eq!(live.iter().map(|c| c.serial).collect::<Vec<_>>(), [7]);
+            assert_eq!(tx.live_certificates_of("alice", 100)?.len(), 1);
+            let listed = tx.requests(&RequestFilter {
+                limit: 10,
+                ..Default::default()
+            })?;
+            assert_eq!(
+                listed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+                ["02OLD", "01OLD"]
+            );
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let p = plan(
+            &s,
+            "SELECT id FROM requests WHERE state = 'pending' AND expires_at <= 5",
+        );
+        assert!(p.contains("requests_pending"), "{p}");
+    }
+
+    #[test]
     fn migrates_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
