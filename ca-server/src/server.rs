@@ -191,9 +191,11 @@ pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<L
             .with_context(|| format!("opening database {}", config.database.display()))?,
     );
     // Once a second: pages rewritten within the second (the ends of the tables and
-    // indexes) are copied to the database file once, not once per checkpoint.
+    // indexes) are copied to the database file once, not once per checkpoint. The WAL
+    // restarts past 65,536 pages (256 MiB); at full load that is every few seconds, and a
+    // restart holds writers for a few milliseconds.
     store
-        .checkpoint_in_background(Duration::from_secs(1))
+        .checkpoint_in_background(Duration::from_secs(1), 65_536)
         .context("starting the WAL checkpoint thread")?;
     let notifier = Notifier::new(store.clone(), &config.webhooks)?;
     store.set_outbox(!config.webhooks.is_empty());
