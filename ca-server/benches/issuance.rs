@@ -733,28 +733,41 @@ fn store_only(
     threads: usize,
     measure: Duration,
 ) -> anyhow::Result<f64> {
-    let store = Arc::new(Store::open(path)?);
+    let store = Store::open(path)?;
+    per_second(threads, measure, keys.openssh.len(), |k| {
+        store.transact(|tx| issuance_writes(tx, keys, k, cert_line))?;
+        Ok(())
+    })
+}
+
+/// Runs `op` on `threads` threads for `measure`, each walking the subject keys from its
+/// own offset (`op` gets the key index); operations per second, all threads together.
+fn per_second(
+    threads: usize,
+    measure: Duration,
+    keys: usize,
+    op: impl Fn(usize) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<f64> {
     let done = AtomicU64::new(0);
     let t = Instant::now();
     std::thread::scope(|s| -> anyhow::Result<()> {
-        let mut handles = Vec::new();
-        for th in 0..threads {
-            let (store, keys, cert_line, done) =
-                (store.clone(), keys.clone(), cert_line.clone(), &done);
-            handles.push(s.spawn(move || -> anyhow::Result<()> {
-                let mut k = th;
-                while t.elapsed() < measure {
-                    let (ks, line) = (keys.clone(), cert_line.clone());
-                    store.transact(move |tx| issuance_writes(tx, &ks, k, &line))?;
-                    done.fetch_add(1, Ordering::Relaxed);
-                    k = (k + threads) % keys.openssh.len();
-                }
-                Ok(())
-            }));
-        }
+        let handles: Vec<_> = (0..threads)
+            .map(|th| {
+                let (op, done) = (&op, &done);
+                s.spawn(move || -> anyhow::Result<()> {
+                    let mut k = th;
+                    while t.elapsed() < measure {
+                        op(k)?;
+                        done.fetch_add(1, Ordering::Relaxed);
+                        k = (k + threads) % keys;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
         for h in handles {
             h.join()
-                .map_err(|_| anyhow::anyhow!("store writer panicked"))??;
+                .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
         }
         Ok(())
     })?;
@@ -830,37 +843,18 @@ fn authority_only(
         name: "bench".into(),
         groups: vec!["bench".into()],
     };
-    let done = AtomicU64::new(0);
-    let t = Instant::now();
-    std::thread::scope(|s| -> anyhow::Result<()> {
-        let mut handles = Vec::new();
-        for th in 0..threads {
-            let (caller, done) = (&caller, &done);
-            handles.push(s.spawn(move || -> anyhow::Result<()> {
-                let mut k = th;
-                while t.elapsed() < measure {
-                    let new = NewRequest {
-                        role: "deploy".into(),
-                        principals: vec!["deploy".into()],
-                        ttl_secs: Some(TTL_SECS),
-                        reason: "bench issuance".into(),
-                        public_key: keys.openssh[k].clone(),
-                        break_glass: false,
-                    };
-                    black_box(authority.create_request_at(caller, new, clock::now())?);
-                    done.fetch_add(1, Ordering::Relaxed);
-                    k = (k + threads) % keys.openssh.len();
-                }
-                Ok(())
-            }));
-        }
-        for h in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("authority caller panicked"))??;
-        }
+    per_second(threads, measure, keys.openssh.len(), |k| {
+        let new = NewRequest {
+            role: "deploy".into(),
+            principals: vec!["deploy".into()],
+            ttl_secs: Some(TTL_SECS),
+            reason: "bench issuance".into(),
+            public_key: keys.openssh[k].clone(),
+            break_glass: false,
+        };
+        black_box(authority.create_request_at(&caller, new, clock::now())?);
         Ok(())
-    })?;
-    Ok(done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64())
+    })
 }
 
 /// Bearer-token authentication as every RPC does it (hash + one read under the store lock).

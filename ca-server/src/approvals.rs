@@ -200,6 +200,16 @@ pub struct Ready {
 }
 
 impl Ready {
+    /// A request issued the moment it is made (auto-approved, break-glass, workload): its
+    /// own ttl, no approvers.
+    pub fn without_approval(request: Request) -> Ready {
+        Ready {
+            ttl_secs: request.ttl_secs,
+            approvers: Vec::new(),
+            request,
+        }
+    }
+
     /// The request once its certificate is signed.
     pub fn issued(mut self, now: UnixTime) -> Request {
         self.request.state = State::Issued;

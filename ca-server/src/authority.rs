@@ -200,16 +200,13 @@ impl Authority {
             return Ok(false);
         }
         register_ca_key(&self.store, &signer, now)?;
-        self.store.transact(|tx| {
-            tx.append_audit(&Event::new(
-                now,
-                "moshca-server",
-                "ca.activated",
-                None,
-                json!({ "ca_fingerprint": new, "previous": old }),
-            ))
-            .map_err(Error::from)
-        })?;
+        self.audit(Event::new(
+            now,
+            "moshca-server",
+            "ca.activated",
+            None,
+            json!({ "ca_fingerprint": new, "previous": old }),
+        ))?;
         *self.signer.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(signer);
         tracing::info!(ca = %new, previous = %old, "signing with a new CA key");
         Ok(true)
@@ -227,16 +224,18 @@ impl Authority {
     pub fn replace_policy(&self, policy: Policy, now: UnixTime) -> Result<()> {
         let roles: Vec<String> = policy.roles().map(|r| r.name.clone()).collect();
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
-        self.store.transact(|tx| {
-            tx.append_audit(&Event::new(
-                now,
-                "moshca-server",
-                "policy.reloaded",
-                None,
-                json!({ "roles": roles }),
-            ))
-            .map_err(Error::from)
-        })
+        self.audit(Event::new(
+            now,
+            "moshca-server",
+            "policy.reloaded",
+            None,
+            json!({ "roles": roles }),
+        ))
+    }
+
+    /// Records one event on its own, for what changes no other row.
+    fn audit(&self, event: Event) -> Result<()> {
+        Ok(self.store.transact(|tx| tx.append_audit(&event))?)
     }
 
     /// Notified with a request id whenever any request changes (the webhook notifier).
@@ -290,16 +289,7 @@ impl Authority {
         if let Some(caller) = self.store.read(|tx| tx.caller_by_token(&hash, now))? {
             return Ok(caller);
         }
-        self.store.transact(|tx| {
-            tx.append_audit(&Event::new(
-                now,
-                "anonymous",
-                "auth.failed",
-                None,
-                json!({ "peer": peer, "reason": "unknown, revoked or disabled token" }),
-            ))
-            .map_err(Error::from)
-        })?;
+        self.record_auth_failure_at(peer, "unknown, revoked or disabled token", now)?;
         Err(Error::Unauthenticated(
             "token not accepted (unknown, revoked, or its user is disabled); ask the CA operator for a new one".into(),
         ))
@@ -307,16 +297,13 @@ impl Authority {
 
     /// Audits a refused attempt in its own transaction and returns the error.
     fn refuse(&self, caller: &Caller, role: &str, err: Error, now: UnixTime) -> Error {
-        let recorded = self.store.transact(|tx| {
-            tx.append_audit(&Event::new(
-                now,
-                &caller.name,
-                "request.refused",
-                None,
-                json!({ "role": role, "reason": err.to_string() }),
-            ))
-            .map_err(Error::from)
-        });
+        let recorded = self.audit(Event::new(
+            now,
+            &caller.name,
+            "request.refused",
+            None,
+            json!({ "role": role, "reason": err.to_string() }),
+        ));
         match recorded {
             Ok(()) => err,
             Err(store_err) => store_err,
@@ -358,11 +345,7 @@ impl Authority {
             break_glass_review: None,
         };
         let issue_now = request.break_glass || role.approval == policy::Approval::Auto;
-        let ready = Ready {
-            ttl_secs: request.ttl_secs,
-            approvers: Vec::new(),
-            request: request.clone(),
-        };
+        let ready = Ready::without_approval(request.clone());
         // Signed before the transaction, with a serial checked inside it.
         let presigned = if issue_now {
             let serial = random_serial();
@@ -813,15 +796,13 @@ impl Authority {
             }
             Err(Error::PermissionDenied(m)) => {
                 tracing::warn!(request_id = %id, caller = %caller.name, "review refused: {m}");
-                let _ = self.store.transact(|tx| {
-                    tx.append_audit(&Event::new(
-                        now,
-                        &caller.name,
-                        "review.refused",
-                        Some(id),
-                        json!({ "reason": m }),
-                    ))
-                });
+                let _ = self.audit(Event::new(
+                    now,
+                    &caller.name,
+                    "review.refused",
+                    Some(id),
+                    json!({ "reason": m }),
+                ));
             }
             Err(_) => {}
         }
@@ -999,16 +980,13 @@ impl Authority {
 
     /// Records a failed authentication (bad token or JWT); never the credential itself.
     pub fn record_auth_failure_at(&self, peer: &str, reason: &str, now: UnixTime) -> Result<()> {
-        self.store.transact(|tx| {
-            tx.append_audit(&Event::new(
-                now,
-                "anonymous",
-                "auth.failed",
-                None,
-                json!({ "peer": peer, "reason": reason }),
-            ))
-            .map_err(Error::from)
-        })
+        self.audit(Event::new(
+            now,
+            "anonymous",
+            "auth.failed",
+            None,
+            json!({ "peer": peer, "reason": reason }),
+        ))
     }
 
     /// Roles the caller may request and approve.

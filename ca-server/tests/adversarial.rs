@@ -7,21 +7,21 @@
 
 #![allow(clippy::unwrap_used)] // a failed setup step should fail the test loudly
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+mod common;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
 use moshca_proto::v1 as pb;
 use moshca_proto::v1::certificate_authority_client::CertificateAuthorityClient;
 use moshca_server::authority::{self, Authority};
-use moshca_server::config::Config;
 use moshca_server::policy::Policy;
 use moshca_server::store::Store;
-use moshca_server::{init, server, users};
+use moshca_server::{server, users};
 use ssh_key::public::{KeyData, RsaPublicKey};
 use ssh_key::{Algorithm, Certificate, HashAlg, Mpint, PrivateKey, PublicKey};
-use tonic::transport::{Certificate as TlsCertificate, Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 const POLICY: &str = r#"
@@ -86,72 +86,20 @@ const JWT: &str = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJyZXBvOmFjbWUvYXBwIn0.c2lnbmF0
 type Snapshot = Vec<(String, i32, u64, usize, bool)>;
 
 struct Harness {
-    _dir: tempfile::TempDir,
-    channel: Channel,
-    tokens: HashMap<&'static str, String>,
+    data: common::DataDir,
+    served: common::Served,
     authority: Arc<Authority>,
-    database: PathBuf,
-    policy_path: PathBuf,
-    max_ttl: u64,
     store: Store,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
-        }
-    }
 }
 
 async fn start() -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("ca");
-    init::init(&data, None, 0).unwrap();
-    let config = Config::load(&data).unwrap();
-    std::fs::write(&config.policy, POLICY).unwrap();
-    let setup = Store::open(&config.database).unwrap();
-    let mut tokens = HashMap::new();
-    for (name, groups) in USERS {
-        let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
-        let t = users::add(&setup, name, &groups, 0).unwrap();
-        tokens.insert(*name, t.expose().to_owned());
-    }
-    drop(setup);
-    let loaded = server::open(&config, None).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let authority = Arc::clone(&loaded.authority);
-    tokio::spawn(server::run(
-        listener,
-        Arc::clone(&loaded.authority),
-        loaded.verifier,
-        loaded.notifier,
-        Some(loaded.identity),
-        async {
-            let _ = rx.await;
-        },
-    ));
-    let pem = std::fs::read(&config.tls_cert).unwrap();
-    let channel = Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(ClientTlsConfig::new().ca_certificate(TlsCertificate::from_pem(pem)))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let data = common::data_dir(POLICY, "", USERS);
+    let served = common::serve(&data.config, server::open(&data.config, None).unwrap()).await;
     Harness {
-        _dir: dir,
-        channel,
-        tokens,
-        authority,
-        store: Store::open(&config.database).unwrap(),
-        database: config.database.clone(),
-        policy_path: config.policy.clone(),
-        max_ttl: config.max_ttl,
-        shutdown: Some(tx),
+        authority: Arc::clone(&served.authority),
+        store: Store::open(&data.config.database).unwrap(),
+        data,
+        served,
     }
 }
 
@@ -197,12 +145,12 @@ fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, what: &str
 
 impl Harness {
     fn client(&self) -> CertificateAuthorityClient<Channel> {
-        CertificateAuthorityClient::new(self.channel.clone())
+        CertificateAuthorityClient::new(self.served.channel())
             .max_encoding_message_size(4 * 1024 * 1024)
     }
 
     fn req<T>(&self, who: &str, msg: T) -> Request<T> {
-        Request::new(msg).with_bearer(&self.tokens[who])
+        common::bearer(&self.data.tokens[who], msg)
     }
 
     async fn create(
@@ -332,7 +280,7 @@ impl Harness {
         let rows = self.store.read(|tx| tx.audit_rows()).unwrap();
         for row in rows {
             let text = format!("{} {}", row.event.actor, row.event.details);
-            for token in self.tokens.values() {
+            for token in self.data.tokens.values() {
                 assert!(
                     !text.contains(&token[4..]),
                     "token in audit row {}",
@@ -372,8 +320,8 @@ impl Harness {
 
     /// Replaces the policy in force (as a SIGHUP reload would).
     fn reload_policy(&self, text: &str) {
-        std::fs::write(&self.policy_path, text).unwrap();
-        let policy = Policy::parse(text, "policy.toml", self.max_ttl).unwrap();
+        std::fs::write(&self.data.config.policy, text).unwrap();
+        let policy = Policy::parse(text, "policy.toml", self.data.config.max_ttl).unwrap();
         self.authority
             .replace_policy(policy, moshca_server::clock::now())
             .unwrap();
@@ -386,18 +334,6 @@ impl Harness {
             .unwrap()
             .into_inner()
             .public_keys
-    }
-}
-
-trait WithBearer {
-    fn with_bearer(self, token: &str) -> Self;
-}
-
-impl<T> WithBearer for Request<T> {
-    fn with_bearer(mut self, token: &str) -> Self {
-        self.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        self
     }
 }
 
@@ -1437,7 +1373,7 @@ mod workload_tokens {
     use super::*;
 
     fn jwt<T>(msg: T) -> Request<T> {
-        Request::new(msg).with_bearer(JWT)
+        common::bearer(JWT, msg)
     }
 
     #[tokio::test]
@@ -1920,7 +1856,7 @@ async fn database_path_is_the_one_the_server_uses() {
     // Guards the harness itself: the second store sees the server's writes.
     let h = start().await;
     let created = h.create("alice", ask("db", &[], 600)).await.unwrap();
-    assert!(h.database.exists());
+    assert!(h.data.config.database.exists());
     let stored = h.store.read(|tx| tx.request(&created.id)).unwrap();
     assert!(stored.is_some());
 }

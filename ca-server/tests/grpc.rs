@@ -6,14 +6,13 @@
 
 #![allow(clippy::unwrap_used)] // a failed setup step should fail the test loudly
 
-use std::sync::Arc;
+mod common;
 
 use moshca_proto::v1 as pb;
 use moshca_proto::v1::certificate_authority_client::CertificateAuthorityClient;
-use moshca_server::config::Config;
-use moshca_server::{init, server, users};
+use moshca_server::server;
 use ssh_key::{Algorithm, PrivateKey};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 const POLICY: &str = r#"
@@ -26,79 +25,36 @@ max_ttl = "1h"
 "#;
 
 struct Harness {
-    _dir: tempfile::TempDir,
-    channel: Channel,
+    _data: common::DataDir,
+    served: common::Served,
     tokens: std::collections::HashMap<&'static str, String>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
-        }
-    }
 }
 
 async fn start() -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("ca");
-    init::init(&data, None, 0).unwrap();
-    std::fs::write(data.join("policy.toml"), POLICY).unwrap();
-    let config = Config::load(&data).unwrap();
-    let store = moshca_server::store::Store::open(&config.database).unwrap();
-    let mut tokens = std::collections::HashMap::new();
-    for (name, groups) in [
-        ("alice", vec!["oncall", "leads"]),
-        ("bob", vec!["leads"]),
-        ("eve", vec!["other"]),
-    ] {
-        let groups: Vec<String> = groups.into_iter().map(String::from).collect();
-        let t = users::add(&store, name, &groups, 0).unwrap();
-        tokens.insert(name, t.expose().to_owned());
-    }
-    drop(store);
-    let loaded = server::open(&config, None).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::run(
-        listener,
-        Arc::clone(&loaded.authority),
-        loaded.verifier,
-        loaded.notifier,
-        Some(loaded.identity),
-        async {
-            let _ = rx.await;
-        },
-    ));
-    let pem = std::fs::read(&config.tls_cert).unwrap();
-    let channel = Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let data = common::data_dir(
+        POLICY,
+        "",
+        &[
+            ("alice", &["oncall", "leads"]),
+            ("bob", &["leads"]),
+            ("eve", &["other"]),
+        ],
+    );
+    let served = common::serve(&data.config, server::open(&data.config, None).unwrap()).await;
     Harness {
-        _dir: dir,
-        channel,
-        tokens,
-        shutdown: Some(tx),
+        tokens: data.tokens.clone(),
+        _data: data,
+        served,
     }
 }
 
 impl Harness {
     fn client(&self) -> CertificateAuthorityClient<Channel> {
-        CertificateAuthorityClient::new(self.channel.clone())
+        CertificateAuthorityClient::new(self.served.channel())
     }
 
     fn req<T>(&self, who: &str, msg: T) -> Request<T> {
-        let mut r = Request::new(msg);
-        let value = format!("Bearer {}", self.tokens[who]);
-        r.metadata_mut()
-            .insert("authorization", value.parse().unwrap());
-        r
+        common::bearer(&self.tokens[who], msg)
     }
 
     async fn create(
@@ -373,7 +329,7 @@ async fn oversized_and_malformed_messages_are_refused() {
 #[tokio::test]
 async fn health_service_reports_serving() {
     let h = start().await;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel.clone());
+    let mut health = tonic_health::pb::health_client::HealthClient::new(h.served.channel());
     let resp = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: "moshca.v1.CertificateAuthority".into(),

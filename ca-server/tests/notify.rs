@@ -9,6 +9,8 @@
 #![allow(clippy::unwrap_used)] // a failed setup step should fail the test loudly
 #![allow(clippy::print_stdout)] // the latency test prints its numbers
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,12 +23,11 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac as _};
 use moshca_proto::v1 as pb;
 use moshca_proto::v1::certificate_authority_client::CertificateAuthorityClient;
-use moshca_server::config::Config;
 use moshca_server::store::Store;
-use moshca_server::{audit, init, notify, server, users};
+use moshca_server::{audit, notify, server};
 use ssh_key::{Algorithm, PrivateKey};
 use tonic::Request;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 
 const POLICY: &str = r#"
 [[role]]
@@ -241,9 +242,7 @@ fn handle(
 
 /// A data directory with users and, optionally, a webhook.
 struct Ca {
-    _dir: tempfile::TempDir,
-    config: Config,
-    tokens: HashMap<&'static str, String>,
+    data: common::DataDir,
 }
 
 /// The `[[notify.webhook]]` under test.
@@ -255,75 +254,43 @@ struct Hook<'a> {
 
 impl Ca {
     fn new(hook: Option<Hook<'_>>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("ca");
-        init::init(&data, None, 0).unwrap();
-        std::fs::write(data.join("policy.toml"), POLICY).unwrap();
+        let mut extra = String::new();
         if let Some(h) = hook {
-            let secret = data.join("webhook-secret");
-            std::fs::write(&secret, [SECRET, b"\n"].concat()).unwrap();
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-            let events = h
-                .events
-                .map(|e| format!("events = {e:?}\n"))
-                .unwrap_or_default();
-            let mut config = std::fs::read_to_string(data.join("config.toml")).unwrap();
-            config.push_str(&format!(
-                "\n[[notify.webhook]]\nname = \"approvers\"\nurl = \"{}\"\n{events}secret_file = \"webhook-secret\"\nmax_attempts = {}\n",
-                h.url, h.max_attempts
-            ));
-            std::fs::write(data.join("config.toml"), config).unwrap();
+            extra = format!(
+                "\n[[notify.webhook]]\nname = \"approvers\"\nurl = \"{}\"\n{}secret_file = \"webhook-secret\"\nmax_attempts = {}\n",
+                h.url,
+                h.events
+                    .map(|e| format!("events = {e:?}\n"))
+                    .unwrap_or_default(),
+                h.max_attempts
+            );
         }
-        let config = Config::load(&data).unwrap();
-        let store = Store::open(&config.database).unwrap();
-        let mut tokens = HashMap::new();
-        for (name, groups) in [("alice", ["oncall"]), ("bob", ["leads"])] {
-            let groups: Vec<String> = groups.into_iter().map(String::from).collect();
-            let t = users::add(&store, name, &groups, 0).unwrap();
-            tokens.insert(name, t.expose().to_owned());
-        }
-        Ca {
-            _dir: dir,
-            config,
-            tokens,
-        }
+        // The secret file must exist before the configuration naming it is loaded.
+        let data = common::data_dir_with(
+            POLICY,
+            &extra,
+            &[("alice", &["oncall"]), ("bob", &["leads"])],
+            |dir| {
+                let secret = dir.join("webhook-secret");
+                std::fs::write(&secret, [SECRET, b"\n"].concat()).unwrap();
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+            },
+        );
+        Ca { data }
     }
 
     fn db(&self) -> PathBuf {
-        self.config.database.clone()
+        self.data.config.database.clone()
     }
 
     /// Starts the server on this data directory.
     async fn start(&self, settings: notify::Settings) -> Running {
-        let mut loaded = server::open(&self.config, None).unwrap();
+        let mut loaded = server::open(&self.data.config, None).unwrap();
         loaded.notifier.settings = settings;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(
-            listener,
-            loaded.authority,
-            loaded.verifier,
-            loaded.notifier,
-            Some(loaded.identity),
-            async {
-                let _ = rx.await;
-            },
-        ));
-        let pem = std::fs::read(&self.config.tls_cert).unwrap();
-        let channel = Channel::from_shared(format!("https://{addr}"))
-            .unwrap()
-            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
         Running {
-            channel: Some(channel),
-            tokens: self.tokens.clone(),
-            stop: Some(tx),
-            task: Some(task),
+            served: common::serve(&self.data.config, loaded).await,
+            tokens: self.data.tokens.clone(),
         }
     }
 
@@ -340,23 +307,17 @@ impl Ca {
 
 /// A running server.
 struct Running {
-    channel: Option<Channel>,
+    served: common::Served,
     tokens: HashMap<&'static str, String>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Running {
     fn client(&self) -> CertificateAuthorityClient<Channel> {
-        CertificateAuthorityClient::new(self.channel.clone().unwrap())
+        CertificateAuthorityClient::new(self.served.channel())
     }
 
     fn req<T>(&self, who: &str, msg: T) -> Request<T> {
-        let mut r = Request::new(msg);
-        let value = format!("Bearer {}", self.tokens[who]);
-        r.metadata_mut()
-            .insert("authorization", value.parse().unwrap());
-        r
+        common::bearer(&self.tokens[who], msg)
     }
 
     async fn create(&self, who: &str) -> pb::AccessRequest {
@@ -395,23 +356,8 @@ impl Running {
     }
 
     /// Shuts the server down and waits for `run` to return.
-    async fn stop(mut self) {
-        self.channel = None;
-        let _ = self.stop.take().unwrap().send(());
-        let task = self.task.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .expect("server did not stop")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+    async fn stop(self) {
+        self.served.stop().await;
     }
 }
 

@@ -144,15 +144,13 @@ impl Authority {
             }
             Err(e) if !e.is_internal() => {
                 tracing::warn!(caller = %caller.name, "revocation refused: {e}");
-                let _ = self.store.transact(|tx| {
-                    tx.append_audit(&Event::new(
-                        now,
-                        &caller.name,
-                        "revocation.refused",
-                        None,
-                        json!({ "reason": e.to_string() }),
-                    ))
-                });
+                let _ = self.audit(Event::new(
+                    now,
+                    &caller.name,
+                    "revocation.refused",
+                    None,
+                    json!({ "reason": e.to_string() }),
+                ));
             }
             Err(_) => {}
         }
@@ -181,14 +179,7 @@ impl Authority {
         {
             return Ok((c.krl.clone(), c.version));
         }
-        let parsed = ca_keys
-            .iter()
-            .map(|k| {
-                PublicKey::from_openssh(k)
-                    .map_err(|e| store::Error::Corrupt(format!("CA key: {e}")).into())
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let (krl, built) = krl_from_store(&self.store, &parsed, now)?;
+        let (krl, built) = krl_from_store(&self.store, &parse_ca_keys(&ca_keys)?, now)?;
         *cache = Some(CachedKrl {
             version: built,
             ca_keys,
@@ -214,8 +205,13 @@ pub(super) struct CachedKrl {
 
 /// CA public keys to trust at `now` given the active key's fingerprint, active first.
 pub fn trusted_ca_keys(store: &Store, active: &str, now: UnixTime) -> Result<Vec<PublicKey>> {
-    let keys = store.read(|tx| tx.trusted_ca_keys(active, now))?;
-    keys.iter()
+    parse_ca_keys(&store.read(|tx| tx.trusted_ca_keys(active, now))?)
+}
+
+/// CA public keys as the store holds them (OpenSSH text), parsed.
+fn parse_ca_keys(texts: &[String]) -> Result<Vec<PublicKey>> {
+    texts
+        .iter()
         .map(|k| {
             PublicKey::from_openssh(k)
                 .map_err(|e| store::Error::Corrupt(format!("CA key: {e}")).into())

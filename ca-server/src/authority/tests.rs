@@ -966,11 +966,7 @@ fn a_presigned_certificate_whose_serial_was_taken_is_signed_again_with_a_free_on
         break_glass: false,
         break_glass_review: None,
     };
-    let ready = Ready {
-        ttl_secs: 600,
-        approvers: Vec::new(),
-        request,
-    };
+    let ready = Ready::without_approval(request);
     let signed = f.auth.sign(&ready, role, &policy, T0, "", taken).unwrap();
     assert_eq!(signed.record.serial, taken);
     let (_, cert) = f

@@ -91,11 +91,7 @@ impl Authority {
                     .unwrap_or("-")
             ),
         );
-        let ready = Ready {
-            ttl_secs: request.ttl_secs,
-            approvers: Vec::new(),
-            request: request.clone(),
-        };
+        let ready = Ready::without_approval(request.clone());
         // Signed before the transaction, with a serial checked inside it.
         let signed = self.sign(&ready, role, &policy, now, &extra, random_serial())?;
         let result = self.store.transact(|tx| {
