@@ -18,7 +18,6 @@ use tonic::Code;
 
 use crate::agent::Agent;
 use crate::cli::CiArgs;
-use crate::clock;
 use crate::config::{Env, Settings};
 use crate::error::{Error, Result};
 use crate::keys::EphemeralKey;
@@ -125,16 +124,12 @@ async fn request(
         }
     };
 
-    let issued = login::with_certificate(client, issued).await?;
-    let certificate = login::parse_certificate(&issued)?;
-    let now = clock::now_unix();
-    let lifetime = login::check_certificate_at(
-        &certificate,
-        key.public_key(),
-        &issued,
-        &args.principals,
+    let login::Certified {
+        request: issued,
+        certificate,
         now,
-    )?;
+        lifetime,
+    } = login::certified(client, issued, &key, &args.principals).await?;
     tracing::info!(
         request_id = %id,
         serial = certificate.serial(),

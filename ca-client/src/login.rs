@@ -87,16 +87,12 @@ pub async fn run(client: &mut Client, args: &LoginArgs, socket: &Path, out: Outp
         }
     };
 
-    let issued = with_certificate(client, issued).await?;
-    let certificate = parse_certificate(&issued)?;
-    let now = clock::now_unix();
-    let lifetime = check_certificate_at(
-        &certificate,
-        key.public_key(),
-        &issued,
-        &args.principals,
+    let Certified {
+        request: issued,
+        certificate,
         now,
-    )?;
+        lifetime,
+    } = certified(client, issued, &key, &args.principals).await?;
 
     let mut agent = Agent::connect(socket).await?;
     agent
@@ -141,7 +137,39 @@ pub(crate) async fn cancel(client: &mut Client, id: &str) -> bool {
 }
 
 /// The issued request with its certificate, asking again if the first answer lacked it.
-pub(crate) async fn with_certificate(
+/// An issued request's certificate, checked against the key and the principals asked for.
+pub(crate) struct Certified {
+    /// The request, with its certificate.
+    pub request: AccessRequest,
+    /// The certificate, parsed.
+    pub certificate: Certificate,
+    /// When it was checked (Unix seconds).
+    pub now: i64,
+    /// Seconds it has left.
+    pub lifetime: u32,
+}
+
+/// Fetches the certificate of an issued request if the answer lacked it, parses it, and
+/// checks it before anything is handed to ssh-agent or written.
+pub(crate) async fn certified(
+    client: &mut Client,
+    issued: AccessRequest,
+    key: &EphemeralKey,
+    principals: &[String],
+) -> Result<Certified> {
+    let request = with_certificate(client, issued).await?;
+    let certificate = parse_certificate(&request)?;
+    let now = clock::now_unix();
+    let lifetime = check_certificate_at(&certificate, key.public_key(), &request, principals, now)?;
+    Ok(Certified {
+        request,
+        certificate,
+        now,
+        lifetime,
+    })
+}
+
+async fn with_certificate(
     client: &mut Client,
     issued: AccessRequest,
 ) -> Result<AccessRequest> {
@@ -159,7 +187,7 @@ pub(crate) async fn with_certificate(
 }
 
 /// The certificate of an issued request, parsed.
-pub(crate) fn parse_certificate(issued: &AccessRequest) -> Result<Certificate> {
+fn parse_certificate(issued: &AccessRequest) -> Result<Certificate> {
     let id = &issued.id;
     let openssh = issued
         .certificate
@@ -180,7 +208,7 @@ pub(crate) fn parse_certificate(issued: &AccessRequest) -> Result<Certificate> {
 /// It must certify `key` as a user, carry a valid self-signature, and name exactly the
 /// request's principals (and, when the user listed principals, exactly those). The
 /// lifetime is `valid_before - now` seconds, at least 1; an expired certificate is refused.
-pub(crate) fn check_certificate_at(
+fn check_certificate_at(
     certificate: &Certificate,
     key: &PublicKey,
     request: &AccessRequest,
