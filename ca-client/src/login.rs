@@ -169,10 +169,7 @@ pub(crate) async fn certified(
     })
 }
 
-async fn with_certificate(
-    client: &mut Client,
-    issued: AccessRequest,
-) -> Result<AccessRequest> {
+async fn with_certificate(client: &mut Client, issued: AccessRequest) -> Result<AccessRequest> {
     if issued.certificate.is_some() {
         return Ok(issued);
     }

@@ -754,6 +754,23 @@ pub struct Sshd {
     child: Child,
 }
 
+/// Writes a new ed25519 sshd host key (and its `.pub`) at `path`.
+pub fn make_host_key(path: &Path) {
+    run(Command::new(program("ssh-keygen"))
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "moshca-e2e-host",
+            "-f",
+        ])
+        .arg(path))
+    .assert_ok();
+}
+
 impl Sshd {
     /// Starts sshd trusting the user CA public key at `ca_public_key`.
     pub fn start(ca_public_key: &Path) -> Sshd {
@@ -762,19 +779,7 @@ impl Sshd {
             .tempdir()
             .expect("temp dir");
         let host_key = dir.path().join("host_ed25519");
-        let out = run(Command::new(program("ssh-keygen"))
-            .args([
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "moshca-e2e-host",
-                "-f",
-            ])
-            .arg(&host_key));
-        out.assert_ok();
+        make_host_key(&host_key);
         let revoked = dir.path().join("revoked_keys");
         // A missing RevokedKeys file refuses every key; an empty one revokes nothing.
         fs::write(&revoked, b"").expect("write revoked_keys");

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use moshca_e2e::{
     Ca, CertInfo, LOGIN, OTHER_LOGIN, Run, SshAgent, client_bin, find_program, fingerprint,
-    free_port, keygen, moshca, poll, prerequisites, run, unix_now,
+    free_port, keygen, make_host_key, moshca, poll, prerequisites, run, unix_now,
 };
 use serde_json::Value;
 use tempfile::TempDir;
@@ -275,19 +275,7 @@ impl Host {
         for dir in ["auth_principals", "sshd_config.d"] {
             fs::create_dir_all(ssh_dir.join(dir)).expect("create etc/ssh");
         }
-        run(Command::new(program("ssh-keygen"))
-            .args([
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "moshca-e2e-host",
-                "-f",
-            ])
-            .arg(ssh_dir.join("ssh_host_ed25519_key")))
-        .assert_ok();
+        make_host_key(&ssh_dir.join("ssh_host_ed25519_key"));
         // As deploy/host-setup.sh's template(): every /etc/ssh moves under the host root.
         let shipped =
             fs::read_to_string(deploy_dir().join("sshd/moshca.conf")).expect("read the drop-in");
