@@ -107,7 +107,8 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-fn program(name: &str) -> PathBuf {
+/// The installed program `name`; panics when it is missing.
+pub fn program(name: &str) -> PathBuf {
     find_program(name).unwrap_or_else(|| panic!("{name} is not installed"))
 }
 
@@ -511,6 +512,12 @@ impl Ca {
     }
 
     /// `init`, `policy`, the given users (name, groups), then `serve`.
+    /// [`Ca::start_with`] once [`prerequisites`] hold; `None` when the test should be
+    /// skipped (never in CI, where a missing prerequisite fails).
+    pub fn serving(policy: &str, users: &[(&str, &[&str])]) -> Option<Ca> {
+        prerequisites().then(|| Ca::start_with(policy, users))
+    }
+
     pub fn start_with(policy: &str, users: &[(&str, &[&str])]) -> Ca {
         let mut ca = Ca::init(policy);
         for (name, groups) in users {

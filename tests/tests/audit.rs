@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use moshca_e2e::{
-    Ca, CertInfo, Identity, LOGIN, Run, SshAgent, Sshd, poll, prerequisites, run, ssh,
-};
+use moshca_e2e::{Ca, CertInfo, Identity, LOGIN, Run, SshAgent, Sshd, poll, run, ssh};
 use serde_json::{Value, json};
 
 /// `oncall` allows break-glass for at most 15 minutes; `tunnel` does not allow it. alice is
@@ -69,10 +67,7 @@ fn break_glass_line(id: &str) -> String {
 
 /// A CA with [`POLICY`] and [`USERS`], serving; `None` when the test should be skipped.
 fn ca() -> Option<Ca> {
-    if !prerequisites() {
-        return None;
-    }
-    Some(Ca::start_with(POLICY, USERS))
+    Ca::serving(POLICY, USERS)
 }
 
 /// `moshca ARGS...` as `user`.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use moshca_e2e::{
     Background, Ca, CertInfo, Identity, LOGIN, OTHER_LOGIN, Run, SshAgent, Sshd, fingerprint,
-    keygen, moshca, poll, prerequisites, run, ssh, unix_now,
+    keygen, moshca, poll, run, ssh, unix_now,
 };
 use serde_json::Value;
 
@@ -63,10 +63,7 @@ const LOGIN_ANNOUNCE: Duration = Duration::from_secs(30);
 
 /// A CA with [`POLICY`] and [`USERS`], serving; `None` when the test should be skipped.
 fn ca() -> Option<Ca> {
-    if !prerequisites() {
-        return None;
-    }
-    Some(Ca::start_with(POLICY, USERS))
+    Ca::serving(POLICY, USERS)
 }
 
 /// The request id in login's `moshca: request ID is waiting for approval by ...` line.

@@ -21,8 +21,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use moshca_e2e::{
-    Ca, CertInfo, LOGIN, OTHER_LOGIN, Run, SshAgent, client_bin, find_program, fingerprint,
-    free_port, keygen, make_host_key, moshca, poll, prerequisites, run, unix_now,
+    Ca, CertInfo, LOGIN, OTHER_LOGIN, Run, SshAgent, client_bin, fingerprint, free_port, keygen,
+    make_host_key, moshca, poll, program, run, unix_now,
 };
 use serde_json::Value;
 use tempfile::TempDir;
@@ -66,14 +66,7 @@ const SETTLE: Duration = Duration::from_secs(15);
 
 /// A CA with [`POLICY`] and [`USERS`], serving; `None` when the test should be skipped.
 fn ca() -> Option<Ca> {
-    if !prerequisites() {
-        return None;
-    }
-    Some(Ca::start_with(POLICY, USERS))
-}
-
-fn program(name: &str) -> PathBuf {
-    find_program(name).unwrap_or_else(|| panic!("{name} is not installed"))
+    Ca::serving(POLICY, USERS)
 }
 
 fn utf8(path: &Path) -> &str {
