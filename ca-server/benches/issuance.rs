@@ -171,20 +171,19 @@ struct Runtimes {
 
 impl Runtimes {
     fn new() -> anyhow::Result<Self> {
-        let srv = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("moshca-srv")
-            // Keep blocking-pool threads so their CPU time stays readable per thread.
-            .thread_keep_alive(Duration::from_secs(3600))
-            .enable_all()
-            .build()?;
-        let cli = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("bench-cli")
-            .thread_keep_alive(Duration::from_secs(3600))
-            .enable_all()
-            .build()?;
-        Ok(Runtimes { srv, cli })
+        let runtime = |threads: &str| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name(threads)
+                // Keep blocking-pool threads so their CPU time stays readable per thread.
+                .thread_keep_alive(Duration::from_secs(3600))
+                .enable_all()
+                .build()
+        };
+        Ok(Runtimes {
+            srv: runtime("moshca-srv")?,
+            cli: runtime("bench-cli")?,
+        })
     }
 }
 
