@@ -10,12 +10,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use base64::Engine as _;
 use moshca_proto::v1 as pb;
 use moshca_proto::v1::certificate_authority_client::CertificateAuthorityClient;
-use moshca_server::authority::{self, Authority};
+use moshca_server::authority;
 use moshca_server::policy::Policy;
 use moshca_server::store::Store;
 use moshca_server::{server, users};
@@ -88,7 +87,6 @@ type Snapshot = Vec<(String, i32, u64, usize, bool)>;
 struct Harness {
     data: common::DataDir,
     served: common::Served,
-    authority: Arc<Authority>,
     store: Store,
 }
 
@@ -96,7 +94,6 @@ async fn start() -> Harness {
     let data = common::data_dir(POLICY, "", USERS);
     let served = common::serve(&data.config, server::open(&data.config, None).unwrap()).await;
     Harness {
-        authority: Arc::clone(&served.authority),
         store: Store::open(&data.config.database).unwrap(),
         data,
         served,
@@ -322,7 +319,8 @@ impl Harness {
     fn reload_policy(&self, text: &str) {
         std::fs::write(&self.data.config.policy, text).unwrap();
         let policy = Policy::parse(text, "policy.toml", self.data.config.max_ttl).unwrap();
-        self.authority
+        self.served
+            .authority
             .replace_policy(policy, moshca_server::clock::now())
             .unwrap();
     }
@@ -957,7 +955,7 @@ mod decided_requests {
         let created = h.create("alice", ask("db", &[], 600)).await.unwrap();
         // The sweeper runs on the wall clock; run it as if the pending ttl (1h) were over.
         let later = moshca_server::clock::now() + 3600 + 1;
-        assert_eq!(h.authority.expire_due_at(later).unwrap(), 1);
+        assert_eq!(h.served.authority.expire_due_at(later).unwrap(), 1);
         let expired = h.get("alice", &created.id, false).await;
         assert_eq!(expired.state, pb::State::Expired as i32);
         let before = h.snapshot().await;
