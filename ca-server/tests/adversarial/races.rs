@@ -1,0 +1,114 @@
+//! DESIGN rule 7: one approval, one certificate, whatever the interleaving.
+
+use super::*;
+
+const ROUNDS: usize = 20;
+
+/// The state a request ended in, checked for "a certificate exists iff issued".
+async fn settled(h: &Harness, id: &str) -> i32 {
+    let r = h.get("alice", id, true).await;
+    let (events, row) = h.issuance_of(id);
+    let issued = r.state == pb::State::Issued as i32;
+    assert_eq!(
+        r.certificate.is_some(),
+        issued,
+        "{id}: certificate iff issued"
+    );
+    assert_eq!(row, issued, "{id}: certificate row iff issued");
+    assert_eq!(events, usize::from(issued), "{id}: issuance events");
+    assert_eq!(r.serial != 0, issued, "{id}: serial iff issued");
+    r.state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_double_approval_issues_once() {
+    let h = start().await;
+    for round in 0..ROUNDS {
+        let created = h.create("alice", ask("db", &[], 600)).await.unwrap();
+        let (a, b) = tokio::join!(
+            h.approve("bob", &created.id),
+            h.approve("carol", &created.id)
+        );
+        let ok: Vec<_> = [&a, &b].into_iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(ok.len(), 1, "round {round}: {a:?} {b:?}");
+        let loser = if a.is_ok() { b } else { a };
+        assert_eq!(loser.unwrap_err().code(), Code::FailedPrecondition);
+        assert_eq!(settled(&h, &created.id).await, pb::State::Issued as i32);
+    }
+    h.audit_verifies();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_versus_deny_has_exactly_one_outcome() {
+    let h = start().await;
+    let mut outcomes = BTreeMap::new();
+    for round in 0..ROUNDS {
+        let created = h.create("alice", ask("db", &[], 600)).await.unwrap();
+        let (a, d) = tokio::join!(h.approve("bob", &created.id), h.deny("carol", &created.id));
+        assert!(a.is_ok() != d.is_ok(), "round {round}: {a:?} {d:?}");
+        let state = settled(&h, &created.id).await;
+        let winner = a.as_ref().or(d.as_ref()).unwrap();
+        assert_eq!(winner.state, state, "round {round}");
+        let expected = if a.is_ok() {
+            pb::State::Issued
+        } else {
+            pb::State::Denied
+        };
+        assert_eq!(state, expected as i32, "round {round}");
+        *outcomes.entry(state).or_insert(0) += 1;
+    }
+    assert_eq!(outcomes.values().sum::<i32>(), ROUNDS as i32);
+    h.audit_verifies();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_versus_cancel_has_exactly_one_outcome() {
+    let h = start().await;
+    for round in 0..ROUNDS {
+        let created = h.create("alice", ask("db", &[], 600)).await.unwrap();
+        let (a, c) = tokio::join!(
+            h.approve("bob", &created.id),
+            h.cancel("alice", &created.id)
+        );
+        assert!(a.is_ok() != c.is_ok(), "round {round}: {a:?} {c:?}");
+        let state = settled(&h, &created.id).await;
+        let expected = if a.is_ok() {
+            pb::State::Issued
+        } else {
+            pb::State::Cancelled
+        };
+        assert_eq!(state, expected as i32, "round {round}");
+    }
+    h.audit_verifies();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_approver_racing_with_itself_counts_once() {
+    let h = start().await;
+    for round in 0..ROUNDS {
+        let created = h.create("alice", ask("two", &[], 600)).await.unwrap();
+        let (a, b) = tokio::join!(h.approve("bob", &created.id), h.approve("bob", &created.id));
+        assert!(a.is_ok() != b.is_ok(), "round {round}: {a:?} {b:?}");
+        assert_eq!(settled(&h, &created.id).await, pb::State::Pending as i32);
+        let r = h.get("alice", &created.id, false).await;
+        assert_eq!(r.reviews.len(), 1, "round {round}");
+        h.cancel("alice", &created.id).await.unwrap();
+    }
+    h.audit_verifies();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_approvals_racing_on_a_two_approval_role_issue_once() {
+    let h = start().await;
+    for round in 0..ROUNDS {
+        let created = h.create("alice", ask("two", &[], 600)).await.unwrap();
+        h.approve("bob", &created.id).await.unwrap();
+        let (c, d) = tokio::join!(
+            h.approve("carol", &created.id),
+            h.approve("dave", &created.id)
+        );
+        assert!(c.is_ok() != d.is_ok(), "round {round}: {c:?} {d:?}");
+        assert_eq!(settled(&h, &created.id).await, pb::State::Issued as i32);
+    }
+    h.audit_verifies();
+}
