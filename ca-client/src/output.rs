@@ -161,7 +161,9 @@ impl Output {
         if self.json {
             #[derive(Serialize)]
             struct View<'a> {
+                #[serde(serialize_with = "wide::list")]
                 serials: &'a [u64],
+                #[serde(serialize_with = "wide::one")]
                 krl_version: u64,
             }
             return print_json(&View {
@@ -200,6 +202,7 @@ impl Output {
             #[derive(Serialize)]
             struct KrlSyncView<'a> {
                 path: &'a str,
+                #[serde(serialize_with = "wide::opt")]
                 krl_version: Option<u64>,
                 bytes: Option<usize>,
                 error: Option<String>,
@@ -331,10 +334,33 @@ pub struct SyncReport<'a> {
     pub krl: Result<(u64, usize), &'a Error>,
 }
 
+/// 64-bit numbers go out as JSON strings: jq, JavaScript and every reader that parses
+/// numbers as doubles rounds them above 2^53, and a rounded serial names another
+/// certificate (or none).
+mod wide {
+    use serde::Serializer;
+
+    pub fn one<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn opt<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn list<S: Serializer>(v: &&[u64], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(ToString::to_string))
+    }
+}
+
 /// The JSON form of an installed KRL.
 #[derive(Debug, Serialize)]
 struct KrlView<'a> {
     path: &'a str,
+    #[serde(serialize_with = "wide::one")]
     krl_version: u64,
     bytes: usize,
 }
@@ -670,6 +696,7 @@ fn details(json: &str) -> serde_json::Value {
 /// The JSON form of an audit event (see the contract).
 #[derive(Debug, Serialize)]
 pub struct AuditEventView<'a> {
+    #[serde(serialize_with = "wide::one")]
     seq: u64,
     at: i64,
     actor: &'a str,
@@ -709,6 +736,7 @@ pub struct RequestView<'a> {
     approvers: &'a [String],
     approvals_required: u32,
     reviews: Vec<ReviewView<'a>>,
+    #[serde(serialize_with = "wide::opt")]
     serial: Option<u64>,
     valid_before: Option<i64>,
     certificate: Option<CertificateView<'a>>,
@@ -737,6 +765,7 @@ struct ReviewView<'a> {
 #[derive(Debug, Serialize)]
 struct CertificateView<'a> {
     openssh: &'a str,
+    #[serde(serialize_with = "wide::one")]
     serial: u64,
     key_id: &'a str,
     principals: &'a [String],
@@ -796,6 +825,8 @@ mod tests {
     use serde_json::{Value, json};
 
     const NOW: i64 = 1_750_000_000;
+    /// Above 2^53: a double would round it.
+    const WIDE_SERIAL: u64 = 18_446_744_073_709_551_557;
 
     fn pending() -> AccessRequest {
         AccessRequest {
@@ -831,13 +862,13 @@ mod tests {
             }],
             certificate: Some(Certificate {
                 openssh: "ssh-ed25519-cert-v01@openssh.com AAAA".into(),
-                serial: 42,
+                serial: WIDE_SERIAL,
                 key_id: "moshca:req=01JREQ".into(),
                 principals: vec!["postgres".into(), "ubuntu".into()],
                 valid_after: NOW,
                 valid_before: NOW + 1860,
             }),
-            serial: 42,
+            serial: WIDE_SERIAL,
             valid_before: NOW + 1860,
             ..pending()
         }
@@ -875,14 +906,14 @@ mod tests {
     fn issued_request_json_carries_reviews_and_certificate() {
         let value = serde_json::to_value(RequestView::from(&issued())).unwrap();
         assert_eq!(value["state"], "issued");
-        assert_eq!(value["serial"], 42);
+        assert_eq!(value["serial"], WIDE_SERIAL.to_string());
         assert_eq!(value["valid_before"], NOW + 1860);
         assert_eq!(
             value["reviews"],
             json!([{"approver": "bob", "decision": "approve", "comment": "ok", "at": NOW + 60}])
         );
         let cert = &value["certificate"];
-        assert_eq!(cert["serial"], 42);
+        assert_eq!(cert["serial"], WIDE_SERIAL.to_string());
         assert_eq!(cert["key_id"], "moshca:req=01JREQ");
         assert_eq!(cert["principals"], json!(["postgres", "ubuntu"]));
         assert_eq!(cert["valid_after"], NOW);
@@ -974,7 +1005,10 @@ mod tests {
             text.contains("bob approved at 2025-06-15T15:07:40Z: ok"),
             "{text}"
         );
-        assert!(text.contains("serial:") && text.contains("42"), "{text}");
+        assert!(
+            text.contains("serial:") && text.contains(&WIDE_SERIAL.to_string()),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1143,7 +1177,7 @@ mod tests {
             serde_json::to_value(&views).unwrap(),
             json!([
                 {
-                    "seq": 7,
+                    "seq": "7",
                     "at": NOW + 7,
                     "actor": "alice",
                     "action": "request.break_glass",
@@ -1152,7 +1186,7 @@ mod tests {
                     "hash": format!("{:064x}", 7),
                 },
                 {
-                    "seq": 8,
+                    "seq": "8",
                     "at": NOW + 8,
                     "actor": "moshca-server",
                     "action": "policy.reloaded",
@@ -1161,7 +1195,7 @@ mod tests {
                     "hash": format!("{:064x}", 8),
                 },
                 {
-                    "seq": 9,
+                    "seq": "9",
                     "at": NOW + 9,
                     "actor": "bob",
                     "action": "odd",

@@ -841,6 +841,7 @@ fn authority_only(
     let caller = Caller {
         name: "bench".into(),
         groups: vec!["bench".into()],
+        proof: moshca_server::auth::Proof::Account,
     };
     per_second(threads, measure, keys.openssh.len(), |k| {
         let new = NewRequest {
@@ -1325,6 +1326,7 @@ fn scale_mode(opts: &Opts, rt: &Runtimes, root: &Path, keys: &Arc<Keys>) -> anyh
     let caller = Caller {
         name: "bench".into(),
         groups: vec!["bench".into()],
+        proof: moshca_server::auth::Proof::Account,
     };
     for (what, pending_only) in [("all", false), ("pending only", true)] {
         let t = Instant::now();

@@ -21,6 +21,35 @@ pub struct Caller {
     pub name: String,
     /// Groups the user belongs to.
     pub groups: Vec<String>,
+    /// How the caller proved who they are: checked again inside every transaction that
+    /// signs, since a token can be revoked or its user disabled after authentication.
+    pub proof: Proof,
+}
+
+/// How a [`Caller`] proved who they are.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// A bearer token, by the hash stored for it.
+    Token {
+        /// SHA-256 of the token, hex.
+        hash: String,
+    },
+    /// A CI job's ID token, verified for this one call; the job has no user row.
+    Workload,
+    /// Named by code on the CA host (operator commands, tests): stands while the user
+    /// exists and is enabled.
+    Account,
+}
+
+impl fmt::Debug for Proof {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the hash either: it is what the token table is keyed by.
+        f.write_str(match self {
+            Proof::Token { .. } => "Token",
+            Proof::Workload => "Workload",
+            Proof::Account => "Account",
+        })
+    }
 }
 
 /// A bearer token. Never printed except once, by `user add` / `user token`.

@@ -22,12 +22,13 @@ use tokio::sync::{Notify, broadcast};
 
 use crate::approvals::{self, Approval, Ready, Request, State, Verdict};
 use crate::audit::Event;
-use crate::auth::{Caller, Token};
+use crate::auth::{Caller, Proof, Token};
 use crate::clock::UnixTime;
 use crate::oidc::WorkloadIdentity;
 use crate::policy::{self, Policy, Refusal, Role};
 use crate::signer::{self, Grant, Signer};
 use crate::store::{self, CertRecord, RequestFilter, Store, Tx};
+use crate::text;
 
 mod audit_trail;
 mod revocation;
@@ -238,6 +239,11 @@ impl Authority {
         Ok(self.store.transact(|tx| tx.append_audit(&event))?)
     }
 
+    /// Whether the store's last batch committed (health reports it).
+    pub fn store_can_commit(&self) -> bool {
+        self.store.can_commit()
+    }
+
     /// Notified with a request id whenever any request changes (the webhook notifier).
     pub fn subscribe(&self) -> broadcast::Receiver<String> {
         self.changes.subscribe()
@@ -354,6 +360,7 @@ impl Authority {
             None
         };
         let view = self.store.transact(|tx| {
+            still_standing(tx, caller, now)?;
             // The caps bound pending rows: a request issued at once (auto-approved or
             // break-glass) never waits, so it is not held back by them.
             let waits = presigned.is_none();
@@ -401,7 +408,11 @@ impl Authority {
         });
         let view = match view {
             Ok(v) => v,
-            Err(e @ (Error::ResourceExhausted(_) | Error::InvalidArgument(_))) => {
+            Err(
+                e @ (Error::ResourceExhausted(_)
+                | Error::InvalidArgument(_)
+                | Error::Unauthenticated(_)),
+            ) => {
                 return Err(self.refuse(caller, &new.role, e, now));
             }
             Err(e) => return Err(e),
@@ -711,11 +722,7 @@ impl Authority {
         comment: &str,
         now: UnixTime,
     ) -> Result<RequestView> {
-        if !free_text_ok(comment) {
-            return Err(Error::InvalidArgument(
-                "comment must be at most 1024 bytes without control characters".into(),
-            ));
-        }
+        text::free_text("comment", comment).map_err(Error::InvalidArgument)?;
         if verdict == Verdict::Deny && comment.trim().is_empty() {
             return Err(Error::InvalidArgument(
                 "a denial needs a reason: moshca deny ID --reason TEXT".into(),
@@ -723,6 +730,7 @@ impl Authority {
         }
         let policy = self.policy();
         let result = self.store.transact(|tx| {
+            still_standing(tx, caller, now)?;
             let req = Self::visible_request(tx, &policy, caller, id)?;
             let role = policy.role(&req.role).ok_or_else(|| {
                 Error::FailedPrecondition(format!(
@@ -828,6 +836,7 @@ impl Authority {
                 && role.may_request(&Caller {
                     name: u.name,
                     groups: u.groups,
+                    proof: Proof::Account,
                 })
         });
         if !requester_ok {
@@ -856,6 +865,7 @@ impl Authority {
                     && role.may_approve(&Caller {
                         name: u.name.clone(),
                         groups: u.groups.clone(),
+                        proof: Proof::Account,
                     })
             });
             if ok {
@@ -939,11 +949,12 @@ impl Authority {
         now: UnixTime,
     ) -> Result<RequestView> {
         let comment = comment.trim();
-        if comment.is_empty() || !free_text_ok(comment) {
+        if comment.is_empty() {
             return Err(Error::InvalidArgument(
                 "a break-glass review needs a comment: moshca review ID --comment TEXT".into(),
             ));
         }
+        text::free_text("comment", comment).map_err(Error::InvalidArgument)?;
         let policy = self.policy();
         let view = self.store.transact(|tx| {
             let req = Self::visible_request(tx, &policy, caller, id)?;
@@ -1035,6 +1046,28 @@ fn log_issued(cert: &CertRecord, caller: &str) {
     );
 }
 
+/// Refuses a caller whose standing ended after it authenticated (its token revoked or
+/// expired, its user disabled), inside the transaction that would sign for it: revoking a
+/// user and issuing to them are then ordered by the store, so no certificate is issued to
+/// a user after the event that disabled them.
+fn still_standing(tx: &Tx<'_>, caller: &Caller, now: UnixTime) -> Result<()> {
+    let stands = match &caller.proof {
+        Proof::Token { hash } => tx
+            .caller_by_token(hash, now)?
+            .is_some_and(|c| c.name == caller.name),
+        Proof::Account => tx.user(&caller.name)?.is_some_and(|u| !u.disabled),
+        // Verified for this call; its token id is consumed in this same transaction.
+        Proof::Workload => true,
+    };
+    if stands {
+        return Ok(());
+    }
+    Err(Error::Unauthenticated(
+        "your token was revoked or has expired, or your user was disabled; nothing was issued. Ask the CA operator"
+            .into(),
+    ))
+}
+
 /// Refuses a subject key that is, or ever was, one of this CA's keys.
 fn refuse_ca_subject(tx: &Tx<'_>, fingerprint: &str) -> Result<()> {
     if tx.is_ca_key(fingerprint)? {
@@ -1045,9 +1078,9 @@ fn refuse_ca_subject(tx: &Tx<'_>, fingerprint: &str) -> Result<()> {
     Ok(())
 }
 
-/// Comments and reasons: bounded, no control characters (they end up in logs and audit).
-fn free_text_ok(text: &str) -> bool {
-    text.len() <= policy::MAX_REASON_LEN && !text.chars().any(char::is_control)
+/// Comments and reasons: the free-text rule of [`text::free_text`].
+fn free_text_ok(value: &str) -> bool {
+    text::free_text("text", value).is_ok()
 }
 
 /// The facts every event about a new request records.

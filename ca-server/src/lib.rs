@@ -12,7 +12,8 @@
 //! | [`approvals`] | the request state machine (pure, takes `now`) |
 //! | [`signer`] | owns the CA key; grant + subject key -> certificate |
 //! | [`auth`] | bearer tokens -> [`auth::Caller`] |
-//! | [`limits`] | per-peer limits on failed authentication |
+//! | [`limits`] | per-peer limits on failed authentication, per-caller limits on refusals |
+//! | [`text`] | bounds of caller-supplied strings, the free-text rule, escaping for logs |
 //! | [`oidc`] | CI jobs' OIDC ID tokens -> verified workload identity |
 //! | [`authority`] | use cases; orchestrates the above with the store and audit |
 //! | [`store`] | all SQL and migrations |
@@ -48,4 +49,5 @@ pub mod server;
 pub mod service;
 pub mod signer;
 pub mod store;
+pub mod text;
 pub mod users;

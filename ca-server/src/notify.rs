@@ -162,7 +162,9 @@ pub fn body(row: &audit::Row, request: Option<&RequestFacts>, format: WebhookFor
     let break_glass = event.action == "request.break_glass";
     let value = match format {
         WebhookFormat::Json => json!({
-            "delivery": row.seq,
+            // A string, as every 64-bit number moshca sends: readers that use doubles
+            // round it above 2^53.
+            "delivery": row.seq.to_string(),
             "action": event.action,
             "at": event.at,
             "actor": event.actor,
@@ -296,10 +298,10 @@ pub fn summary(event: &Event, request: Option<&RequestFacts>) -> String {
             None => format!("{actor}: {other}"),
         },
     };
-    // Reasons and comments are checked for control characters, but a summary is one line
-    // whatever a stored event holds.
+    // Reasons and comments are checked when they arrive, but a summary is one plain line
+    // whatever a stored event holds: nothing invisible, nothing that reorders the text.
     line.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if crate::text::hidden(c) { ' ' } else { c })
         .collect()
 }
 
@@ -722,7 +724,7 @@ mod tests {
     #[test]
     fn created_body_names_everything_an_approver_needs() {
         let v = parse(&body(&created(), Some(&facts()), WebhookFormat::Json));
-        assert_eq!(v["delivery"], 7);
+        assert_eq!(v["delivery"], "7");
         assert_eq!(v["action"], "request.created");
         assert_eq!(v["at"], AT);
         assert_eq!(v["actor"], "alice");

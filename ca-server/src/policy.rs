@@ -401,16 +401,7 @@ impl Role {
             )));
         }
         let reason = reason.trim();
-        if reason.len() > MAX_REASON_LEN {
-            return Err(Refusal::Invalid(format!(
-                "reason is longer than {MAX_REASON_LEN} bytes"
-            )));
-        }
-        if reason.chars().any(char::is_control) {
-            return Err(Refusal::Invalid(
-                "reason must not contain control characters".into(),
-            ));
-        }
+        crate::text::free_text("reason", reason).map_err(Refusal::Invalid)?;
         if reason.chars().count() < self.reason_min_len {
             return Err(Refusal::Invalid(format!(
                 "reason must be at least {} characters for role {}",
@@ -856,6 +847,7 @@ mod tests {
         Caller {
             name: name.into(),
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            proof: crate::auth::Proof::Account,
         }
     }
 

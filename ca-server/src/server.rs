@@ -52,7 +52,7 @@ pub async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(4 * 1024 * 1024);
 
-    let sweeper = tokio::spawn(expire_pending(authority.clone()));
+    let sweeper = tokio::spawn(expire_pending(authority.clone(), health.clone()));
     // Deliveries are off the request path: handlers only commit outbox rows, and a
     // delivery cut short by shutdown is sent again on the next start.
     let notifications = tokio::spawn(notifier.run(authority.subscribe()));
@@ -97,10 +97,13 @@ pub async fn run(
 }
 
 /// Expires pending requests once a second (cheap thanks to the (state, expires_at) index)
-/// and forgets consumed token ids once a minute.
-async fn expire_pending(authority: Arc<Authority>) {
+/// and forgets consumed token ids once a minute. Its write each second doubles as the
+/// store's probe: health says NOT_SERVING while the store cannot commit, and SERVING again
+/// after its next commit.
+async fn expire_pending(authority: Arc<Authority>, health: tonic_health::server::HealthReporter) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n: u64 = 0;
+    let mut serving = true;
     loop {
         tick.tick().await;
         n += 1;
@@ -121,6 +124,21 @@ async fn expire_pending(authority: Arc<Authority>) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "expiring pending requests failed"),
             Err(e) => tracing::error!(error = %e, "expiry task failed"),
+        }
+        let can_commit = authority.store_can_commit();
+        if can_commit != serving {
+            serving = can_commit;
+            if serving {
+                tracing::info!("the store commits again; health: SERVING");
+                health
+                    .set_serving::<CertificateAuthorityServer<Service>>()
+                    .await;
+            } else {
+                tracing::error!("the store cannot commit; health: NOT_SERVING");
+                health
+                    .set_not_serving::<CertificateAuthorityServer<Service>>()
+                    .await;
+            }
         }
     }
 }

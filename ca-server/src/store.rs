@@ -124,6 +124,8 @@ pub struct Store {
     /// Signalled when a batch committed or failed (its members wait on it).
     batch_done: Condvar,
     queued: AtomicUsize,
+    /// The last batch failed to commit (see [`Store::can_commit`]).
+    commit_failed: AtomicBool,
     /// Whether notifying audit events are queued for webhooks (see [`Store::set_outbox`]).
     outbox: AtomicBool,
     /// `None` for in-memory stores (a second connection would see another database).
@@ -397,6 +399,7 @@ impl Store {
             joined: Condvar::new(),
             batch_done: Condvar::new(),
             queued: AtomicUsize::new(0),
+            commit_failed: AtomicBool::new(false),
             outbox: AtomicBool::new(true),
             readers: Vec::new(),
             next_reader: AtomicUsize::new(0),
@@ -471,6 +474,10 @@ impl Store {
 
     /// Runs `f` atomically and durably: its writes commit (with those of the writers
     /// batched with it) before this returns `Ok`; on `Err` none of them happen.
+    ///
+    /// A panic in `f` rolls back `f`'s own writes; if `f` was the leader's, the batch is
+    /// still closed (by [`Batch`]'s drop) so no later writer waits for it, and the panic
+    /// then continues to the caller.
     pub fn transact<T, E>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T, E>) -> Result<T, E>
     where
         E: From<Error>,
@@ -478,53 +485,51 @@ impl Store {
         self.queued.fetch_add(1, Ordering::SeqCst);
         let mut w = self.lock_writer();
         self.queued.fetch_sub(1, Ordering::SeqCst);
-        let leader = !w.open;
-        if leader {
-            run(&w.conn, "BEGIN IMMEDIATE").map_err(Error::from)?;
-            w.open = true;
-            w.batch += 1;
-            w.members = 0;
+        if w.open {
+            return self.join(w, f);
         }
+        run(&w.conn, "BEGIN IMMEDIATE").map_err(|e| {
+            self.commit_failed.store(true, Ordering::Relaxed);
+            Error::from(e)
+        })?;
+        w.open = true;
+        w.batch += 1;
+        w.members = 1;
+        let mut batch = Batch {
+            store: self,
+            id: w.batch,
+            writer: Some(w),
+            done: false,
+        };
+        let out = batch.run(f);
+        // Let the writers queued behind this one join the batch, up to a bound.
+        while self.queued.load(Ordering::SeqCst) > 0 && batch.writer().members < MAX_BATCH {
+            let Some(w) = batch.writer.take() else { break };
+            let (w, timeout) = self
+                .joined
+                .wait_timeout(w, Duration::from_millis(5))
+                .unwrap_or_else(|p| p.into_inner());
+            batch.writer = Some(w);
+            if timeout.timed_out() {
+                break;
+            }
+        }
+        batch.commit().map_err(Error::from)?;
+        out
+    }
+
+    /// Runs `f` as a member of the open batch and waits for its leader's commit.
+    fn join<T, E>(
+        &self,
+        mut w: MutexGuard<'_, Writer>,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
         let my_batch = w.batch;
         w.members += 1;
-        // No early return from here on: a leader must always close its batch.
-        let out = match Savepoint::begin(&w.conn) {
-            Err(e) => Err(E::from(Error::from(e))),
-            Ok(sp) => match f(&Tx {
-                tx: &w.conn,
-                outbox: self.outbox.load(Ordering::Relaxed),
-            }) {
-                Ok(v) => sp
-                    .release()
-                    .map(|()| v)
-                    .map_err(|e| E::from(Error::from(e))),
-                Err(e) => Err(e),
-            },
-        };
-        if leader {
-            // Let the writers queued behind this one join the batch, up to a bound.
-            while self.queued.load(Ordering::SeqCst) > 0 && w.members < MAX_BATCH {
-                let (guard, timeout) = self
-                    .joined
-                    .wait_timeout(w, Duration::from_millis(5))
-                    .unwrap_or_else(|p| p.into_inner());
-                w = guard;
-                if timeout.timed_out() {
-                    break;
-                }
-            }
-            let committed = run(&w.conn, "COMMIT");
-            if let Err(e) = &committed {
-                let _ = run(&w.conn, "ROLLBACK");
-                w.failed = Some((my_batch, e.to_string()));
-            }
-            w.open = false;
-            w.finished = my_batch;
-            drop(w);
-            self.batch_done.notify_all();
-            committed.map_err(Error::from)?;
-            return out;
-        }
+        let out = in_savepoint(&w.conn, self.outbox.load(Ordering::Relaxed), f);
         // Only the leader waits for joiners; waking the whole batch per joiner would cost
         // a futex storm.
         self.joined.notify_one();
@@ -539,6 +544,13 @@ impl Store {
             return Err(Error::CommitFailed(e.clone()).into());
         }
         Ok(out)
+    }
+
+    /// Whether the last batch committed (or nothing failed yet). Turns false when a commit
+    /// fails or a writer panics with the batch open, and true again at the next commit;
+    /// the server's health service reports it.
+    pub fn can_commit(&self) -> bool {
+        !self.commit_failed.load(Ordering::Relaxed)
     }
 
     /// A free reader connection, or (all busy) the next one in turn.
@@ -616,6 +628,92 @@ fn checkpoint(conn: &Connection, restart_frames: i64) -> rusqlite::Result<()> {
 /// Runs a transaction-control statement through the statement cache.
 fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+/// Runs `f` in a savepoint of the open transaction: released on `Ok`, rolled back on
+/// `Err` or panic.
+fn in_savepoint<T, E>(
+    conn: &Connection,
+    outbox: bool,
+    f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<Error>,
+{
+    let sp = Savepoint::begin(conn).map_err(|e| E::from(Error::from(e)))?;
+    let v = f(&Tx { tx: conn, outbox })?;
+    sp.release().map_err(|e| E::from(Error::from(e)))?;
+    Ok(v)
+}
+
+/// The leader's hold on an open batch: it owns the writer lock, and whatever way the
+/// leader leaves (commit, error, panic) the batch ends: committed by [`Batch::commit`],
+/// or rolled back by `drop`, with every member told.
+struct Batch<'s> {
+    store: &'s Store,
+    id: u64,
+    /// `None` only while waiting for joiners (the condvar holds the lock then).
+    writer: Option<MutexGuard<'s, Writer>>,
+    /// Committed or rolled back.
+    done: bool,
+}
+
+impl<'s> Batch<'s> {
+    fn writer(&mut self) -> &mut Writer {
+        if self.writer.is_none() {
+            self.writer = Some(self.store.lock_writer());
+        }
+        match self.writer.as_mut() {
+            Some(w) => w,
+            None => unreachable!("the writer lock was just taken"),
+        }
+    }
+
+    /// Runs the leader's own closure.
+    fn run<T, E>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        let outbox = self.store.outbox.load(Ordering::Relaxed);
+        in_savepoint(&self.writer().conn, outbox, f)
+    }
+
+    /// Commits the batch (rolling back if COMMIT fails) and wakes its members.
+    fn commit(mut self) -> rusqlite::Result<()> {
+        let committed = run(&self.writer().conn, "COMMIT");
+        self.finish(committed.as_ref().err().map(ToString::to_string));
+        committed
+    }
+
+    /// Ends the batch: rolled back unless it committed, members woken, health updated.
+    fn finish(&mut self, failure: Option<String>) {
+        let id = self.id;
+        let w = self.writer();
+        if failure.is_some() {
+            let _ = run(&w.conn, "ROLLBACK");
+        }
+        let failed = failure.is_some();
+        if let Some(e) = failure {
+            w.failed = Some((id, e));
+        }
+        w.open = false;
+        w.finished = id;
+        self.done = true;
+        self.writer = None;
+        self.store.commit_failed.store(failed, Ordering::Relaxed);
+        self.store.batch_done.notify_all();
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            tracing::error!("a writer failed with its batch open; the batch is rolled back");
+            self.finish(Some(
+                "a writer of this batch failed; nothing of it is stored".into(),
+            ));
+        }
+    }
 }
 
 /// Rolls back to the savepoint unless released (also while unwinding from a panic).
@@ -786,6 +884,9 @@ impl Tx<'_> {
             Ok(Caller {
                 name,
                 groups: parse_list(&groups)?,
+                proof: crate::auth::Proof::Token {
+                    hash: hash.to_owned(),
+                },
             })
         })
         .transpose()
@@ -1950,6 +2051,92 @@ mod tests {
         assert_eq!(users.len(), 8 * 45);
         let rows = s.read(|tx| tx.audit_rows()).unwrap();
         assert_eq!(audit::verify(rows).unwrap(), 8 * 45);
+    }
+
+    /// Runs `f` on a thread and fails the test if it has not finished within 10 s (a
+    /// wedged batch would otherwise hang the suite instead of failing it).
+    fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the store is wedged: a write did not finish within 10 s")
+    }
+
+    #[test]
+    fn a_panicking_leader_closes_its_batch_and_later_writes_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let s2 = s.clone();
+        let panicked = std::thread::spawn(move || {
+            let _: Result<(), Error> = s2.transact(|tx| {
+                tx.insert_user("ghost", &[], 1)?;
+                panic!("injected");
+            });
+        })
+        .join();
+        assert!(panicked.is_err(), "the panic reaches the caller");
+        assert!(
+            !s.can_commit(),
+            "a batch ended by a panic counts as a failed commit"
+        );
+        let s3 = s.clone();
+        within_10s(move || {
+            s3.transact(|tx| tx.insert_user("after", &[], 2)).unwrap();
+        });
+        assert!(s.can_commit(), "the next commit clears the failure");
+        assert!(s.read(|tx| tx.user("ghost")).unwrap().is_none());
+        assert!(s.read(|tx| tx.user("after")).unwrap().is_some());
+    }
+
+    #[test]
+    fn panicking_writers_under_load_never_wedge_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let s2 = s.clone();
+        let committed = within_10s(move || {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..8)
+                    .map(|t| {
+                        let s = &s2;
+                        scope.spawn(move || {
+                            let mut ok = 0;
+                            for i in 0..40 {
+                                let name = format!("u{t}-{i}");
+                                let r =
+                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                        s.transact(|tx| {
+                                            tx.insert_user(&name, &[], 1)?;
+                                            if i % 7 == 2 {
+                                                panic!("injected");
+                                            }
+                                            Ok::<_, Error>(())
+                                        })
+                                    }));
+                                if matches!(r, Ok(Ok(()))) {
+                                    ok += 1;
+                                }
+                            }
+                            ok
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .sum::<usize>()
+            })
+        });
+        // A leader runs its closure before anyone joins, and a joiner's panic rolls back
+        // only its savepoint: every write that did not panic commits, and no other.
+        let users = s.read(|tx| tx.users()).unwrap();
+        assert_eq!(users.len(), committed);
+        assert!(users.iter().all(|u| {
+            let i: usize = u.name.rsplit('-').next().unwrap().parse().unwrap();
+            i % 7 != 2
+        }));
+        assert_eq!(committed, 8 * 34);
     }
 
     #[test]

@@ -419,11 +419,11 @@ async fn approve_flow_notifies_with_signed_bodies() {
         assert_eq!(hit.header("x-moshca-event"), body["action"]);
         assert_eq!(
             hit.header("x-moshca-delivery"),
-            body["delivery"].to_string()
+            body["delivery"].as_str().unwrap()
         );
         assert_eq!(body["request_id"], created.id);
         assert_eq!(body["priority"], "normal");
-        seqs.push(body["delivery"].as_u64().unwrap());
+        seqs.push(body["delivery"].as_str().unwrap().parse::<u64>().unwrap());
     }
     let by_action = |a: &str| {
         hits.iter()

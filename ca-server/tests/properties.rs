@@ -178,6 +178,7 @@ fn caller(name: &str, groups: &[&str]) -> Caller {
     Caller {
         name: name.to_owned(),
         groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        proof: moshca_server::auth::Proof::Account,
     }
 }
 

@@ -1012,6 +1012,13 @@ pub fn fingerprint(public_key: &Path) -> String {
 // ---------------------------------------------------------------------------------------
 // Certificates
 
+/// A 64-bit number from moshca's JSON output, which carries them as decimal strings (a
+/// JSON number would be rounded above 2^53 by readers that use doubles). `None` for
+/// anything else, a JSON number included.
+pub fn wide(v: &serde_json::Value) -> Option<u64> {
+    v.as_str()?.parse().ok()
+}
+
 /// What `ssh-keygen -L -f CERT` reports about an OpenSSH certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CertInfo {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use moshca_e2e::{Ca, CertInfo, Identity, LOGIN, Run, SshAgent, Sshd, poll, run, ssh};
+use moshca_e2e::{Ca, CertInfo, Identity, LOGIN, Run, SshAgent, Sshd, poll, run, ssh, wide};
 use serde_json::{Value, json};
 
 /// `oncall` allows break-glass for at most 15 minutes; `tunnel` does not allow it. alice is
@@ -154,7 +154,8 @@ fn events<'a>(all: &'a [Value], action: &str, request_id: Option<&str>) -> Vec<&
 fn seq_of(all: &[Value], action: &str) -> i64 {
     events(all, action, None)
         .first()
-        .and_then(|e| e["seq"].as_i64())
+        .and_then(|e| wide(&e["seq"]))
+        .and_then(|s| i64::try_from(s).ok())
         .unwrap_or_else(|| panic!("no {action} event in {all:#?}"))
 }
 
@@ -411,7 +412,7 @@ fn audit_for_auditors_filters_by_user_and_request_and_refuses_others() {
 
     let everything = audit(&[]);
     for event in &everything {
-        assert!(event["seq"].as_u64().is_some_and(|s| s > 0), "{event}");
+        assert!(wide(&event["seq"]).is_some_and(|s| s > 0), "{event}");
         assert!(event["at"].as_i64().is_some_and(|at| at > 0), "{event}");
         assert!(
             event["actor"].is_string() && event["action"].is_string(),
@@ -428,10 +429,7 @@ fn audit_for_auditors_filters_by_user_and_request_and_refuses_others() {
         );
         assert!(event["request_id"].is_null() || event["request_id"].is_string());
     }
-    let seqs: Vec<u64> = everything
-        .iter()
-        .filter_map(|e| e["seq"].as_u64())
-        .collect();
+    let seqs: Vec<u64> = everything.iter().filter_map(|e| wide(&e["seq"])).collect();
     assert!(
         seqs.windows(2).all(|w| w[0] < w[1]),
         "oldest first: {seqs:?}"
@@ -520,7 +518,10 @@ fn stopped_ca_with_events() -> (Ca, Vec<Value>) {
     ca.stop();
     let all = export(&ca);
     assert!(all.len() >= 7, "a few events: {all:#?}");
-    let seqs: Vec<i64> = all.iter().filter_map(|e| e["seq"].as_i64()).collect();
+    let seqs: Vec<i64> = all
+        .iter()
+        .filter_map(|e| wide(&e["seq"]).and_then(|s| i64::try_from(s).ok()))
+        .collect();
     let expected: Vec<i64> = (1..=i64::try_from(all.len()).expect("few events")).collect();
     assert_eq!(seqs, expected, "seqs from 1 without gaps");
     (ca, all)

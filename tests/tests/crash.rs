@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use moshca_e2e::{Background, Ca, client_bin, server_bin, signal};
+use moshca_e2e::{Background, Ca, client_bin, server_bin, signal, wide};
 use rand::Rng as _;
 use rand::rngs::OsRng;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _};
@@ -155,14 +155,14 @@ fn client_loop(
             let cert = &v["certificate"];
             let (Some(id), Some(serial), Some(openssh)) = (
                 v["id"].as_str(),
-                cert["serial"].as_u64(),
+                wide(&cert["serial"]),
                 cert["openssh"].as_str(),
             ) else {
                 panic!("an auto role answered exit 0 without a certificate:\n{out}");
             };
             assert_eq!(v["state"], "issued", "exit 0 but not issued:\n{out}");
             assert_eq!(
-                v["serial"].as_u64(),
+                wide(&v["serial"]),
                 Some(serial),
                 "the request's serial is not its certificate's:\n{out}"
             );

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use moshca_e2e::{
     Ca, CertInfo, LOGIN, OTHER_LOGIN, Run, SshAgent, client_bin, fingerprint, free_port, keygen,
-    make_host_key, moshca, poll, program, run, unix_now,
+    make_host_key, moshca, poll, program, run, unix_now, wide,
 };
 use serde_json::Value;
 use tempfile::TempDir;
@@ -165,13 +165,13 @@ fn revoke(ca: &Ca, user: &str, args: &[&str]) -> Vec<u64> {
     out.assert_ok();
     let value = out.json();
     assert!(
-        value["krl_version"].as_u64().is_some_and(|v| v > 0),
+        wide(&value["krl_version"]).is_some_and(|v| v > 0),
         "revoke should report the KRL version:\n{out}"
     );
     match &value["serials"] {
         Value::Array(serials) => serials
             .iter()
-            .map(|s| s.as_u64().unwrap_or_else(|| panic!("serial {s}:\n{out}")))
+            .map(|s| wide(s).unwrap_or_else(|| panic!("serial {s}:\n{out}")))
             .collect(),
         other => panic!("serials should be an array, got {other}:\n{out}"),
     }

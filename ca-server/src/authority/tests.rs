@@ -66,6 +66,7 @@ fn who(name: &str, groups: &[&str]) -> Caller {
     Caller {
         name: name.into(),
         groups: groups.iter().map(|g| (*g).into()).collect(),
+        proof: crate::auth::Proof::Account,
     }
 }
 

@@ -18,6 +18,7 @@ impl Authority {
         let pseudo = Caller {
             name: name.clone(),
             groups: Vec::new(),
+            proof: Proof::Workload,
         };
         let checked = (|| {
             let role = policy
