@@ -437,8 +437,61 @@ fn validity(request: &AccessRequest, valid_before: u64, now: i64) -> String {
     )
 }
 
+/// Whether `c` is invisible or changes how the text around it is displayed (Unicode
+/// categories Cc, Cf, Zl, Zp): a reason holding U+202E could make an approver read
+/// another command than the one it is.
+fn hidden(c: char) -> bool {
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory as _};
+    matches!(
+        c.general_category(),
+        G::Control | G::Format | G::LineSeparator | G::ParagraphSeparator
+    )
+}
+
+/// `text` with every [`hidden`] character but our own line breaks and tabs written as
+/// a visible escape (`\u{202e}`).
+fn escape_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| hidden(c) && c != '\n' && c != '\t') {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if hidden(c) && c != '\n' && c != '\t' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// JSON `text` with every non-ASCII [`hidden`] character written as a `\uXXXX` escape
+/// (serde_json escapes the ASCII ones). Such characters can only stand inside strings,
+/// so the value is the same; only what a terminal shows changes.
+fn escape_json(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| !c.is_ascii() && hidden(c)) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if !c.is_ascii() && hidden(c) {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
 /// Writes `text` to stdout; a closed pipe (`moshca requests | head`) is not an error.
+/// Characters that hide or reorder text are escaped: the only stdout writer is where
+/// that rule can hold for every command.
 fn print_text(text: &str) -> Result<()> {
+    let text = escape_text(text);
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())
@@ -453,7 +506,7 @@ fn print_text(text: &str) -> Result<()> {
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|err| Error::Stdout(std::io::Error::other(err)))?;
-    print_text(&format!("{text}\n"))
+    print_text(&format!("{}\n", escape_json(&text)))
 }
 
 /// The request's state, `Unspecified` for values this client does not know.
@@ -825,6 +878,20 @@ mod tests {
     use serde_json::{Value, json};
 
     const NOW: i64 = 1_750_000_000;
+
+    #[test]
+    fn hidden_characters_are_never_printed_raw() {
+        let reason = "INC-1 \u{202E}txt.exe\u{200B} \u{1B}[31m \u{E0041}";
+        let text = escape_text(reason);
+        assert!(!text.chars().any(hidden), "{text:?}");
+        assert!(text.contains("\\u{202e}"), "{text}");
+        assert_eq!(escape_text("two\n\tlines"), "two\n\tlines");
+        let json = serde_json::to_string(&serde_json::json!({ "reason": reason })).unwrap();
+        let escaped = escape_json(&json);
+        assert!(!escaped.chars().any(hidden), "{escaped}");
+        let back: serde_json::Value = serde_json::from_str(&escaped).unwrap();
+        assert_eq!(back["reason"], reason, "the value is unchanged");
+    }
     /// Above 2^53: a double would round it.
     const WIDE_SERIAL: u64 = 18_446_744_073_709_551_557;
 

@@ -75,6 +75,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the caller was refused (bad arguments, policy, state): what the per-caller
+    /// refusal limit counts.
+    pub fn is_refusal(&self) -> bool {
+        !self.is_internal()
+    }
+
     /// Whether this is a fault of the server rather than an answer to the caller.
     pub fn is_internal(&self) -> bool {
         matches!(self, Error::Store(_) | Error::Signer(_) | Error::Krl(_))
@@ -308,7 +314,8 @@ impl Authority {
             &caller.name,
             "request.refused",
             None,
-            json!({ "role": role, "reason": err.to_string() }),
+            // The role as the caller sent it: bounded at the edge, escaped here.
+            json!({ "role": text::shown(role), "reason": err.to_string() }),
         ));
         match recorded {
             Ok(()) => err,

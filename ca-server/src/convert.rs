@@ -93,16 +93,34 @@ pub fn verdict(d: i32) -> Result<Verdict, Status> {
     }
 }
 
-/// A create request off the wire. A zero ttl means the role's default.
-pub fn new_request(m: pb::CreateAccessRequestRequest) -> crate::authority::NewRequest {
-    crate::authority::NewRequest {
+/// A create request off the wire, every string within its bound. A zero ttl means the
+/// role's default.
+pub fn new_request(
+    m: pb::CreateAccessRequestRequest,
+) -> Result<crate::authority::NewRequest, authority::Error> {
+    use crate::text::{self, bounded};
+    let invalid = authority::Error::InvalidArgument;
+    bounded("role", &m.role, text::MAX_NAME_LEN).map_err(invalid)?;
+    if m.principals.len() > text::MAX_PRINCIPALS {
+        return Err(invalid(format!(
+            "{} principals requested; at most {} per certificate",
+            m.principals.len(),
+            text::MAX_PRINCIPALS
+        )));
+    }
+    for p in &m.principals {
+        bounded("a principal", p, text::MAX_PRINCIPAL_LEN).map_err(invalid)?;
+    }
+    bounded("reason", &m.reason, text::MAX_FREE_TEXT_LEN).map_err(invalid)?;
+    bounded("public key", &m.public_key, text::MAX_PUBLIC_KEY_LEN).map_err(invalid)?;
+    Ok(crate::authority::NewRequest {
         role: m.role,
         principals: m.principals,
         ttl_secs: (m.ttl_secs != 0).then_some(m.ttl_secs),
         reason: m.reason,
         public_key: m.public_key,
         break_glass: m.break_glass,
-    }
+    })
 }
 
 /// A request view for the wire.

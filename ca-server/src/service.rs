@@ -15,12 +15,9 @@ use tracing::Instrument as _;
 
 use crate::auth::{self, Caller, Credential, Token};
 use crate::authority::{Authority, RevokeTarget};
-use crate::limits::{AuthFailures, MAX_AUTH_FAILURES};
+use crate::limits::{AuthFailures, MAX_AUTH_FAILURES, MAX_REFUSALS, Refusals};
 use crate::oidc::{Verifier, WorkloadIdentity};
-use crate::{clock, convert};
-
-/// Longest accepted request id, to keep junk out of logs.
-const MAX_ID_LEN: usize = 64;
+use crate::{clock, convert, text};
 
 /// The gRPC service over an [`Authority`].
 #[derive(Debug, Clone)]
@@ -28,6 +25,7 @@ pub struct Service {
     authority: Arc<Authority>,
     verifier: Arc<Verifier>,
     failures: Arc<AuthFailures>,
+    refusals: Arc<Refusals>,
     stopping: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -42,7 +40,8 @@ impl Service {
         Service {
             authority,
             verifier,
-            failures: Arc::default(),
+            failures: Arc::new(AuthFailures::new(MAX_AUTH_FAILURES)),
+            refusals: Arc::new(Refusals::new(MAX_REFUSALS)),
             stopping,
         }
     }
@@ -71,7 +70,7 @@ impl Service {
         let ip = req.remote_addr().map(|a| a.ip());
         let peer = ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
         if let Some(ip) = ip
-            && !self.failures.allowed_at(ip, Instant::now())
+            && !self.failures.allowed_at(&ip, Instant::now())
         {
             tracing::warn!(peer = %peer, "refused: too many failed authentications");
             return Err(Status::resource_exhausted(format!(
@@ -136,18 +135,30 @@ impl Service {
     }
 
     /// Authenticates and runs `f` as the caller, both in one blocking task (one thread
-    /// hop per call instead of two).
+    /// hop per call instead of two). A caller refused too often within a minute is
+    /// refused before `f` runs, so a flood of bad calls writes no audit rows.
     async fn as_caller<T: Send + 'static>(
         &self,
         (token, peer): (Token, String),
         f: impl FnOnce(&Authority, &Caller) -> Result<T, crate::authority::Error> + Send + 'static,
     ) -> Result<T, Status> {
         let p = peer.clone();
+        let refusals = self.refusals.clone();
         let out = self
             .blocking(move |a| {
                 let caller = a.authenticate_at(&token, &p, clock::now())?;
                 tracing::Span::current().record("caller", caller.name.as_str());
-                f(a, &caller)
+                if !refusals.allowed_at(caller.name.as_str(), Instant::now()) {
+                    return Err(crate::authority::Error::ResourceExhausted(format!(
+                        "limit reached: more than {} refused calls within a minute; wait a minute, then fix the call as the earlier errors said",
+                        refusals.max()
+                    )));
+                }
+                let out = f(a, &caller);
+                if out.as_ref().is_err_and(crate::authority::Error::is_refusal) {
+                    refusals.record_at(caller.name.clone(), Instant::now());
+                }
+                out
             })
             .await;
         if let Err(s) = &out
@@ -161,7 +172,10 @@ impl Service {
 }
 
 fn check_id(id: &str) -> Result<String, Status> {
-    if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if id.is_empty()
+        || id.len() > text::MAX_ID_LEN
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
         return Err(Status::invalid_argument(
             "request id must be the id printed by `moshca login` or `moshca request`",
         ));
@@ -195,13 +209,13 @@ impl CertificateAuthority for Service {
             let wl = self.workload(jwt, peer).await?;
             tracing::Span::current().record("caller", wl.subject.as_str());
             let m = req.into_inner();
-            tracing::Span::current().record("role", m.role.as_str());
+            tracing::Span::current().record("role", text::shown(&m.role).as_str());
             if m.break_glass {
                 return Err(Status::permission_denied(
                     "workloads cannot use break-glass",
                 ));
             }
-            let new = convert::new_request(m);
+            let new = convert::new_request(m)?;
             let view = self
                 .blocking(move |a| a.create_workload_request_at(&wl, new, clock::now()))
                 .await
@@ -211,10 +225,10 @@ impl CertificateAuthority for Service {
         }
         let credential = self.user_token(&req)?;
         let m = req.into_inner();
-        tracing::Span::current().record("role", m.role.as_str());
-        let new = convert::new_request(m);
+        tracing::Span::current().record("role", text::shown(&m.role).as_str());
         let view = self
             .as_caller(credential, move |a, caller| {
+                let new = convert::new_request(m)?;
                 a.create_request_at(caller, new, clock::now())
             })
             .await
@@ -302,12 +316,12 @@ impl CertificateAuthority for Service {
         &self,
         req: Request<pb::ListAccessRequestsRequest>,
     ) -> Result<Response<pb::ListAccessRequestsResponse>, Status> {
-        let caller = self.caller(&req).await?;
+        let credential = self.user_token(&req)?;
         let m = req.into_inner();
         let views = self
-            .blocking(move |a| {
+            .as_caller(credential, move |a, caller| {
                 a.list_requests(
-                    &caller,
+                    caller,
                     m.pending_only,
                     m.mine_only,
                     m.unreviewed_only,
@@ -325,15 +339,15 @@ impl CertificateAuthority for Service {
         &self,
         req: Request<pb::ReviewAccessRequestRequest>,
     ) -> Result<Response<pb::AccessRequest>, Status> {
-        let caller = self.caller(&req).await?;
+        let credential = self.user_token(&req)?;
         let m = req.into_inner();
         let id = check_id(&m.id)?;
         tracing::Span::current().record("request_id", id.as_str());
         let verdict = convert::verdict(m.decision)?;
         let view = self
-            .blocking(move |a| {
+            .as_caller(credential, move |a, caller| {
                 a.review_at(
-                    &caller,
+                    caller,
                     &id,
                     verdict,
                     ttl(m.ttl_secs),
@@ -350,11 +364,13 @@ impl CertificateAuthority for Service {
         &self,
         req: Request<pb::CancelAccessRequestRequest>,
     ) -> Result<Response<pb::AccessRequest>, Status> {
-        let caller = self.caller(&req).await?;
+        let credential = self.user_token(&req)?;
         let id = check_id(&req.into_inner().id)?;
         tracing::Span::current().record("request_id", id.as_str());
         let view = self
-            .blocking(move |a| a.cancel_at(&caller, &id, clock::now()))
+            .as_caller(credential, move |a, caller| {
+                a.cancel_at(caller, &id, clock::now())
+            })
             .await?;
         Ok(Response::new(convert::request(view)))
     }
@@ -380,7 +396,7 @@ impl CertificateAuthority for Service {
         req: Request<pb::RevokeCertificatesRequest>,
     ) -> Result<Response<pb::RevokeCertificatesResponse>, Status> {
         use pb::revoke_certificates_request::Target;
-        let caller = self.caller(&req).await?;
+        let credential = self.user_token(&req)?;
         let m = req.into_inner();
         let target = match m.target {
             Some(Target::Serial(s)) if s != 0 => RevokeTarget::Serial(s),
@@ -396,7 +412,9 @@ impl CertificateAuthority for Service {
             }
         };
         let revoked = self
-            .blocking(move |a| a.revoke_at(&caller, target, &m.reason, clock::now()))
+            .as_caller(credential, move |a, caller| {
+                a.revoke_at(caller, target, &m.reason, clock::now())
+            })
             .await?;
         Ok(Response::new(pb::RevokeCertificatesResponse {
             serials: revoked.serials,
@@ -417,12 +435,14 @@ impl CertificateAuthority for Service {
         &self,
         req: Request<pb::ReviewBreakGlassRequest>,
     ) -> Result<Response<pb::AccessRequest>, Status> {
-        let caller = self.caller(&req).await?;
+        let credential = self.user_token(&req)?;
         let m = req.into_inner();
         let id = check_id(&m.id)?;
         tracing::Span::current().record("request_id", id.as_str());
         let view = self
-            .blocking(move |a| a.review_break_glass_at(&caller, &id, &m.comment, clock::now()))
+            .as_caller(credential, move |a, caller| {
+                a.review_break_glass_at(caller, &id, &m.comment, clock::now())
+            })
             .await?;
         Ok(Response::new(convert::request(view)))
     }
@@ -432,8 +452,9 @@ impl CertificateAuthority for Service {
         &self,
         req: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        let caller = self.caller(&req).await?;
+        let credential = self.user_token(&req)?;
         let m = req.into_inner();
+        text::bounded("user", &m.user, text::MAX_NAME_LEN).map_err(Status::invalid_argument)?;
         let request_id = if m.request_id.is_empty() {
             None
         } else {
@@ -442,9 +463,9 @@ impl CertificateAuthority for Service {
         let user = (!m.user.is_empty()).then_some(m.user);
         let since = u64::try_from(m.since).unwrap_or(0);
         let rows = self
-            .blocking(move |a| {
+            .as_caller(credential, move |a, caller| {
                 a.audit_events(
-                    &caller,
+                    caller,
                     user.as_deref(),
                     request_id.as_deref(),
                     since,
