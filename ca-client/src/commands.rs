@@ -295,13 +295,36 @@ async fn fetch_ca_keys(client: &mut Client, path: Option<&Path>) -> Result<CaKey
 
 /// Fetches the KRL and installs it at `path`; returns its version and size.
 async fn sync_krl(client: &mut Client, path: &Path, check: &KrlCheck) -> Result<(u64, usize)> {
-    let krl = client
-        .get_krl(GetKrlRequest {})
-        .await
-        .map_err(|status| Error::rpc("get KRL", &status))?
-        .into_inner();
-    let header = install::install_krl(path, &krl.krl, krl.version, check)?;
-    Ok((header.version, krl.krl.len()))
+    let (krl, version) = fetch_krl(client, path).await?;
+    let header = install::install_krl(path, &krl, version, check)?;
+    Ok((header.version, krl.len()))
+}
+
+/// The server's KRL and its version, fetched in chunks (`StreamKrl`), or whole from a
+/// server too old to stream it. `path` names the file that is kept when it arrives broken.
+async fn fetch_krl(client: &mut Client, path: &Path) -> Result<(Vec<u8>, u64)> {
+    let rpc = |status: tonic::Status| Error::rpc("get KRL", &status);
+    let mut stream = match client.stream_krl(GetKrlRequest {}).await {
+        Ok(answer) => answer.into_inner(),
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            tracing::debug!("server cannot stream the KRL; fetching it whole");
+            let krl = client.get_krl(GetKrlRequest {}).await.map_err(rpc)?;
+            let krl = krl.into_inner();
+            return Ok((krl.krl, krl.version));
+        }
+        Err(status) => return Err(rpc(status)),
+    };
+    let refused = |refusal| Error::NotReplaced {
+        path: path.to_owned(),
+        refusal,
+    };
+    let mut chunks = install::KrlChunks::default();
+    while let Some(chunk) = stream.message().await.map_err(rpc)? {
+        chunks
+            .push(chunk.version, chunk.total_len, chunk.offset, &chunk.data)
+            .map_err(refused)?;
+    }
+    chunks.finish().map_err(refused)
 }
 
 /// `moshca whoami`.

@@ -71,6 +71,84 @@ pub enum Refusal {
     /// `ssh-keygen -Q -l -f` refused the new KRL.
     #[error("ssh-keygen -Q -l refused the new KRL: {0}")]
     Rejected(String),
+    /// The chunks of the KRL did not add up to one whole KRL.
+    #[error("the server's KRL did not arrive whole: {0}")]
+    Incomplete(String),
+}
+
+/// Largest KRL accepted from the server: the most sshd loads (`SSHBUF_SIZE_MAX`).
+pub const MAX_KRL_BYTES: u64 = 128 * 1024 * 1024;
+
+/// A KRL being put back together from the server's chunks.
+///
+/// Every chunk must carry the same version and total length and start where the last one
+/// ended; the whole must reach exactly that length. Anything else (a cut-short stream, a
+/// chunk from another KRL, a length over [`MAX_KRL_BYTES`]) is refused, so a host never
+/// installs part of a KRL.
+#[derive(Debug, Default)]
+pub struct KrlChunks {
+    /// Version and total length, from the first chunk.
+    expected: Option<(u64, u64)>,
+    bytes: Vec<u8>,
+}
+
+impl KrlChunks {
+    /// Adds the next chunk.
+    pub fn push(
+        &mut self,
+        version: u64,
+        total_len: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Refusal> {
+        let refuse = |why: String| Err(Refusal::Incomplete(why));
+        match self.expected {
+            None => {
+                if total_len > MAX_KRL_BYTES {
+                    return refuse(format!(
+                        "it would be {total_len} bytes, more than the {MAX_KRL_BYTES} sshd loads"
+                    ));
+                }
+                self.expected = Some((version, total_len));
+                // The length was just bounded, so this cannot truncate.
+                self.bytes.reserve(usize::try_from(total_len).unwrap_or(0));
+            }
+            Some((v, _)) if v != version => {
+                return refuse(format!(
+                    "a chunk of version {version} came inside version {v}"
+                ));
+            }
+            Some((_, len)) if len != total_len => {
+                return refuse(format!(
+                    "chunks disagree on its length ({len}, {total_len})"
+                ));
+            }
+            Some(_) => {}
+        }
+        let have = self.bytes.len() as u64;
+        if offset != have {
+            return refuse(format!("a chunk at byte {offset} came after {have} bytes"));
+        }
+        if have + data.len() as u64 > total_len {
+            return refuse(format!("it is longer than the {total_len} bytes announced"));
+        }
+        self.bytes.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The whole KRL and its version, once every byte announced has come.
+    pub fn finish(self) -> Result<(Vec<u8>, u64), Refusal> {
+        let Some((version, total_len)) = self.expected else {
+            return Err(Refusal::Incomplete("the server sent no chunk".into()));
+        };
+        if self.bytes.len() as u64 != total_len {
+            return Err(Refusal::Incomplete(format!(
+                "{} of {total_len} bytes came",
+                self.bytes.len()
+            )));
+        }
+        Ok((self.bytes, version))
+    }
 }
 
 /// The fixed start of a KRL: enough to compare versions before replacing one.
@@ -340,6 +418,53 @@ fn without_path(err: io::Error) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn krl_chunks_reassemble_only_a_whole_krl() {
+        let krl: Vec<u8> = (0..=255u8).cycle().take(2500).collect();
+        let push_all = |chunks: &mut KrlChunks, pieces: &[(u64, &[u8])]| {
+            for (offset, data) in pieces {
+                chunks.push(7, 2500, *offset, data)?;
+            }
+            Ok::<_, Refusal>(())
+        };
+        let mut whole = KrlChunks::default();
+        push_all(
+            &mut whole,
+            &[
+                (0, &krl[..1000]),
+                (1000, &krl[1000..2000]),
+                (2000, &krl[2000..]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(whole.finish().unwrap(), (krl.clone(), 7));
+
+        // Cut short: the last chunk never came.
+        let mut short = KrlChunks::default();
+        push_all(&mut short, &[(0, &krl[..1000]), (1000, &krl[1000..2000])]).unwrap();
+        assert!(matches!(short.finish(), Err(Refusal::Incomplete(_))));
+        // Nothing at all.
+        assert!(matches!(
+            KrlChunks::default().finish(),
+            Err(Refusal::Incomplete(_))
+        ));
+        // Out of order, repeated, overlong.
+        let mut gap = KrlChunks::default();
+        assert!(push_all(&mut gap, &[(0, &krl[..1000]), (2000, &krl[2000..])]).is_err());
+        let mut again = KrlChunks::default();
+        assert!(push_all(&mut again, &[(0, &krl[..1000]), (0, &krl[..1000])]).is_err());
+        let mut long = KrlChunks::default();
+        assert!(push_all(&mut long, &[(0, &krl[..]), (2500, b"x")]).is_err());
+        // A chunk of another version or length.
+        let mut mixed = KrlChunks::default();
+        mixed.push(7, 2500, 0, &krl[..1000]).unwrap();
+        assert!(mixed.push(8, 2500, 1000, &krl[1000..2000]).is_err());
+        assert!(mixed.push(7, 2600, 1000, &krl[1000..2000]).is_err());
+        // More than sshd loads is refused before anything is kept.
+        let mut huge = KrlChunks::default();
+        assert!(huge.push(7, MAX_KRL_BYTES + 1, 0, b"SSHKRL").is_err());
+    }
 
     const KEY_1: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDLbOqLvUFQCnTgDzs/Twlg6Sg5Q31pTlExq1AVYhvOA test-ca";

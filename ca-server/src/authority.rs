@@ -35,7 +35,11 @@ mod revocation;
 mod workloads;
 
 pub use audit_trail::verify_audit;
-pub use revocation::{KRL_REBUILD_AFTER, RevokeTarget, Revoked, krl_from_store, trusted_ca_keys};
+pub use revocation::{
+    BuiltKrl, KRL_REBUILD_AFTER, MAX_SELF_KEY_REVOCATIONS, RevokeTarget, Revoked,
+    SELF_KEY_REVOCATION_WINDOW, SkippedEntry, audit_skipped, build_krl, krl_from_store,
+    listable_key, trusted_ca_keys,
+};
 
 /// Most pending requests one requester may have at once.
 pub const MAX_PENDING_PER_REQUESTER: u64 = 5;
@@ -143,6 +147,8 @@ pub struct Authority {
     changes: broadcast::Sender<String>,
     watchers: Arc<Watchers>,
     krl_cache: Mutex<Option<revocation::CachedKrl>>,
+    /// Fingerprints of revoked keys left out of a KRL and already audited by this run.
+    krl_skips_audited: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Open watches by request id.
@@ -188,6 +194,7 @@ impl Authority {
             changes,
             watchers: Arc::default(),
             krl_cache: Mutex::new(None),
+            krl_skips_audited: Mutex::default(),
         })
     }
 

@@ -236,36 +236,149 @@ fn merge_ca_sections(sections: &[CaSection]) -> Result<BTreeMap<&[u8], Revocatio
     Ok(merged)
 }
 
-/// Checks that `blob` is a plain public key of a type sshd knows. A CA key sshd cannot parse
-/// makes it reject the whole KRL; a certificate blob would silently never match.
+/// Checks that `blob` is a plain public key OpenSSH reads (see [`check_plain_key`]). A CA
+/// key sshd cannot parse makes it reject the whole KRL; a certificate blob would silently
+/// never match.
 fn check_key_blob(blob: &[u8], role: &'static str) -> Result<(), Error> {
-    let bad = |reason| Error::BadKeyBlob { role, reason };
+    check_plain_key(blob).map_err(|reason| Error::BadKeyBlob { role, reason })
+}
+
+/// Most bits in an RSA modulus OpenSSH reads (`SSHBUF_MAX_BIGNUM`, 2048 bytes): a bigger
+/// key is "invalid format" to sshd and `ssh-keygen`.
+pub const MAX_RSA_BITS: usize = 16_384;
+/// Fewest bits in an RSA modulus OpenSSH reads (`SSH_RSA_MINIMUM_MODULUS_SIZE`).
+const MIN_OPENSSH_RSA_BITS: usize = 1024;
+
+/// Checks that OpenSSH would read `blob` (SSH wire encoding) as a plain public key, by the
+/// rules of its `sshkey.c`: a type OpenSSH 10 still knows (no DSA, no certificate), exactly
+/// the fields of that type, an ed25519 key of 32 bytes, an RSA modulus of 1024 to
+/// [`MAX_RSA_BITS`] bits and a positive exponent, and an ECDSA point that is uncompressed,
+/// on the named curve, not the identity, and within the bounds `sshkey_ec_validate_public`
+/// checks.
+///
+/// This is the one rule for "can be listed in a KRL": the encoder applies it to every key
+/// it writes, revocation by key applies it before storing a key, and the subject key check
+/// applies it before signing.
+///
+/// # Errors
+///
+/// What is wrong, as a phrase completing "the key ...".
+pub fn check_plain_key(blob: &[u8]) -> Result<(), &'static str> {
     let mut fields = Vec::new();
     let mut rest = blob;
     while !rest.is_empty() {
-        let (len, tail) = rest.split_first_chunk::<4>().ok_or(bad("is truncated"))?;
+        let (len, tail) = rest.split_first_chunk::<4>().ok_or("is truncated")?;
         let len = u32::from_be_bytes(*len) as usize;
         if tail.len() < len {
-            return Err(bad("is truncated"));
+            return Err("is truncated");
         }
         let (field, tail) = tail.split_at(len);
         fields.push(field);
         rest = tail;
     }
     let Some(&name) = fields.first() else {
-        return Err(bad("is empty"));
+        return Err("is empty");
     };
     if name.ends_with(b"-cert-v01@openssh.com") {
-        return Err(bad("is a certificate, not a plain key"));
+        return Err("is a certificate, not a plain key");
+    }
+    if name == b"ssh-dss" {
+        return Err("is a DSA key, which OpenSSH 10 no longer reads");
     }
     let Some(&(_, field_count)) = KEY_TYPES.iter().find(|(n, _)| n.as_bytes() == name) else {
-        return Err(bad("has an unknown key type"));
+        return Err("has an unknown key type");
     };
     if fields.len() != field_count {
-        return Err(bad("has the wrong number of fields for its key type"));
+        return Err("has the wrong number of fields for its key type");
     }
-    if name == b"ssh-ed25519" && fields[1].len() != 32 {
-        return Err(bad("holds an ed25519 key that is not 32 bytes"));
+    match name {
+        b"ssh-ed25519" | b"sk-ssh-ed25519@openssh.com" if fields[1].len() != 32 => {
+            Err("holds an ed25519 key that is not 32 bytes")
+        }
+        b"ssh-rsa" => check_rsa(fields[1], fields[2]),
+        b"ecdsa-sha2-nistp256" | b"sk-ecdsa-sha2-nistp256@openssh.com" => {
+            check_ec_curve(fields[1], b"nistp256")?;
+            check_ec_point::<p256::NistP256>(fields[2])
+        }
+        b"ecdsa-sha2-nistp384" => {
+            check_ec_curve(fields[1], b"nistp384")?;
+            check_ec_point::<p384::NistP384>(fields[2])
+        }
+        b"ecdsa-sha2-nistp521" => {
+            check_ec_curve(fields[1], b"nistp521")?;
+            check_ec_point::<p521::NistP521>(fields[2])
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The number of significant bits of a non-negative SSH `mpint`, or why it is not one.
+fn mpint_bits(mpint: &[u8]) -> Result<usize, &'static str> {
+    if mpint.first().is_some_and(|&b| b & 0x80 != 0) {
+        return Err("holds a negative RSA number");
+    }
+    let significant = match mpint.iter().position(|&b| b != 0) {
+        Some(start) => &mpint[start..],
+        None => return Ok(0),
+    };
+    Ok(significant.len() * 8 - significant[0].leading_zeros() as usize)
+}
+
+fn check_rsa(e: &[u8], n: &[u8]) -> Result<(), &'static str> {
+    if mpint_bits(e)? == 0 {
+        return Err("holds an RSA exponent of zero");
+    }
+    let bits = mpint_bits(n)?;
+    if bits > MAX_RSA_BITS {
+        return Err("is an RSA key over 16384 bits, which OpenSSH does not read");
+    }
+    if bits < MIN_OPENSSH_RSA_BITS {
+        return Err("is an RSA key under 1024 bits, which OpenSSH does not read");
+    }
+    Ok(())
+}
+
+fn check_ec_curve(curve: &[u8], expected: &[u8]) -> Result<(), &'static str> {
+    if curve == expected {
+        Ok(())
+    } else {
+        Err("names a curve that does not match its key type")
+    }
+}
+
+/// The checks OpenSSH makes on an ECDSA public point: `sshbuf_get_ec` takes only the
+/// uncompressed form and the point must decode on the curve; `sshkey_ec_validate_public`
+/// refuses the identity and, in the releases that still carry the older checks,
+/// coordinates of at most half the order's bits or not below `order - 1`.
+fn check_ec_point<C>(point: &[u8]) -> Result<(), &'static str>
+where
+    C: p256::elliptic_curve::CurveArithmetic,
+    p256::elliptic_curve::FieldBytesSize<C>: p256::elliptic_curve::sec1::ModulusSize,
+    p256::elliptic_curve::AffinePoint<C>: p256::elliptic_curve::sec1::FromEncodedPoint<C>
+        + p256::elliptic_curve::sec1::ToEncodedPoint<C>,
+{
+    use p256::elliptic_curve::ff::{Field as _, PrimeField as _};
+    let size = <p256::elliptic_curve::FieldBytesSize<C> as p256::elliptic_curve::generic_array::typenum::Unsigned>::USIZE;
+    let Some((&0x04, coordinates)) = point.split_first() else {
+        return Err("holds an ECDSA point that is not in uncompressed form");
+    };
+    if coordinates.len() != 2 * size {
+        return Err("holds an ECDSA point of the wrong length for its curve");
+    }
+    if p256::elliptic_curve::PublicKey::<C>::from_sec1_bytes(point).is_err() {
+        return Err("holds an ECDSA point that is not on its curve");
+    }
+    let order_bits = C::Scalar::NUM_BITS as usize;
+    let minus_one = -C::Scalar::ONE;
+    for coordinate in coordinates.chunks_exact(size) {
+        if mpint_bits(&[&[0u8][..], coordinate].concat())? <= order_bits / 2 {
+            return Err("holds an ECDSA point with a coordinate OpenSSH refuses as too small");
+        }
+        let repr = p256::elliptic_curve::FieldBytes::<C>::clone_from_slice(coordinate);
+        let below_order: Option<C::Scalar> = C::Scalar::from_repr(repr).into();
+        if below_order.is_none_or(|s| s == minus_one) {
+            return Err("holds an ECDSA point with a coordinate OpenSSH refuses as too large");
+        }
     }
     Ok(())
 }
@@ -770,6 +883,113 @@ mod tests {
         }
     }
 
+    /// An RSA public key blob with a modulus of exactly `bits` bits.
+    fn rsa_blob(bits: usize) -> Vec<u8> {
+        let mut n = vec![0u8; bits.div_ceil(8)];
+        n[0] = 1 << ((bits - 1) % 8);
+        *n.last_mut().unwrap() |= 1;
+        if n[0] & 0x80 != 0 {
+            n.insert(0, 0);
+        }
+        [string(b"ssh-rsa"), string(&[1, 0, 1]), string(&n)].concat()
+    }
+
+    /// Blobs of real ECDSA keys on each curve, made by ssh-key.
+    fn ecdsa_blobs() -> Vec<Vec<u8>> {
+        use ssh_key::{Algorithm, EcdsaCurve, PrivateKey};
+        [
+            EcdsaCurve::NistP256,
+            EcdsaCurve::NistP384,
+            EcdsaCurve::NistP521,
+        ]
+        .into_iter()
+        .map(|curve| {
+            PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ecdsa { curve })
+                .unwrap()
+                .public_key()
+                .to_bytes()
+                .unwrap()
+        })
+        .collect()
+    }
+
+    /// `blob` with its last field replaced by `point`.
+    fn with_point(blob: &[u8], point: &[u8]) -> Vec<u8> {
+        let name_len = u32::from_be_bytes(blob[..4].try_into().unwrap()) as usize;
+        let curve_at = 4 + name_len;
+        let curve_len =
+            u32::from_be_bytes(blob[curve_at..curve_at + 4].try_into().unwrap()) as usize;
+        [&blob[..curve_at + 4 + curve_len], &string(point)].concat()
+    }
+
+    /// Ways to break a real ECDSA key's point: off the curve, compressed, the identity,
+    /// truncated.
+    fn broken_points(blob: &[u8]) -> Vec<Vec<u8>> {
+        let point_at = blob.len() - {
+            let mut fields = Vec::new();
+            let mut rest = blob;
+            while !rest.is_empty() {
+                let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+                fields.push(len);
+                rest = &rest[4 + len..];
+            }
+            *fields.last().unwrap()
+        };
+        let point = &blob[point_at..];
+        let mut off_curve = point.to_vec();
+        *off_curve.last_mut().unwrap() ^= 1;
+        let size = (point.len() - 1) / 2;
+        let mut compressed = vec![0x02 | (point[point.len() - 1] & 1)];
+        compressed.extend_from_slice(&point[1..=size]);
+        vec![
+            with_point(blob, &off_curve),
+            with_point(blob, &compressed),
+            with_point(blob, &[0]),
+            with_point(blob, &point[..point.len() - 1]),
+        ]
+    }
+
+    #[test]
+    fn keys_openssh_cannot_read_are_not_plain_keys() {
+        assert_eq!(check_plain_key(&rsa_blob(1024)), Ok(()));
+        assert_eq!(check_plain_key(&rsa_blob(MAX_RSA_BITS)), Ok(()));
+        for bits in [MAX_RSA_BITS + 1, MAX_RSA_BITS + 8, 90_000, 1023, 512] {
+            let err = check_plain_key(&rsa_blob(bits)).unwrap_err();
+            assert!(err.contains("RSA key"), "{bits}: {err}");
+        }
+        let negative = [string(b"ssh-rsa"), string(&[1, 0, 1]), string(&[0x80; 256])].concat();
+        assert!(check_plain_key(&negative).is_err());
+        let dsa = [
+            string(b"ssh-dss"),
+            string(&[1; 129]),
+            string(&[1; 21]),
+            string(&[1; 129]),
+            string(&[1; 129]),
+        ]
+        .concat();
+        assert!(check_plain_key(&dsa).unwrap_err().contains("DSA"));
+        for blob in ecdsa_blobs() {
+            assert_eq!(check_plain_key(&blob), Ok(()));
+            for broken in broken_points(&blob) {
+                assert!(check_plain_key(&broken).is_err(), "{broken:?}");
+            }
+            // A point of one curve under another curve's name.
+            let relabelled = [
+                string(b"ecdsa-sha2-nistp256"),
+                string(b"nistp384"),
+                blob[blob.len() - 97..].to_vec(),
+            ]
+            .concat();
+            assert!(check_plain_key(&relabelled).is_err());
+        }
+        // And the encoder refuses them as explicit keys.
+        let krl = Krl {
+            explicit_keys: vec![rsa_blob(MAX_RSA_BITS + 1)],
+            ..Krl::default()
+        };
+        assert!(matches!(krl.encode(), Err(Error::BadKeyBlob { .. })));
+    }
+
     #[test]
     fn keys_and_hashes_are_sorted_deduplicated_and_empty_sections_omitted() {
         let krl = Krl {
@@ -1240,6 +1460,67 @@ mod tests {
         };
         let (listing, revoked) = fx.query(&krl, &[&certs[3], &certs[4]]);
         assert_eq!(revoked, [false, true], "{listing}");
+    }
+
+    #[test]
+    fn ssh_keygen_reads_exactly_the_keys_check_plain_key_accepts() {
+        let fx = Fixture::new();
+        let reads = |blob: &[u8]| {
+            let path = fx.fresh("pub");
+            let text = format!("{} {}\n", key_type(blob), base64(blob));
+            std::fs::write(&path, text).unwrap();
+            Command::new(SSH_KEYGEN)
+                .args(["-l", "-f"])
+                .arg(&path)
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        let mut cases = vec![
+            rsa_blob(2048),
+            rsa_blob(MAX_RSA_BITS),
+            rsa_blob(MAX_RSA_BITS + 1),
+        ];
+        for blob in ecdsa_blobs() {
+            cases.extend(broken_points(&blob));
+            cases.push(blob);
+        }
+        for blob in cases {
+            assert_eq!(
+                reads(&blob),
+                check_plain_key(&blob).is_ok(),
+                "ssh-keygen and check_plain_key disagree on {} ({:?})",
+                key_type(&blob),
+                check_plain_key(&blob)
+            );
+        }
+    }
+
+    fn key_type(blob: &[u8]) -> String {
+        let len = u32::from_be_bytes(blob[..4].try_into().unwrap()) as usize;
+        String::from_utf8(blob[4..4 + len].to_vec()).unwrap()
+    }
+
+    fn base64(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
     }
 
     #[test]

@@ -177,7 +177,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::load(&dir.data_dir)?;
             let store = open_store(&config)?;
             let keys = trusted_keys(&config)?;
-            let (krl, version) = authority::krl_from_store(&store, &keys, clock::now())?;
+            let now = clock::now();
+            let authority::BuiltKrl {
+                krl,
+                version,
+                skipped,
+            } = authority::build_krl(&store, &keys, now)?;
+            for entry in &skipped {
+                eprintln!(
+                    "moshca-server: left out revoked key {}: {}",
+                    entry.fingerprint, entry.reason
+                );
+            }
+            authority::audit_skipped(&store, &skipped, version, now)?;
             files::write_checked(&out, &krl, files::Check::Krl)?;
             println!(
                 "wrote KRL version {version} ({} bytes) to {}",

@@ -27,6 +27,8 @@ use crate::store::Store;
 
 /// Largest accepted gRPC message. Requests are small; a public key is at most 16 KiB.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest answer sent. KRLs of any size go out as `StreamKrl` chunks well below it.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Serves the API on `listener` until `shutdown` completes, with the expiry sweeper and
 /// the notification worker beside it.
@@ -50,7 +52,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let api = CertificateAuthorityServer::new(Service::new(authority.clone(), verifier, stop_rx))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(4 * 1024 * 1024);
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
 
     let sweeper = tokio::spawn(expire_pending(authority.clone(), health.clone()));
     // Deliveries are off the request path: handlers only commit outbox rows, and a

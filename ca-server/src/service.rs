@@ -189,6 +189,27 @@ fn ttl(secs: u64) -> Option<u64> {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::AccessRequest, Status>> + Send>>;
 
+type KrlStream = Pin<Box<dyn Stream<Item = Result<pb::KrlChunk, Status>> + Send>>;
+
+/// Most KRL bytes in one `StreamKrl` message.
+pub const KRL_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// One built KRL as a stream of chunks, each cut from the same bytes as it is sent.
+fn krl_chunks(krl: Vec<u8>, version: u64) -> KrlStream {
+    let krl = Arc::new(krl);
+    let total_len = krl.len() as u64;
+    let offsets = (0..krl.len()).step_by(KRL_CHUNK_BYTES);
+    Box::pin(tokio_stream::iter(offsets.map(move |offset| {
+        let end = (offset + KRL_CHUNK_BYTES).min(krl.len());
+        Ok(pb::KrlChunk {
+            version,
+            total_len,
+            offset: offset as u64,
+            data: krl[offset..end].to_vec(),
+        })
+    })))
+}
+
 #[tonic::async_trait]
 impl CertificateAuthority for Service {
     async fn get_ca_public_keys(
@@ -427,7 +448,31 @@ impl CertificateAuthority for Service {
         _req: Request<pb::GetKrlRequest>,
     ) -> Result<Response<pb::GetKrlResponse>, Status> {
         let (krl, version) = self.blocking(|a| a.krl_at(clock::now())).await?;
+        // Room for the message's own framing; past that the answer would be cut off by
+        // the transport with a message that does not say what to do.
+        if krl.len() > crate::server::MAX_RESPONSE_BYTES - 1024 {
+            tracing::warn!(
+                bytes = krl.len(),
+                krl_version = version,
+                "KRL too large for GetKrl"
+            );
+            return Err(Status::resource_exhausted(format!(
+                "the KRL (version {version}) is {} bytes, more than one GetKrl answer carries; \
+                 upgrade moshca, which fetches it in chunks with StreamKrl",
+                krl.len()
+            )));
+        }
         Ok(Response::new(pb::GetKrlResponse { krl, version }))
+    }
+
+    type StreamKrlStream = KrlStream;
+
+    async fn stream_krl(
+        &self,
+        _req: Request<pb::GetKrlRequest>,
+    ) -> Result<Response<Self::StreamKrlStream>, Status> {
+        let (krl, version) = self.blocking(|a| a.krl_at(clock::now())).await?;
+        Ok(Response::new(krl_chunks(krl, version)))
     }
 
     #[tracing::instrument(skip_all, fields(caller, request_id))]

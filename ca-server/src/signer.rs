@@ -277,7 +277,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub struct KeyRejection(pub String);
 
 /// Parses and checks a subject public key: ed25519, sk-ed25519, ECDSA P-256/384/521,
-/// sk-ECDSA, or RSA of at least 2048 bits; never a certificate, DSA, or a CA key.
+/// sk-ECDSA, or RSA of 2048 to 16,384 bits; never a certificate, DSA, a CA key, or any key
+/// OpenSSH would refuse to read ([`crate::krl::check_plain_key`]).
 pub fn parse_subject_key(text: &str, ca_keys: &[PublicKey]) -> Result<PublicKey, KeyRejection> {
     let reject = |m: &str| KeyRejection(m.to_owned());
     if text.len() > MAX_SUBJECT_KEY_LEN {
@@ -317,6 +318,16 @@ pub fn parse_subject_key(text: &str, ca_keys: &[PublicKey]) -> Result<PublicKey,
             }
         }
         _ => return Err(reject("key type not accepted; use ed25519")),
+    }
+    // The same rule the KRL writer holds: a key OpenSSH cannot read would make a
+    // certificate no sshd accepts, and a revocation of it that no KRL could list.
+    let blob = key
+        .to_bytes()
+        .map_err(|_| reject("public key could not be re-encoded; use ed25519"))?;
+    if let Err(why) = crate::krl::check_plain_key(&blob) {
+        return Err(KeyRejection(format!(
+            "OpenSSH would refuse this public key: it {why}; use ed25519"
+        )));
     }
     if ca_keys.iter().any(|ca| ca.key_data() == key.key_data()) {
         return Err(reject("the CA's own key cannot be a subject key"));
@@ -515,5 +526,8 @@ mod tests {
         assert!(parse_subject_key(&rsa(2040), &[]).is_err());
         assert!(parse_subject_key(&rsa(2048), &[]).is_ok());
         assert!(parse_subject_key(&rsa(4096), &[]).is_ok());
+        assert!(parse_subject_key(&rsa(16_384), &[]).is_ok());
+        let too_big = parse_subject_key(&rsa(16_392), &[]).unwrap_err().0;
+        assert!(too_big.contains("over 16384 bits"), "{too_big}");
     }
 }

@@ -320,6 +320,11 @@ DROP INDEX certificates_by_requester;
 DROP INDEX certificates_by_fingerprint;
 CREATE INDEX certificates_live ON certificates(valid_before);
 "#,
+    // Keys revoked per user: the self-service bound on revocations by key counts a
+    // user's recent rows.
+    r#"
+CREATE INDEX revoked_keys_by_revoker ON revoked_keys(revoked_by, revoked_at);
+"#,
 ];
 
 /// Audit actions that also go to the notification outbox, in the same transaction.
@@ -1261,6 +1266,27 @@ impl Tx<'_> {
         let rows = stmt
             .query_map([], |r| r.get(0))?
             .collect::<Result<Vec<String>, _>>()?;
+        Ok(rows)
+    }
+
+    /// How many keys `by` revoked at or after `since` (and are still listed).
+    pub fn keys_revoked_by_since(&self, by: &str, since: u64) -> Result<u64> {
+        let n: i64 = self.row(
+            "SELECT COUNT(*) FROM revoked_keys WHERE revoked_by = ?1 AND revoked_at >= ?2",
+            params![by, to_i64(since)],
+            |r| r.get(0),
+        )?;
+        Ok(to_u64(n))
+    }
+
+    /// Every revoked subject key as (fingerprint, OpenSSH text), by fingerprint.
+    pub fn revoked_key_entries(&self) -> Result<Vec<(String, String)>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT fingerprint, public_key FROM revoked_keys ORDER BY fingerprint",
+        )?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<(String, String)>, _>>()?;
         Ok(rows)
     }
 

@@ -91,17 +91,29 @@ impl Authority {
                     (tx.live_certificates_of(name, now)?, json!({ "user": name }))
                 }
                 RevokeTarget::PublicKey(text) => {
-                    let key = PublicKey::from_openssh(text.trim()).map_err(|_| {
-                        Error::InvalidArgument(
-                            "public key does not parse as an OpenSSH public key".into(),
-                        )
+                    let key = listable_key(text).map_err(|why| {
+                        Error::InvalidArgument(format!(
+                            "cannot revoke this key by key: {why}; revoke its certificates with --serial N or --request ID"
+                        ))
                     })?;
-                    let key = PublicKey::new(key.key_data().clone(), "");
                     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
                     let certs = tx.live_certificates_for_key(&fingerprint, now)?;
                     let own = !certs.is_empty() && certs.iter().all(|c| c.requester == caller.name);
                     if !global && !own {
                         return Err(denied(&format!("key {fingerprint}")));
+                    }
+                    // Every revoked key stays in the KRL for good: bound what one user can
+                    // add to what every host downloads. Revokers are not bounded.
+                    if !global
+                        && !tx.key_revoked(&fingerprint)?
+                        && tx.keys_revoked_by_since(
+                            &caller.name,
+                            now.saturating_sub(SELF_KEY_REVOCATION_WINDOW),
+                        )? >= MAX_SELF_KEY_REVOCATIONS
+                    {
+                        return Err(Error::ResourceExhausted(format!(
+                            "limit reached: at most {MAX_SELF_KEY_REVOCATIONS} keys revoked by one user in 24 hours; ask a revoker (defaults.revokers) to revoke this key, or revoke its certificates with --serial N"
+                        )));
                     }
                     let text = key.to_openssh().map_err(signer::Error::from)?;
                     changed |=
@@ -179,7 +191,36 @@ impl Authority {
         {
             return Ok((c.krl.clone(), c.version));
         }
-        let (krl, built) = krl_from_store(&self.store, &parse_ca_keys(&ca_keys)?, now)?;
+        let BuiltKrl {
+            krl,
+            version: built,
+            skipped,
+        } = build_krl(&self.store, &parse_ca_keys(&ca_keys)?, now)?;
+        // Audited once per entry while this server runs, not at every rebuild.
+        let fresh: Vec<SkippedEntry> = {
+            let mut seen = self
+                .krl_skips_audited
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            skipped
+                .into_iter()
+                .filter(|s| seen.insert(s.fingerprint.clone()))
+                .collect()
+        };
+        if !fresh.is_empty()
+            && let Err(e) = audit_skipped(&self.store, &fresh, built, now)
+        {
+            // The KRL is still served: hosts must get revocations even when the audit
+            // write fails. Forget the entries so the next build tries again.
+            tracing::error!(error = %e, "could not audit revoked keys left out of the KRL");
+            let mut seen = self
+                .krl_skips_audited
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for s in &fresh {
+                seen.remove(&s.fingerprint);
+            }
+        }
         *cache = Some(CachedKrl {
             version: built,
             ca_keys,
@@ -188,6 +229,80 @@ impl Authority {
         });
         Ok((krl, built))
     }
+}
+
+/// Most keys a user may revoke by key in [`SELF_KEY_REVOCATION_WINDOW`] without being a
+/// revoker (`defaults.revokers`). A revoked key is listed in every KRL for good, so this
+/// bounds how much one user can grow what every host downloads: at most 10 keys of at most
+/// about 2 KiB each (RSA of 16,384 bits) a day.
+pub const MAX_SELF_KEY_REVOCATIONS: u64 = 10;
+/// The window of [`MAX_SELF_KEY_REVOCATIONS`], in seconds (24 hours, rolling).
+pub const SELF_KEY_REVOCATION_WINDOW: u64 = 24 * 60 * 60;
+
+/// Parses a public key given for revocation, or stored as revoked, and checks that a KRL
+/// can list it: the one rule for both, so nothing is stored that the KRL writer would
+/// refuse. The key comes back without its comment.
+///
+/// # Errors
+///
+/// Why the key cannot be listed, safe to show the caller.
+pub fn listable_key(text: &str) -> Result<PublicKey, String> {
+    let key = PublicKey::from_openssh(text.trim())
+        .map_err(|_| "it does not parse as an OpenSSH public key".to_owned())?;
+    let key = PublicKey::new(key.key_data().clone(), "");
+    let blob = key
+        .to_bytes()
+        .map_err(|_| "it cannot be encoded as an OpenSSH public key".to_owned())?;
+    crate::krl::check_plain_key(&blob)
+        .map_err(|why| format!("OpenSSH would refuse it (it {why}), so no KRL can list it"))?;
+    Ok(key)
+}
+
+/// A stored revocation left out of a KRL because the KRL cannot list it (a key OpenSSH
+/// cannot read, written by an older version or by hand). Leaving it out costs nothing:
+/// sshd cannot accept such a key either.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedEntry {
+    /// The SHA-256 fingerprint the entry is stored under.
+    pub fingerprint: String,
+    /// Why it cannot be listed.
+    pub reason: String,
+}
+
+/// A KRL built from the store.
+#[derive(Debug, Clone)]
+pub struct BuiltKrl {
+    /// The encoded KRL.
+    pub krl: Vec<u8>,
+    /// Its version.
+    pub version: u64,
+    /// Stored entries left out.
+    pub skipped: Vec<SkippedEntry>,
+}
+
+/// Records skipped entries in the audit log, one `krl.entry_skipped` event each.
+pub fn audit_skipped(
+    store: &Store,
+    skipped: &[SkippedEntry],
+    version: u64,
+    now: UnixTime,
+) -> Result<()> {
+    store.transact(|tx| {
+        for entry in skipped {
+            tx.append_audit(&Event::new(
+                now,
+                "moshca-server",
+                "krl.entry_skipped",
+                None,
+                json!({
+                    "fingerprint": entry.fingerprint,
+                    "reason": entry.reason,
+                    "krl_version": version,
+                }),
+            ))?;
+        }
+        Ok::<_, Error>(())
+    })
 }
 
 /// Longest a cached KRL is served before it is rebuilt (only to drop expired
@@ -226,10 +341,18 @@ pub fn krl_from_store(
     ca_keys: &[PublicKey],
     now: UnixTime,
 ) -> Result<(Vec<u8>, u64)> {
+    let built = build_krl(store, ca_keys, now)?;
+    Ok((built.krl, built.version))
+}
+
+/// As [`krl_from_store`], and says which stored entries it left out. An entry the KRL
+/// cannot list is skipped (with one warning per build) rather than failing the whole KRL:
+/// one bad row must not stop every later revocation from reaching hosts.
+pub fn build_krl(store: &Store, ca_keys: &[PublicKey], now: UnixTime) -> Result<BuiltKrl> {
     let (revoked, keys, version) = store.read(|tx| {
         Ok::<_, Error>((
             tx.revoked_live_certificates(now)?,
-            tx.revoked_keys()?,
+            tx.revoked_key_entries()?,
             tx.krl_version()?,
         ))
     })?;
@@ -249,14 +372,25 @@ pub fn krl_from_store(
             });
         }
     }
-    let explicit_keys = keys
-        .iter()
-        .map(|k| {
-            PublicKey::from_openssh(k)
-                .and_then(|k| k.to_bytes())
-                .map_err(|e| store::Error::Corrupt(format!("revoked key: {e}")).into())
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut explicit_keys = Vec::with_capacity(keys.len());
+    let mut skipped = Vec::new();
+    for (fingerprint, text) in &keys {
+        match listable_key(text).and_then(|k| k.to_bytes().map_err(|e| e.to_string())) {
+            Ok(blob) => explicit_keys.push(blob),
+            Err(reason) => skipped.push(SkippedEntry {
+                fingerprint: fingerprint.clone(),
+                reason,
+            }),
+        }
+    }
+    if !skipped.is_empty() {
+        tracing::warn!(
+            krl_version = version,
+            skipped = skipped.len(),
+            fingerprints = ?skipped.iter().map(|s| s.fingerprint.as_str()).collect::<Vec<_>>(),
+            "revoked keys left out of the KRL: OpenSSH cannot read them"
+        );
+    }
     let krl = crate::krl::Krl {
         version,
         generated_at: now,
@@ -265,5 +399,9 @@ pub fn krl_from_store(
         explicit_keys,
         sha256_keys: Vec::new(),
     };
-    Ok((krl.encode()?, version))
+    Ok(BuiltKrl {
+        krl: krl.encode()?,
+        version,
+        skipped,
+    })
 }
