@@ -86,9 +86,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 say "building moshca-server and moshca (cargo build --bins)"
-cargo build --bins --quiet
-bin="$repo/target/debug"
-server() { "$bin/moshca-server" "$@"; }
+. "$repo/scripts/built.sh"
+built_bins
+server() { "$MOSHCA_SERVER_BIN" "$@"; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/moshca-demo.XXXXXX")
 data="$work/ca"
@@ -133,7 +133,7 @@ server user list --data-dir "$data"
 say "starting moshca-server on a free loopback port"
 # Background jobs run the binaries directly (not through a shell function), so that the pid
 # the cleanup kills is the process itself.
-"$bin/moshca-server" serve --data-dir "$data" --listen 127.0.0.1:0 >"$work/server.out" 2>"$work/server.log" &
+"$MOSHCA_SERVER_BIN" serve --data-dir "$data" --listen 127.0.0.1:0 >"$work/server.out" 2>"$work/server.log" &
 pids+=($!)
 server_pid=$!
 listening() { grep -q '^moshca-server listening on https://' "$work/server.out" || ! alive "$server_pid"; }
@@ -152,7 +152,7 @@ as() {
         alice) token=$alice_token ;;
         bob) token=$bob_token ;;
     esac
-    HOME="$work/home" XDG_CONFIG_HOME="$work/home/.config" MOSHCA_TOKEN="$token" "$bin/moshca" "$@"
+    HOME="$work/home" XDG_CONFIG_HOME="$work/home/.config" MOSHCA_TOKEN="$token" "$MOSHCA_CLIENT_BIN" "$@"
 }
 
 
@@ -203,7 +203,7 @@ wait_until 10 test -S "$SSH_AUTH_SOCK"
 # --- the access request ----------------------------------------------------------------
 say "alice: moshca login --role db-oncall --reason \"INC-4312 replica lag\""
 HOME="$work/home" XDG_CONFIG_HOME="$work/home/.config" MOSHCA_TOKEN="$alice_token" \
-    "$bin/moshca" login --role db-oncall --reason "INC-4312 replica lag" --timeout 2m \
+    "$MOSHCA_CLIENT_BIN" login --role db-oncall --reason "INC-4312 replica lag" --timeout 2m \
     >"$work/login.out" 2>"$work/login.err" &
 login_pid=$!
 pids+=("$login_pid")
