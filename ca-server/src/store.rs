@@ -1522,36 +1522,6 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Every checkpoint, by sequence number.
-    pub fn checkpoints(&self) -> Result<Vec<audit::Checkpoint>> {
-        let mut stmt = self.tx.prepare_cached(
-            "SELECT seq, hash, ca_fingerprint, signature, at FROM audit_checkpoints ORDER BY seq",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(audit::Checkpoint {
-                    seq: to_u64(r.get(0)?),
-                    hash: r.get(1)?,
-                    ca_fingerprint: r.get(2)?,
-                    signature: r.get(3)?,
-                    at: to_u64(r.get(4)?),
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
-    }
-
-    /// Every CA public key ever registered, OpenSSH text (for checking old signatures).
-    pub fn all_ca_keys(&self) -> Result<Vec<String>> {
-        let mut stmt = self
-            .tx
-            .prepare_cached("SELECT public_key FROM ca_keys ORDER BY created_at")?;
-        let rows = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
-        Ok(rows)
-    }
-
     /// One audit row by sequence number.
     pub fn audit_row(&self, seq: u64) -> Result<Option<audit::Row>> {
         Ok(self
