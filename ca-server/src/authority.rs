@@ -34,11 +34,13 @@ mod audit_trail;
 mod revocation;
 mod workloads;
 
-pub use audit_trail::verify_audit;
+pub use audit_trail::{
+    Verified, append_checkpoint, checkpoint, verify_audit, verify_audit_anchored,
+};
 pub use revocation::{
     BuiltKrl, KRL_REBUILD_AFTER, MAX_SELF_KEY_REVOCATIONS, RevokeTarget, Revoked,
-    SELF_KEY_REVOCATION_WINDOW, SkippedEntry, audit_skipped, build_krl, krl_from_store,
-    listable_key, trusted_ca_keys,
+    SELF_KEY_REVOCATION_WINDOW, SkippedEntry, audit_skipped, build_krl, held_trusted_ca_keys,
+    krl_from_store, listable_key, trusted_ca_keys,
 };
 
 /// Most pending requests one requester may have at once.
@@ -149,6 +151,15 @@ pub struct Authority {
     krl_cache: Mutex<Option<revocation::CachedKrl>>,
     /// Fingerprints of revoked keys left out of a KRL and already audited by this run.
     krl_skips_audited: Mutex<std::collections::HashSet<String>>,
+    /// Public keys of every signer this process loaded from a key file.
+    loaded_keys: RwLock<Vec<PublicKey>>,
+    /// The data directory's key files, read at every use (`ca rotate` adds one while the
+    /// server runs); `None` trusts only the loaded signers.
+    key_files: Option<crate::ca_keys::KeyFiles>,
+    /// CA keys last reported as ignored, so each is logged once, not per host poll.
+    ignored_keys: Mutex<Vec<String>>,
+    /// Where checkpoints are appended outside the database.
+    checkpoint_file: Option<std::path::PathBuf>,
 }
 
 /// Open watches by request id.
@@ -189,13 +200,53 @@ impl Authority {
         register_ca_key(&store, &signer, now)?;
         Ok(Authority {
             store,
+            loaded_keys: RwLock::new(vec![signer.public_key().clone()]),
             signer: RwLock::new(Arc::new(signer)),
             policy: RwLock::new(Arc::new(policy)),
             changes,
             watchers: Arc::default(),
             krl_cache: Mutex::new(None),
             krl_skips_audited: Mutex::default(),
+            key_files: None,
+            ignored_keys: Mutex::new(Vec::new()),
+            checkpoint_file: None,
         })
+    }
+
+    /// Trusts, besides the loaded signers, the CA keys held in these files (read at every
+    /// use), and no key the database alone names.
+    pub fn with_key_files(mut self, files: crate::ca_keys::KeyFiles) -> Self {
+        self.key_files = Some(files);
+        self
+    }
+
+    /// Appends every checkpoint to this file too (JSON lines, fsynced), outside the
+    /// database.
+    pub fn with_checkpoint_file(mut self, path: std::path::PathBuf) -> Self {
+        self.checkpoint_file = Some(path);
+        self
+    }
+
+    /// CA public keys held as files: the signers loaded and the data directory's key files.
+    fn held_keys(&self) -> Vec<PublicKey> {
+        let mut keys = self
+            .loaded_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(files) = &self.key_files {
+            keys.extend(files.load());
+        }
+        keys
+    }
+
+    /// Logs the keys ignored for want of a file, once per change of that set.
+    fn report_ignored(&self, ignored: Vec<String>) {
+        let mut last = self.ignored_keys.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != ignored {
+            crate::ca_keys::log_ignored(&ignored, "the data directory's retired/ as NAME.pub");
+            *last = ignored;
+        }
     }
 
     fn signer(&self) -> Arc<Signer> {
@@ -214,6 +265,10 @@ impl Authority {
             return Ok(false);
         }
         register_ca_key(&self.store, &signer, now)?;
+        self.loaded_keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(signer.public_key().clone());
         self.audit(Event::new(
             now,
             "moshca-server",
@@ -290,8 +345,16 @@ impl Authority {
     }
 
     /// CA public keys hosts should trust at `now`, the signing key first.
+    /// Only keys held as files: a database row alone is ignored (and logged).
     pub fn ca_public_keys_at(&self, now: UnixTime) -> Result<Vec<PublicKey>> {
-        trusted_ca_keys(&self.store, &self.signer().fingerprint(), now)
+        let (keys, ignored) = held_trusted_ca_keys(
+            &self.store,
+            &self.held_keys(),
+            &self.signer().fingerprint(),
+            now,
+        )?;
+        self.report_ignored(ignored);
+        Ok(keys)
     }
 
     /// Parses a subject key, refusing the signing CA key. Older CA keys are refused by

@@ -130,10 +130,16 @@ pub enum CaCommand {
 /// `moshca-server audit ...`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain; exits non-zero and names the first bad event.
+    /// Check the hash chain and its signed checkpoints (in the database and in the
+    /// checkpoint file) against the CA key files; exits non-zero and names the first bad
+    /// event.
     Verify {
         #[command(flatten)]
         dir: DataDir,
+        /// Checkpoint file to check the chain against (JSON lines the server appends);
+        /// default: config.toml's `[audit] checkpoint_file`.
+        #[arg(long, value_name = "FILE")]
+        checkpoints: Option<PathBuf>,
     },
     /// Write the audit trail as JSON lines (for a SIEM).
     Export {

@@ -43,7 +43,15 @@ pub struct Config {
     pub oidc_issuers: Vec<OidcIssuer>,
     /// Webhooks notified of requests and decisions (`[[notify.webhook]]`).
     pub webhooks: Vec<Webhook>,
+    /// Where every signed audit checkpoint is also appended (`[audit] checkpoint_file`),
+    /// outside the database; best on another disk or host.
+    pub checkpoint_file: PathBuf,
 }
+
+/// Where checkpoints go unless `[audit] checkpoint_file` says otherwise: outside the
+/// database but, by default, inside the data directory (the only place a hardened unit may
+/// write); point it at another disk or host.
+pub const DEFAULT_CHECKPOINT_FILE: &str = "checkpoints/audit-checkpoints.jsonl";
 
 /// A webhook that receives notifications (`[[notify.webhook]]`).
 ///
@@ -139,6 +147,13 @@ struct RawConfig {
     tls: Option<RawTls>,
     oidc: Option<RawOidc>,
     notify: Option<RawNotify>,
+    audit: Option<RawAudit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    checkpoint_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -389,6 +404,10 @@ impl Config {
             max_ttl,
             oidc_issuers,
             webhooks,
+            checkpoint_file: path(
+                raw.audit.and_then(|a| a.checkpoint_file),
+                DEFAULT_CHECKPOINT_FILE,
+            ),
         };
         if errors.is_empty() {
             Ok(config)
@@ -431,6 +450,13 @@ key = "tls/key.pem"
 # format = "slack"                                   # or "json" (the default)
 # secret_file = "/etc/moshca/webhook-secret"         # signs bodies: X-Moshca-Signature
 # max_attempts = 8
+
+# Every signed audit checkpoint is also appended here (JSON lines), outside the database,
+# so `moshca-server audit verify --checkpoints FILE` catches a chain cut or rewritten
+# below any of them. Put it on another disk or a host-mounted, append-only path (and in
+# the unit's ReadWritePaths=).
+# [audit]
+# checkpoint_file = "/var/lib/moshca-checkpoints/audit-checkpoints.jsonl"
 "#
     )
 }

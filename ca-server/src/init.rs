@@ -77,6 +77,7 @@ pub fn init(
             json!({ "ca_fingerprint": signer.fingerprint() }),
         ))
     })?;
+    crate::authority::checkpoint(&store, &signer, Some(&config.checkpoint_file), now)?;
     Ok(Initialized {
         data_dir: data_dir.to_owned(),
         ca_public_key: signer.public_key().to_openssh()?,
@@ -147,6 +148,7 @@ mod tests {
             "tls/cert.pem",
             "tls/key.pem",
             "moshca.db",
+            "checkpoints/audit-checkpoints.jsonl",
         ] {
             assert!(d.join(f).exists(), "{f}");
         }

@@ -24,6 +24,7 @@
 //! | [`init`] | creating a data directory |
 //! | [`files`] | atomic, checked writes of files hosts depend on |
 //! | [`rotation`] | CA key rotation: publish a new key, keep the old one while needed |
+//! | [`ca_keys`] | CA public keys held as files: the only keys hosts and checkpoints trust |
 //! | [`convert`] | proto <-> domain, and the one error -> `tonic::Status` mapping |
 //! | [`service`] | the gRPC service: authenticate, convert, call `authority` |
 //! | [`server`] | transport: TLS, health, reflection, background tasks, shutdown |
@@ -33,6 +34,7 @@ pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod authority;
+pub mod ca_keys;
 pub mod cli;
 pub mod clock;
 pub mod config;

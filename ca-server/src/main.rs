@@ -7,7 +7,7 @@ use clap::Parser as _;
 use moshca_server::cli::{AuditCommand, CaCommand, Cli, Command, UserCommand};
 use moshca_server::config::Config;
 use moshca_server::store::Store;
-use moshca_server::{authority, clock, files, init, rotation, server, users};
+use moshca_server::{authority, ca_keys, clock, files, init, rotation, server, users};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -56,9 +56,13 @@ fn parse_since(s: &str) -> anyhow::Result<u64> {
         .unwrap_or(0))
 }
 
-/// CA keys to trust, from the store; the key in the data directory counts as active.
+/// CA keys to trust: those the store says are needed and a key file holds; the key in the
+/// data directory counts as active. Keys the database alone names are ignored, with a
+/// warning.
 fn trusted_keys(config: &Config) -> anyhow::Result<Vec<ssh_key::PublicKey>> {
     let store = open_store(config)?;
+    let files = ca_keys::KeyFiles::of(config);
+    files.write_missing_public_files();
     let pub_path = config.ca_key.with_extension("pub");
     let active = ssh_key::PublicKey::read_openssh_file(&pub_path)
         .with_context(|| format!("reading {}", pub_path.display()))?;
@@ -67,11 +71,11 @@ fn trusted_keys(config: &Config) -> anyhow::Result<Vec<ssh_key::PublicKey>> {
         tx.insert_ca_key(&fingerprint, &active.to_openssh()?, clock::now())
             .map_err(anyhow::Error::from)
     })?;
-    Ok(authority::trusted_ca_keys(
-        &store,
-        &fingerprint,
-        clock::now(),
-    )?)
+    let (keys, ignored) =
+        authority::held_trusted_ca_keys(&store, &files.load(), &fingerprint, clock::now())?;
+    let hint = ca_keys::retired_dir(config).join("NAME.pub");
+    ca_keys::log_ignored(&ignored, &hint.display().to_string());
+    Ok(keys)
 }
 
 fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -197,11 +201,46 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out.display()
             );
         }
-        Command::Audit(AuditCommand::Verify { dir }) => {
-            let store = open_store(&Config::load(&dir.data_dir)?)?;
-            match authority::verify_audit(&store)? {
-                Ok((n, checkpoints)) => {
-                    println!("audit chain intact: {n} events, {checkpoints} signed checkpoints")
+        Command::Audit(AuditCommand::Verify { dir, checkpoints }) => {
+            let config = Config::load(&dir.data_dir)?;
+            let store = open_store(&config)?;
+            let files = ca_keys::KeyFiles::of(&config);
+            files.write_missing_public_files();
+            let keys = files.load();
+            // The configured checkpoint file unless another is named; a named file must
+            // exist, the default one may not yet.
+            let (path, named) = match checkpoints {
+                Some(p) => (p, true),
+                None => (config.checkpoint_file.clone(), false),
+            };
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => Some(std::io::BufReader::new(f)),
+                Err(e) if !named && e.kind() == std::io::ErrorKind::NotFound => {
+                    eprintln!(
+                        "moshca-server: no checkpoint file at {}; checking the database's checkpoints only",
+                        path.display()
+                    );
+                    None
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "opening the checkpoint file {} (give the file the server appends to: [audit] checkpoint_file)",
+                        path.display()
+                    )));
+                }
+            };
+            let read = file.is_some();
+            match authority::verify_audit_anchored(&store, &keys, file)? {
+                Ok(v) => {
+                    let also = if read {
+                        format!(", {} in {}", v.file_checkpoints, path.display())
+                    } else {
+                        String::new()
+                    };
+                    println!(
+                        "audit chain intact: {} events, {} signed checkpoints{also}",
+                        v.events, v.checkpoints
+                    );
                 }
                 Err(broken) => {
                     eprintln!("moshca-server: {broken}");
@@ -210,21 +249,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Audit(AuditCommand::Export { dir, since }) => {
+            use std::io::Write as _;
             let since = since.as_deref().map(parse_since).transpose()?.unwrap_or(0);
             let store = open_store(&Config::load(&dir.data_dir)?)?;
-            for row in store.read(|tx| tx.audit_rows_since(since))? {
-                let line = serde_json::json!({
-                    "seq": row.seq,
-                    "at": row.event.at,
-                    "actor": row.event.actor,
-                    "action": row.event.action,
-                    "request_id": row.event.request_id,
-                    "details": row.event.details,
-                    "prev_hash": row.prev_hash,
-                    "hash": row.hash,
-                });
-                println!("{line}");
-            }
+            // Row by row from a cursor: memory stays flat however long the trail.
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            store.read(|tx| {
+                tx.for_each_audit_row(since, |row| {
+                    let line = serde_json::json!({
+                        "seq": row.seq,
+                        "at": row.event.at,
+                        "actor": row.event.actor,
+                        "action": row.event.action,
+                        "request_id": row.event.request_id,
+                        "details": row.event.details,
+                        "prev_hash": row.prev_hash,
+                        "hash": row.hash,
+                    });
+                    serde_json::to_writer(&mut out, &line)?;
+                    out.write_all(b"\n")?;
+                    Ok::<_, anyhow::Error>(())
+                })
+            })?;
+            out.flush()?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -4,7 +4,9 @@
 //! `moshca host sync`), while the running server keeps signing with the old key until it
 //! is reloaded (SIGHUP). The old key stays trusted until its last certificate expires,
 //! then drops out of the published list. The retired private key is kept in `retired/`
-//! (0600) so no data is lost; it is no longer needed and may be deleted.
+//! (0600) so no data is lost; it is no longer needed and may be deleted. Its public key
+//! (`retired/ca_key-<time>.pub`) must stay: hosts and `audit verify` trust only keys held
+//! as files (see `ca_keys`).
 
 use std::path::{Path, PathBuf};
 
@@ -65,16 +67,20 @@ pub fn rotate(
             json!({ "ca_fingerprint": new.fingerprint(), "previous": old.fingerprint() }),
         ))
     })?;
+    // Signed with the key still in service, so the rotation itself is covered at once.
+    crate::authority::checkpoint(&store, &old, Some(&config.checkpoint_file), now)?;
     let retired_dir = config.data_dir.join("retired");
     std::fs::create_dir_all(&retired_dir)
         .with_context(|| format!("creating {}", retired_dir.display()))?;
     let retired_key = retired_dir.join(format!("ca_key-{now}"));
+    // The retired public key file is what keeps the old key trusted (by hosts, and for
+    // checking the checkpoints it signed): written before the key moves, so some file
+    // holds it at every moment.
+    let retired_pub = retired_key.with_extension("pub");
+    std::fs::write(&retired_pub, format!("{old_text}\n"))
+        .with_context(|| format!("writing {}", retired_pub.display()))?;
     std::fs::rename(&config.ca_key, &retired_key)
         .with_context(|| format!("moving the old key to {}", retired_key.display()))?;
-    let _ = std::fs::rename(
-        config.ca_key.with_extension("pub"),
-        retired_key.with_extension("pub"),
-    );
     std::fs::rename(&next, &config.ca_key).context("installing the new key")?;
     std::fs::rename(
         next.with_extension("pub"),

@@ -54,6 +54,14 @@ pub async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
 
+    // Sign the head found at start: events written while no server ran (operator
+    // commands, or the last seconds before a crash) are covered from now on.
+    let a = authority.clone();
+    match tokio::task::spawn_blocking(move || a.checkpoint_at(clock::now())).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "audit checkpoint at start failed"),
+        Err(e) => tracing::error!(error = %e, "audit checkpoint task failed"),
+    }
     let sweeper = tokio::spawn(expire_pending(authority.clone(), health.clone()));
     // Deliveries are off the request path: handlers only commit outbox rows, and a
     // delivery cut short by shutdown is sent again on the next start.
@@ -111,7 +119,7 @@ async fn expire_pending(authority: Arc<Authority>, health: tonic_health::server:
         n += 1;
         let a = authority.clone();
         let purge = n.is_multiple_of(60);
-        let checkpoint = n.is_multiple_of(10);
+        let checkpoint = n.is_multiple_of(crate::audit::CHECKPOINT_EVERY_SECS);
         match tokio::task::spawn_blocking(move || {
             if purge {
                 a.purge_jti_at(clock::now())?;
@@ -224,8 +232,13 @@ pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<L
     let key = std::fs::read(&config.tls_key)
         .with_context(|| format!("reading TLS key {}", config.tls_key.display()))?;
     tracing::info!(ca = %signer.fingerprint(), "CA key loaded");
+    let key_files = crate::ca_keys::KeyFiles::of(config);
+    key_files.write_missing_public_files();
+    let authority = Authority::new(store, signer, policy, clock::now())?
+        .with_key_files(key_files)
+        .with_checkpoint_file(config.checkpoint_file.clone());
     Ok(Loaded {
-        authority: Arc::new(Authority::new(store, signer, policy, clock::now())?),
+        authority: Arc::new(authority),
         verifier: Arc::new(Verifier::new(&config.oidc_issuers)),
         notifier,
         identity: Identity::from_pem(cert, key),

@@ -325,6 +325,16 @@ CREATE INDEX certificates_live ON certificates(valid_before);
     r#"
 CREATE INDEX revoked_keys_by_revoker ON revoked_keys(revoked_by, revoked_at);
 "#,
+    // Audit reads filtered and bounded in SQL: the first event at or after a time, the
+    // events of one request, of one actor, and about one user (`details.user`), so listing
+    // never reads the whole trail. The user expression skips details that are not JSON (a
+    // tampered row must stay readable for `audit verify` to name it).
+    r#"
+CREATE INDEX audit_by_at ON audit(at);
+CREATE INDEX audit_by_request ON audit(request_id);
+CREATE INDEX audit_by_actor ON audit(actor, action);
+CREATE INDEX audit_by_user ON audit((CASE WHEN json_valid(details) THEN details ->> '$.user' END));
+"#,
 ];
 
 /// Audit actions that also go to the notification outbox, in the same transaction.
@@ -339,6 +349,31 @@ pub const NOTIFY_ACTIONS: &[&str] = &[
     "certificate.issued",
     "certificate.revoked",
 ];
+
+/// Which audit events to list ([`Tx::audit_page`]).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Events at or after this time (Unix seconds).
+    pub since: u64,
+    /// Events by this user, about their requests, or naming them in `details.user`.
+    pub user: Option<String>,
+    /// Events of this request.
+    pub request_id: Option<String>,
+    /// The newest this many.
+    pub limit: u32,
+}
+
+/// The user expression `audit_by_user` indexes; queries must spell it exactly so.
+const AUDIT_USER: &str = "(CASE WHEN json_valid(details) THEN details ->> '$.user' END)";
+
+/// The columns of an audit row, in the order [`audit_row_from`] reads them.
+const AUDIT_COLUMNS: &str = "seq, at, actor, action, request_id, details, prev_hash, hash";
+
+/// The seq of the first event at or after time `?1`, from `audit_by_at`; past the end when
+/// there is none. Reads start there instead of filtering the whole trail by time: event
+/// times grow with seq (each is stamped from the clock as it commits), so only events
+/// written right after the clock was stepped back could be missed.
+const AUDIT_START: &str = "COALESCE((SELECT seq FROM audit WHERE at >= ?1 ORDER BY at, seq LIMIT 1), 9223372036854775807)";
 
 /// A notification waiting to be delivered to one webhook.
 #[derive(Debug, Clone, PartialEq)]
@@ -1614,36 +1649,6 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Every checkpoint, by sequence number.
-    pub fn checkpoints(&self) -> Result<Vec<audit::Checkpoint>> {
-        let mut stmt = self.tx.prepare_cached(
-            "SELECT seq, hash, ca_fingerprint, signature, at FROM audit_checkpoints ORDER BY seq",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(audit::Checkpoint {
-                    seq: to_u64(r.get(0)?),
-                    hash: r.get(1)?,
-                    ca_fingerprint: r.get(2)?,
-                    signature: r.get(3)?,
-                    at: to_u64(r.get(4)?),
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
-    }
-
-    /// Every CA public key ever registered, OpenSSH text (for checking old signatures).
-    pub fn all_ca_keys(&self) -> Result<Vec<String>> {
-        let mut stmt = self
-            .tx
-            .prepare_cached("SELECT public_key FROM ca_keys ORDER BY created_at")?;
-        let rows = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
-        Ok(rows)
-    }
-
     /// One audit row by sequence number.
     pub fn audit_row(&self, seq: u64) -> Result<Option<audit::Row>> {
         Ok(self
@@ -1659,6 +1664,78 @@ impl Tx<'_> {
     /// Audit rows at or after `since`, in order.
     pub fn audit_rows_since(&self, since: u64) -> Result<Vec<audit::Row>> {
         self.query_audit("WHERE at >= ?1 ORDER BY seq", params![to_i64(since)])
+    }
+
+    /// Calls `f` with every audit row at or after `since`, in order, one at a time from a
+    /// cursor: memory stays flat however long the trail. Stops at `f`'s first error.
+    pub fn for_each_audit_row<E: From<Error>>(
+        &self,
+        since: u64,
+        mut f: impl FnMut(audit::Row) -> Result<(), E>,
+    ) -> Result<(), E> {
+        // Everything: by seq alone, so an event whose time is out of order is still read.
+        let sql = if since == 0 {
+            format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE ?1 = 0 ORDER BY seq")
+        } else {
+            format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit
+                 WHERE seq >= {AUDIT_START} AND at >= ?1 ORDER BY seq"
+            )
+        };
+        let mut stmt = self.tx.prepare(&sql).map_err(Error::from)?;
+        let mut rows = stmt.query(params![to_i64(since)]).map_err(Error::from)?;
+        while let Some(r) = rows.next().map_err(Error::from)? {
+            f(audit_row_from(r).map_err(Error::from)?)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every stored checkpoint, by sequence number, from a cursor.
+    pub fn for_each_checkpoint<E: From<Error>>(
+        &self,
+        mut f: impl FnMut(audit::Checkpoint) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut stmt = self
+            .tx
+            .prepare(
+                "SELECT seq, hash, ca_fingerprint, signature, at FROM audit_checkpoints ORDER BY seq",
+            )
+            .map_err(Error::from)?;
+        let mut rows = stmt.query([]).map_err(Error::from)?;
+        while let Some(r) = rows.next().map_err(Error::from)? {
+            f(audit::Checkpoint {
+                seq: to_u64(r.get(0).map_err(Error::from)?),
+                hash: r.get(1).map_err(Error::from)?,
+                ca_fingerprint: r.get(2).map_err(Error::from)?,
+                signature: r.get(3).map_err(Error::from)?,
+                at: to_u64(r.get(4).map_err(Error::from)?),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The newest checkpoint's sequence number.
+    pub fn last_checkpoint_seq(&self) -> Result<Option<u64>> {
+        Ok(self
+            .row("SELECT max(seq) FROM audit_checkpoints", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })?
+            .map(to_u64))
+    }
+
+    /// The newest `limit` events matching `f`, oldest first. Filtered and limited in SQL on
+    /// the audit indexes: the work is bounded by the matching events, not the trail.
+    pub fn audit_page(&self, f: &AuditFilter) -> Result<Vec<audit::Row>> {
+        let sql = audit_page_sql(f);
+        let mut stmt = self.tx.prepare_cached(&sql)?;
+        let mut rows = stmt
+            .query_map(
+                params![to_i64(f.since), f.user, f.request_id, f.limit],
+                audit_row_from,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.reverse();
+        Ok(rows)
     }
 
     fn query_audit(&self, clause: &str, args: impl rusqlite::Params) -> Result<Vec<audit::Row>> {
@@ -1700,6 +1777,46 @@ impl Tx<'_> {
             })
             .collect()
     }
+}
+
+/// The query of [`Tx::audit_page`]: `?1` since, `?2` user, `?3` request, `?4` limit.
+fn audit_page_sql(f: &AuditFilter) -> String {
+    let mut clauses = vec![format!("seq >= {AUDIT_START}"), "at >= ?1".to_owned()];
+    if f.request_id.is_some() {
+        clauses.push("request_id = ?3".into());
+    }
+    if f.user.is_some() {
+        // A user's requests are those whose `request.created` event they are the actor
+        // of: found on `audit_by_actor`, without reading the requests table.
+        clauses.push(format!(
+            "(actor = ?2
+              OR request_id IN (SELECT request_id FROM audit
+                                WHERE actor = ?2 AND action = 'request.created')
+              OR {AUDIT_USER} = ?2)"
+        ));
+    }
+    format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit WHERE {} ORDER BY seq DESC LIMIT ?4",
+        clauses.join(" AND ")
+    )
+}
+
+/// An audit row from a cursor over [`AUDIT_COLUMNS`].
+fn audit_row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<audit::Row> {
+    let details: String = r.get(5)?;
+    Ok(audit::Row {
+        seq: to_u64(r.get(0)?),
+        event: Event {
+            at: to_u64(r.get(1)?),
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            request_id: r.get(4)?,
+            // Not JSON: tampered with; kept raw so `audit::verify` names this event.
+            details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
+        },
+        prev_hash: r.get(6)?,
+        hash: r.get(7)?,
+    })
 }
 
 #[cfg(test)]
@@ -2290,5 +2407,149 @@ mod tests {
             .unwrap();
         let err = audit::verify(s.read(|tx| tx.audit_rows()).unwrap()).unwrap_err();
         assert_eq!(err.seq, 2);
+    }
+
+    /// SQLite's plan for the query [`Tx::audit_page`] runs for `f`.
+    fn audit_page_plan(s: &Store, f: &AuditFilter) -> String {
+        plan(s, &audit_page_sql(f))
+    }
+
+    #[test]
+    fn finding_11_audit_listing_filters_and_limits_in_sql_on_indexes() {
+        let s = Store::open_in_memory().unwrap();
+        // 3,000 events: alice's requests (created by her, approved by bob), user events
+        // naming carol, and noise by a bot.
+        s.transact(|tx| {
+            for i in 0..1000u64 {
+                let id = format!("R{i:04}");
+                let (who, action) = if i % 10 == 0 {
+                    ("alice", "request.created")
+                } else {
+                    ("bot", "request.created")
+                };
+                tx.append_audit(&Event::new(
+                    i,
+                    who,
+                    action,
+                    Some(&id),
+                    serde_json::json!({}),
+                ))?;
+                tx.append_audit(&Event::new(
+                    i,
+                    "bob",
+                    "request.approved",
+                    Some(&id),
+                    serde_json::json!({}),
+                ))?;
+                let user = if i % 100 == 0 { "carol" } else { "dan" };
+                tx.append_audit(&Event::new(
+                    i,
+                    "operator",
+                    "user.token_issued",
+                    None,
+                    serde_json::json!({ "user": user }),
+                ))?;
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let page = |f: AuditFilter| s.read(|tx| tx.audit_page(&f)).unwrap();
+
+        // The attack: "the newest 5 events" used to load all 3,000 and keep 5.
+        let newest = page(AuditFilter {
+            limit: 5,
+            ..Default::default()
+        });
+        assert_eq!(
+            newest.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [2996, 2997, 2998, 2999, 3000]
+        );
+        let since = page(AuditFilter {
+            since: 998,
+            limit: 100,
+            ..Default::default()
+        });
+        assert_eq!(since.len(), 6);
+        assert!(since.iter().all(|r| r.event.at >= 998));
+        let alice = page(AuditFilter {
+            user: Some("alice".into()),
+            limit: 1000,
+            ..Default::default()
+        });
+        // Her 100 requests and their 100 approvals.
+        assert_eq!(alice.len(), 200);
+        assert!(alice.windows(2).all(|w| w[0].seq < w[1].seq));
+        let alice_recent = page(AuditFilter {
+            user: Some("alice".into()),
+            since: 900,
+            limit: 3,
+            ..Default::default()
+        });
+        assert_eq!(alice_recent.len(), 3);
+        assert_eq!(alice_recent[2].event.request_id.as_deref(), Some("R0990"));
+        let carol = page(AuditFilter {
+            user: Some("carol".into()),
+            limit: 1000,
+            ..Default::default()
+        });
+        assert_eq!(carol.len(), 10);
+        let one = page(AuditFilter {
+            request_id: Some("R0500".into()),
+            limit: 10,
+            ..Default::default()
+        });
+        assert_eq!(one.len(), 2);
+        assert!(
+            page(AuditFilter {
+                since: 5000,
+                limit: 10,
+                ..Default::default()
+            })
+            .is_empty()
+        );
+
+        // Each shape reads an index, never the whole table, and needs no sort of it.
+        for (what, f, index) in [
+            ("newest", AuditFilter::default(), "INTEGER PRIMARY KEY"),
+            (
+                "request",
+                AuditFilter {
+                    request_id: Some("R".into()),
+                    ..Default::default()
+                },
+                "audit_by_request",
+            ),
+            (
+                "user",
+                AuditFilter {
+                    user: Some("u".into()),
+                    ..Default::default()
+                },
+                "audit_by_actor",
+            ),
+        ] {
+            let p = audit_page_plan(&s, &f);
+            assert!(p.contains(index), "{what}: {p}");
+            assert!(
+                p.contains("audit_by_at"),
+                "{what}: since is not a seek: {p}"
+            );
+            assert!(
+                !p.split("; ").any(|step| step == "SCAN audit"),
+                "{what} scans the table: {p}"
+            );
+        }
+        let p = audit_page_plan(
+            &s,
+            &AuditFilter {
+                user: Some("u".into()),
+                ..Default::default()
+            },
+        );
+        assert!(p.contains("audit_by_user"), "user: {p}");
+        assert!(
+            !audit_page_plan(&s, &AuditFilter::default()).contains("TEMP B-TREE"),
+            "the newest events come straight from the key, unsorted"
+        );
     }
 }

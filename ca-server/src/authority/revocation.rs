@@ -182,6 +182,14 @@ impl Authority {
         let (version, ca_keys) = self
             .store
             .read(|tx| Ok::<_, Error>((tx.krl_version()?, tx.trusted_ca_keys(&active, now)?)))?;
+        let held = self.held_keys();
+        let ca_keys: Vec<String> = ca_keys
+            .into_iter()
+            .filter(|text| {
+                PublicKey::from_openssh(text)
+                    .is_ok_and(|k| held.iter().any(|h| h.key_data() == k.key_data()))
+            })
+            .collect();
         // Held while building, so concurrent misses build once.
         let mut cache = self.krl_cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = cache.as_ref()
@@ -318,9 +326,24 @@ pub(super) struct CachedKrl {
     krl: Vec<u8>,
 }
 
-/// CA public keys to trust at `now` given the active key's fingerprint, active first.
+/// CA public keys to trust at `now` given the active key's fingerprint, active first, as
+/// the database lists them. Only [`held_trusted_ca_keys`] may be published.
 pub fn trusted_ca_keys(store: &Store, active: &str, now: UnixTime) -> Result<Vec<PublicKey>> {
     parse_ca_keys(&store.read(|tx| tx.trusted_ca_keys(active, now))?)
+}
+
+/// [`trusted_ca_keys`] less those no key file holds (`held`, see `ca_keys`): a database
+/// row alone never makes a key trusted. The ignored ones are returned as fingerprints.
+pub fn held_trusted_ca_keys(
+    store: &Store,
+    held: &[PublicKey],
+    active: &str,
+    now: UnixTime,
+) -> Result<(Vec<PublicKey>, Vec<String>)> {
+    Ok(crate::ca_keys::only_held(
+        trusted_ca_keys(store, active, now)?,
+        held,
+    ))
 }
 
 /// CA public keys as the store holds them (OpenSSH text), parsed.
