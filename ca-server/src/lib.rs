@@ -22,6 +22,7 @@
 //! | [`users`] | user accounts and tokens, for the operator's commands |
 //! | [`init`] | creating a data directory |
 //! | [`files`] | atomic, checked writes of files hosts depend on |
+//! | [`secret_file`] | the one rule for secret files and the data directory: owner only |
 //! | [`rotation`] | CA key rotation: publish a new key, keep the old one while needed |
 //! | [`convert`] | proto <-> domain, and the one error -> `tonic::Status` mapping |
 //! | [`service`] | the gRPC service: authenticate, convert, call `authority` |
@@ -44,6 +45,7 @@ pub mod notify;
 pub mod oidc;
 pub mod policy;
 pub mod rotation;
+pub mod secret_file;
 pub mod server;
 pub mod service;
 pub mod signer;

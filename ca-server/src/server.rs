@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::notify::Notifier;
 use crate::oidc::Verifier;
 use crate::policy::Policy;
+use crate::secret_file;
 use crate::service::Service;
 use crate::signer::Signer;
 use crate::store::Store;
@@ -125,47 +126,9 @@ async fn expire_pending(authority: Arc<Authority>) {
     }
 }
 
-/// Reads the passphrase file, if any, without its trailing newline.
+/// Reads the passphrase file without its trailing newline, under the secret-file rule.
 pub fn read_passphrase(path: &Path) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
-    let mut bytes = zeroize::Zeroizing::new(
-        std::fs::read(path)
-            .with_context(|| format!("reading passphrase file {}", path.display()))?,
-    );
-    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        bytes.pop();
-    }
-    anyhow::ensure!(
-        !bytes.is_empty(),
-        "passphrase file {} is empty",
-        path.display()
-    );
-    Ok(bytes)
-}
-
-/// Refuses a CA key file that others can read or that another user owns.
-fn check_key_file(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("reading CA key {}", path.display()))?;
-    if meta.mode() & 0o077 != 0 {
-        anyhow::bail!(
-            "CA key {} is accessible by group or others (mode {:o}); run `chmod 600 {}`",
-            path.display(),
-            meta.mode() & 0o777,
-            path.display()
-        );
-    }
-    let uid = std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(meta.uid());
-    if meta.uid() != uid {
-        anyhow::bail!(
-            "CA key {} is owned by uid {}, not by the user running moshca-server (uid {uid}); chown it",
-            path.display(),
-            meta.uid()
-        );
-    }
-    Ok(())
+    Ok(secret_file::read_secret_value(path, "passphrase file")?)
 }
 
 /// Everything `run` serves, loaded from a data directory.
@@ -184,6 +147,7 @@ pub struct Loaded {
 /// Loads policy, store, CA key, OIDC issuers, webhooks and TLS identity from the data
 /// directory.
 pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<Loaded> {
+    secret_file::check_data_dir(&config.data_dir, &config.database)?;
     let policy = load_policy(config)?;
     let signer = load_signer(config, passphrase_file)?;
     let store = Arc::new(
@@ -201,20 +165,19 @@ pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<L
     store.set_outbox(!config.webhooks.is_empty());
     let cert = std::fs::read(&config.tls_cert)
         .with_context(|| format!("reading TLS certificate {}", config.tls_cert.display()))?;
-    let key = std::fs::read(&config.tls_key)
-        .with_context(|| format!("reading TLS key {}", config.tls_key.display()))?;
+    let key = secret_file::read_secret(&config.tls_key, "TLS key")?;
     tracing::info!(ca = %signer.fingerprint(), "CA key loaded");
     Ok(Loaded {
         authority: Arc::new(Authority::new(store, signer, policy, clock::now())?),
         verifier: Arc::new(Verifier::new(&config.oidc_issuers)),
         notifier,
-        identity: Identity::from_pem(cert, key),
+        identity: Identity::from_pem(cert, key.as_slice()),
     })
 }
 
 /// Loads the active CA key, refusing a key file others can read.
 pub fn load_signer(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<Signer> {
-    check_key_file(&config.ca_key)?;
+    secret_file::check_private(&config.ca_key, "CA key")?;
     let passphrase = passphrase_file
         .or(config.passphrase_file.as_deref())
         .map(read_passphrase)
@@ -265,6 +228,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
+    secret_file::restrict_umask();
     let Loaded {
         authority,
         verifier,
