@@ -49,6 +49,7 @@ pub async fn run(
         .build_v1()
         .context("building the reflection service")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let jwks = tokio::spawn(refresh_jwks(verifier.clone()));
     let api = CertificateAuthorityServer::new(Service::new(authority.clone(), verifier, stop_rx))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(4 * 1024 * 1024);
@@ -87,6 +88,7 @@ pub async fn run(
         .context("serving gRPC");
     sweeper.abort();
     notifications.abort();
+    jwks.abort();
     // Sign the final head so a tail cut after shutdown is detected.
     let a = authority.clone();
     match tokio::task::spawn_blocking(move || a.checkpoint_at(clock::now())).await {
@@ -95,6 +97,19 @@ pub async fn run(
         Err(e) => tracing::error!(error = %e, "final audit checkpoint task failed"),
     }
     result
+}
+
+/// Keeps the OIDC issuers' keys fresh: once a second, refetches the key sets near the end
+/// of their lifetime, off the request path.
+async fn refresh_jwks(verifier: Arc<Verifier>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let v = verifier.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || v.refresh_due_at(clock::now())).await {
+            tracing::error!(error = %e, "JWKS refresh task failed");
+        }
+    }
 }
 
 /// Expires pending requests once a second (cheap thanks to the (state, expires_at) index)
