@@ -173,6 +173,20 @@ impl Verifier {
                     continue;
                 }
                 cache.last_attempt = Some(now);
+                if cache.keys.is_none() {
+                    // The first fetch holds the lock: a request arriving meanwhile waits
+                    // for it rather than finding no keys and no fetch allowed.
+                    match fetch(&state.config.jwks) {
+                        Ok(fetched) => {
+                            cache.install(fetched, state.config.jwks_cache_ttl, now);
+                            replaced += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(issuer = %state.config.issuer, "fetching JWKS failed: {e}");
+                        }
+                    }
+                    continue;
+                }
             }
             // Fetched without the lock: requests keep verifying with the current keys.
             match fetch(&state.config.jwks) {
