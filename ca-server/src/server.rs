@@ -72,7 +72,7 @@ pub async fn run(
     let result = builder
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(api)
+        .add_service(crate::service::TokenExpiryHeader(api))
         .serve_with_incoming_shutdown(
             // TCP_NODELAY: without it Nagle's algorithm and delayed ACKs add ~40 ms to
             // every small request/response exchange.

@@ -264,6 +264,22 @@ async fn finding_8_listing_shows_id_created_expires_and_last_used() {
     who(&h, &h.data.tokens["carol"]).await.unwrap();
     let used = users::tokens(&h.store, "carol").unwrap()[0].last_used_at;
     assert!(used.is_some_and(|u| u >= before), "{used:?}");
+    // Every response to a token-authenticated call says when the token expires, for the
+    // client's warning.
+    let response = h
+        .client()
+        .who_am_i(common::bearer(
+            &h.data.tokens["carol"],
+            pb::WhoAmIRequest {},
+        ))
+        .await
+        .unwrap();
+    let header = response
+        .metadata()
+        .get("moshca-token-expires")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert_eq!(header, t.expires_at);
     // A second call within the minute does not write again.
     who(&h, &h.data.tokens["carol"]).await.unwrap();
     assert_eq!(
