@@ -163,17 +163,52 @@ impl Settings {
             None => Err(Error::MissingToken),
             Some(TokenSource::Env(token)) => Ok(token.clone()),
             Some(TokenSource::File(path)) => {
-                let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-                    Error::Read {
-                        what: "token file",
-                        path: path.clone(),
-                        source,
-                    }
-                })?);
+                let text = read_secret(path, "token file")?;
                 Token::parse(&text, &path.display().to_string())
             }
         }
     }
+}
+
+/// Reads a file holding a secret (a token), refusing one that is not the user's alone:
+/// owned by the user, no group or other permission bits, checked on the opened file. The
+/// same rule as the server's for its secret files; the error names the `chmod` that fixes
+/// it.
+pub fn read_secret(path: &Path, what: &'static str) -> Result<Zeroizing<String>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let read_error = |source| Error::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    let me = rustix::process::getuid().as_raw();
+    let problem = if meta.uid() != me {
+        Some(format!(
+            "is owned by uid {}, not by you (uid {me}); use a file of your own",
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o077 != 0 {
+        Some(format!(
+            "is accessible by group or others (mode {:o}); run `chmod 600 {}`",
+            meta.mode() & 0o777,
+            path.display()
+        ))
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        return Err(Error::ExposedSecret {
+            what,
+            path: path.to_owned(),
+            problem,
+        });
+    }
+    let mut text = Zeroizing::new(String::new());
+    file.read_to_string(&mut text).map_err(read_error)?;
+    Ok(text)
 }
 
 /// Reads the config file (if there is one) and merges it under `env` and `flags`.
@@ -410,7 +445,7 @@ token_file = "~/token"
     }
 
     #[test]
-    fn token_file_is_read_and_trimmed() {
+    fn finding_9_a_token_file_is_read_trimmed_and_refused_when_others_can_read_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "mca_abc\n").unwrap();
@@ -419,6 +454,20 @@ token_file = "~/token"
             ca_cert: "/ca".into(),
             token: Some(TokenSource::File(path.clone())),
         };
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            // A token file others can read is refused, with the command that fixes it.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = s.token().unwrap_err();
+            assert!(matches!(err, Error::ExposedSecret { .. }), "{err:?}");
+            let message = err.to_string();
+            assert!(
+                message.contains(&format!("run `chmod 600 {}`", path.display())),
+                "{message}"
+            );
+            assert!(!message.contains("mca_abc"), "{message}");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         assert_eq!(s.token().unwrap().expose(), "mca_abc");
 
         std::fs::remove_file(&path).unwrap();

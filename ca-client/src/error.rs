@@ -70,6 +70,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A file holding a secret is not the user's alone.
+    #[error("{what} {} {problem}", path.display())]
+    ExposedSecret {
+        /// What the file holds ("token file").
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and the command that fixes it.
+        problem: String,
+    },
     /// A file could not be read.
     #[error("cannot read {what} {}: {source}", path.display())]
     Read {
@@ -516,6 +526,10 @@ impl Error {
             Error::HostSync { .. } => {
                 "the files named were kept as they were and sshd keeps using them; fix the \
                  errors above (the host timer retries every minute)"
+            }
+            Error::ExposedSecret { .. } => {
+                "a file holding a token must belong to you and grant no access to group or \
+                 others, as ssh requires of private keys"
             }
             Error::Read { .. }
             | Error::Write { .. }

@@ -27,7 +27,68 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A gRPC client for the CA, with the bearer token (if any) on every call.
-pub type Client = CertificateAuthorityClient<InterceptedService<Channel, BearerAuth>>;
+pub type Client = CertificateAuthorityClient<InterceptedService<ExpiryWarning, BearerAuth>>;
+
+/// The response header in which the server says when the caller's token expires.
+const TOKEN_EXPIRES_HEADER: &str = "moshca-token-expires";
+/// How long before its token expires the client starts warning.
+const WARN_BEFORE_SECS: i64 = 7 * 24 * 3600;
+
+/// The warning to print for a token expiring at `expires_at`, if it is within a week.
+fn expiry_warning(expires_at: i64, now: i64) -> Option<String> {
+    let left = expires_at - now;
+    if left > WARN_BEFORE_SECS {
+        return None;
+    }
+    let when = match left / 86_400 {
+        0 => "within a day".to_owned(),
+        1 => "in 1 day".to_owned(),
+        days => format!("in {days} days"),
+    };
+    Some(format!(
+        "moshca: warning: your token expires {when}; ask the CA operator for a new one \
+         (`moshca-server user token NAME`) and replace it before then"
+    ))
+}
+
+/// The channel, watching responses for the token expiry the server reports and warning
+/// once per run on stderr when it is within a week. No call of its own: it reads a header
+/// of the calls the command makes anyway.
+#[derive(Debug, Clone)]
+pub struct ExpiryWarning(Channel);
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for ExpiryWarning {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let inner = self.0.call(req);
+        Box::pin(async move {
+            let response = inner.await?;
+            let expires_at = response
+                .headers()
+                .get(TOKEN_EXPIRES_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i64>().ok());
+            if let Some(warning) =
+                expires_at.and_then(|at| expiry_warning(at, crate::clock::now_unix()))
+                && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                eprintln!("{warning}");
+            }
+            Ok(response)
+        })
+    }
+}
 
 /// A bearer token (`mca_...`). Its `Debug` is redacted and its memory zeroized on drop.
 #[derive(Clone)]
@@ -182,7 +243,10 @@ pub async fn connect(server: &str, ca_cert: &Path, token: Option<&Token>) -> Res
     let auth = BearerAuth {
         header: token.map(Token::header),
     };
-    Ok(CertificateAuthorityClient::with_interceptor(channel, auth))
+    Ok(CertificateAuthorityClient::with_interceptor(
+        ExpiryWarning(channel),
+        auth,
+    ))
 }
 
 #[cfg(test)]
@@ -190,6 +254,22 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "mca_s3cr3t-t0ken";
+
+    #[test]
+    fn finding_8_a_token_expiring_within_a_week_is_warned_about() {
+        let now = 1_800_000_000;
+        assert_eq!(expiry_warning(now + 8 * 86_400, now), None);
+        let soon = expiry_warning(now + 3 * 86_400 + 5, now).unwrap();
+        assert!(
+            soon.contains("in 3 days") && soon.contains("moshca-server user token"),
+            "{soon}"
+        );
+        assert!(
+            expiry_warning(now + 60, now)
+                .unwrap()
+                .contains("within a day")
+        );
+    }
 
     #[test]
     fn token_debug_is_redacted() {

@@ -14,6 +14,41 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 /// Prefix of every bearer token, so scanners can spot leaked ones.
 pub const TOKEN_PREFIX: &str = "mca_";
 
+/// Prefix of a token's public id (`tok_` + 16 hex digits), which names a token in listings
+/// and `user revoke-token` without revealing it.
+pub const TOKEN_ID_PREFIX: &str = "tok_";
+
+/// How long a bearer token works unless `--expires` says otherwise.
+pub const DEFAULT_TOKEN_LIFETIME_SECS: u64 = 90 * 24 * 3600;
+
+/// A token's `last used` time is written at most this often: authentication is on the
+/// issuance path and must not become a write per request.
+pub const LAST_USED_GRANULARITY_SECS: u64 = 60;
+
+/// A Unix time as RFC 3339 UTC (`2026-11-24T01:00:00Z`), for messages about expiry.
+pub fn fmt_time(at: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(at))
+        .to_string()
+}
+
+/// A fresh public token id. Random, never derived from the token, so listing ids leaks
+/// nothing about the secret.
+pub fn new_token_id() -> String {
+    let mut bytes = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("{TOKEN_ID_PREFIX}{}", hex::encode(bytes))
+}
+
+/// Whether `id` has the shape of a token id (checked before it reaches a query or a log).
+pub fn valid_token_id(id: &str) -> bool {
+    id.strip_prefix(TOKEN_ID_PREFIX).is_some_and(|hex| {
+        hex.len() == 16
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -139,6 +174,21 @@ mod tests {
         assert_ne!(a.expose(), b.expose());
         assert_ne!(a.hash(), b.hash());
         assert_eq!(a.hash().len(), 64);
+    }
+
+    #[test]
+    fn token_ids_are_random_and_checked() {
+        let a = new_token_id();
+        assert!(valid_token_id(&a), "{a}");
+        assert_ne!(a, new_token_id());
+        for bad in [
+            "tok_",
+            "tok_0123456789ABCDEF",
+            "mca_0123456789abcdef",
+            "tok_0123'",
+        ] {
+            assert!(!valid_token_id(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::sync::{Notify, broadcast};
 
 use crate::approvals::{self, Approval, Ready, Request, State, Verdict};
 use crate::audit::Event;
-use crate::auth::{Caller, Proof, Token};
+use crate::auth::{self, Caller, Proof, Token, fmt_time};
 use crate::clock::UnixTime;
 use crate::oidc::WorkloadIdentity;
 use crate::policy::{self, Policy, Refusal, Role};
@@ -367,14 +367,65 @@ impl Authority {
 
     /// Resolves a bearer token to a caller; failures are audited.
     pub fn authenticate_at(&self, token: &Token, peer: &str, now: UnixTime) -> Result<Caller> {
+        Ok(self.authenticate_token_at(token, peer, now)?.0)
+    }
+
+    /// Resolves a bearer token to a caller and the time the token expires; failures are
+    /// audited. One indexed read per call; `last used` is written at most once a minute
+    /// per token, so authentication stays off the writer.
+    pub fn authenticate_token_at(
+        &self,
+        token: &Token,
+        peer: &str,
+        now: UnixTime,
+    ) -> Result<(Caller, Option<UnixTime>)> {
         let hash = token.hash();
-        if let Some(caller) = self.store.read(|tx| tx.caller_by_token(&hash, now))? {
-            return Ok(caller);
-        }
-        self.record_auth_failure_at(peer, "unknown, revoked or disabled token", now)?;
-        Err(Error::Unauthenticated(
-            "token not accepted (unknown, revoked, or its user is disabled); ask the CA operator for a new one".into(),
-        ))
+        let standing = self.store.read(|tx| tx.token_standing(&hash))?;
+        let (reason, message) = match standing {
+            None => (
+                "unknown token",
+                "token not accepted (unknown); ask the CA operator for a new one".to_owned(),
+            ),
+            Some(s) if s.token.revoked => (
+                "revoked token",
+                format!(
+                    "token {} was revoked; ask the CA operator for a new one (`moshca-server user token {}`)",
+                    s.token.id, s.caller.name
+                ),
+            ),
+            Some(s) if s.user_disabled => (
+                "disabled user",
+                "token not accepted: its user is disabled; ask the CA operator".to_owned(),
+            ),
+            Some(s) if s.token.expires_at.is_some_and(|e| e <= now) => (
+                "expired token",
+                format!(
+                    "token {} expired at {}; ask the CA operator for a new one (`moshca-server user token {}`)",
+                    s.token.id,
+                    fmt_time(s.token.expires_at.unwrap_or(now)),
+                    s.caller.name
+                ),
+            ),
+            Some(s) => {
+                let stale = s
+                    .token
+                    .last_used_at
+                    .is_none_or(|t| now >= t + auth::LAST_USED_GRANULARITY_SECS);
+                if stale {
+                    let id = s.token.id.clone();
+                    let recorded = self
+                        .store
+                        .transact(|tx| tx.touch_token(&id, now, auth::LAST_USED_GRANULARITY_SECS));
+                    // Bookkeeping only: a failed write must not refuse a valid caller.
+                    if let Err(e) = recorded {
+                        tracing::warn!(error = %e, "recording when a token was last used failed");
+                    }
+                }
+                return Ok((s.caller, s.token.expires_at));
+            }
+        };
+        self.record_auth_failure_at(peer, reason, now)?;
+        Err(Error::Unauthenticated(message))
     }
 
     /// Audits a refused attempt in its own transaction and returns the error.

@@ -74,13 +74,37 @@ pub enum UserCommand {
         /// Group memberships (repeatable).
         #[arg(long = "group", short = 'g')]
         groups: Vec<String>,
+        /// How long the token works (1m to 730d).
+        #[arg(long, default_value = "90d")]
+        expires: String,
         #[command(flatten)]
         dir: DataDir,
     },
-    /// Print a new token for an existing user (shown once).
+    /// Print an additional token for an existing user (shown once). Their other tokens
+    /// keep working until they expire or `user revoke-token` stops them.
     Token {
         /// User name.
         name: String,
+        /// How long the token works (1m to 730d).
+        #[arg(long, default_value = "90d")]
+        expires: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// List a user's tokens: id, created, expires, last used, state (never the tokens).
+    Tokens {
+        /// User name.
+        name: String,
+        #[command(flatten)]
+        dir: DataDir,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke one token by its id (`tok_...`): it stops working at once.
+    RevokeToken {
+        /// Token id, as `user tokens` lists it.
+        id: String,
         #[command(flatten)]
         dir: DataDir,
     },

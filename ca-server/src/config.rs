@@ -124,6 +124,8 @@ pub struct OidcIssuer {
     pub audience: String,
     /// Where its signing keys are.
     pub jwks: JwksSource,
+    /// How long fetched keys are trusted before they are refetched, in seconds.
+    pub jwks_cache_ttl: u64,
 }
 
 /// Where an issuer's JSON Web Key Set comes from.
@@ -177,6 +179,7 @@ struct RawWebhook {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOidc {
+    jwks_cache_ttl: Option<String>,
     #[serde(default)]
     issuer: Vec<RawIssuer>,
 }
@@ -188,6 +191,26 @@ struct RawIssuer {
     audience: String,
     jwks_file: Option<String>,
     jwks_url: Option<String>,
+    jwks_cache_ttl: Option<String>,
+}
+
+/// Longest `jwks_cache_ttl`: a removed key must not stay trusted for days.
+pub const MAX_JWKS_CACHE_TTL: u64 = 24 * 3600;
+
+/// A `jwks_cache_ttl` value (1s..24h), or `default` when absent.
+fn jwks_cache_ttl(value: Option<&str>, default: u64, at: &str, errors: &mut Vec<String>) -> u64 {
+    match value.map(parse_duration) {
+        None => default,
+        Some(Ok(v)) if (1..=MAX_JWKS_CACHE_TTL).contains(&v) => v,
+        Some(Ok(v)) => {
+            errors.push(format!("{at}: {} is outside 1s..24h", fmt_secs(v)));
+            default
+        }
+        Some(Err(e)) => {
+            errors.push(format!("{at}: {e}"));
+            default
+        }
+    }
 }
 
 /// Whether a URL is https, or http to a loopback host (for tests and local stand-ins).
@@ -273,14 +296,24 @@ impl Config {
         };
         let (cert, key) = raw.tls.map(|t| (t.cert, t.key)).unwrap_or((None, None));
         let mut oidc_issuers = Vec::new();
-        for (i, iss) in raw
+        let (global_ttl, raw_issuers) = raw
             .oidc
-            .map(|o| o.issuer)
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-        {
+            .map(|o| (o.jwks_cache_ttl, o.issuer))
+            .unwrap_or_default();
+        let global_ttl = jwks_cache_ttl(
+            global_ttl.as_deref(),
+            crate::oidc::DEFAULT_JWKS_CACHE_TTL_SECS,
+            &format!("{origin}: oidc.jwks_cache_ttl"),
+            &mut errors,
+        );
+        for (i, iss) in raw_issuers.into_iter().enumerate() {
             let at = format!("{origin}: oidc.issuer[{i}]");
+            let ttl = jwks_cache_ttl(
+                iss.jwks_cache_ttl.as_deref(),
+                global_ttl,
+                &format!("{at}.jwks_cache_ttl"),
+                &mut errors,
+            );
             if !acceptable_url(&iss.issuer) {
                 errors.push(format!(
                     "{at}.issuer: must be an https URL (http only on loopback)"
@@ -313,6 +346,7 @@ impl Config {
                 issuer: iss.issuer,
                 audience: iss.audience,
                 jwks,
+                jwks_cache_ttl: ttl,
             });
         }
         let mut webhooks: Vec<Webhook> = Vec::new();
@@ -437,6 +471,8 @@ cert = "tls/cert.pem"
 key = "tls/key.pem"
 
 # OIDC issuers whose ID tokens CI jobs may present (`moshca ci`).
+# [oidc]
+# jwks_cache_ttl = "5m"       # how long fetched keys are trusted (1s..24h; per issuer too)
 # [[oidc.issuer]]
 # issuer = "https://token.actions.githubusercontent.com"
 # audience = "moshca"
@@ -502,6 +538,27 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.errors.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn jwks_cache_ttl_globally_and_per_issuer() {
+        let issuers = "[[oidc.issuer]]\nissuer = \"https://a.example\"\naudience = \"m\"\njwks_file = \"a\"\n[[oidc.issuer]]\nissuer = \"https://b.example\"\naudience = \"m\"\njwks_file = \"b\"\njwks_cache_ttl = \"30s\"\n";
+        let c = Config::parse(issuers, Path::new("/d")).unwrap();
+        let ttls: Vec<u64> = c.oidc_issuers.iter().map(|i| i.jwks_cache_ttl).collect();
+        assert_eq!(ttls, [crate::oidc::DEFAULT_JWKS_CACHE_TTL_SECS, 30]);
+        let c = Config::parse(
+            &format!("[oidc]\njwks_cache_ttl = \"2m\"\n{issuers}"),
+            Path::new("/d"),
+        )
+        .unwrap();
+        let ttls: Vec<u64> = c.oidc_issuers.iter().map(|i| i.jwks_cache_ttl).collect();
+        assert_eq!(ttls, [120, 30]);
+        let e = Config::parse(
+            &format!("[oidc]\njwks_cache_ttl = \"2d\"\n{issuers}"),
+            Path::new("/d"),
+        )
+        .unwrap_err();
+        assert!(e.errors[0].contains("oidc.jwks_cache_ttl"), "{e}");
     }
 
     #[test]

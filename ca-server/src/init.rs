@@ -1,6 +1,7 @@
 //! Creating a data directory: CA key, TLS certificate, database, config and policy.
 //!
-//! Never overwrites a CA key. Private files are created 0600 in a 0700 directory.
+//! Never overwrites a CA key. Private files are created 0600 in a 0700 directory; an
+//! existing directory is made 0700, and the database and its WAL/SHM files 0600.
 
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
@@ -77,6 +78,10 @@ pub fn init(
             json!({ "ca_fingerprint": signer.fingerprint() }),
         ))
     })?;
+    // `mkdir -m 755 D` before init, or a umask of 022, must not leave the database (token
+    // hashes, the audit trail) readable by everyone; `serve` refuses to start if it is.
+    crate::secret_file::make_private(data_dir, &config.database)
+        .with_context(|| format!("making {} private", data_dir.display()))?;
     crate::authority::checkpoint(&store, &signer, Some(&config.checkpoint_file), now)?;
     Ok(Initialized {
         data_dir: data_dir.to_owned(),
@@ -155,6 +160,8 @@ mod tests {
         let mode = |p: &str| std::fs::metadata(d.join(p)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode("ca_key"), 0o600);
         assert_eq!(mode("tls/key.pem"), 0o600);
+        assert_eq!(mode("moshca.db"), 0o600);
+        assert_eq!(mode("."), 0o700);
         let config = Config::load(&d).unwrap();
         crate::server::load_policy(&config).unwrap();
         let before = std::fs::read(d.join("ca_key")).unwrap();
@@ -168,7 +175,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pass = dir.path().join("pass");
         std::fs::write(&pass, "s3cret\n").unwrap();
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o644)).unwrap();
         let d = dir.path().join("ca");
+        let refused = init(&d, Some(&pass), 1).unwrap_err().to_string();
+        assert!(
+            refused.contains(&format!("`chmod 600 {}`", pass.display())),
+            "{refused}"
+        );
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
         init(&d, Some(&pass), 1).unwrap();
         assert!(Signer::load(&d.join("ca_key"), None).is_err());
         assert!(Signer::load(&d.join("ca_key"), Some(b"s3cret")).is_ok());

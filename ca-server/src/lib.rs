@@ -23,6 +23,7 @@
 //! | [`users`] | user accounts and tokens, for the operator's commands |
 //! | [`init`] | creating a data directory |
 //! | [`files`] | atomic, checked writes of files hosts depend on |
+//! | [`secret_file`] | the one rule for secret files and the data directory: owner only |
 //! | [`rotation`] | CA key rotation: publish a new key, keep the old one while needed |
 //! | [`ca_keys`] | CA public keys held as files: the only keys hosts and checkpoints trust |
 //! | [`convert`] | proto <-> domain, and the one error -> `tonic::Status` mapping |
@@ -47,6 +48,7 @@ pub mod notify;
 pub mod oidc;
 pub mod policy;
 pub mod rotation;
+pub mod secret_file;
 pub mod server;
 pub mod service;
 pub mod signer;

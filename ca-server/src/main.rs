@@ -7,7 +7,7 @@ use clap::Parser as _;
 use moshca_server::cli::{AuditCommand, CaCommand, Cli, Command, UserCommand};
 use moshca_server::config::Config;
 use moshca_server::store::Store;
-use moshca_server::{authority, ca_keys, clock, files, init, rotation, server, users};
+use moshca_server::{auth, authority, ca_keys, clock, files, init, rotation, server, users};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -54,6 +54,12 @@ fn parse_since(s: &str) -> anyhow::Result<u64> {
     Ok(t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0))
+}
+
+/// `--expires 30d`: a token lifetime.
+fn parse_expires(s: &str) -> anyhow::Result<u64> {
+    moshca_server::policy::parse_duration(s)
+        .map_err(|e| anyhow::anyhow!("--expires {s:?}: {e}; give e.g. 30d or 90d"))
 }
 
 /// CA keys to trust: those the store says are needed and a key file holds; the key in the
@@ -114,16 +120,75 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(server::serve(config, listen, passphrase_file.as_deref()))?;
         }
         Command::User(cmd) => match cmd {
-            UserCommand::Add { name, groups, dir } => {
+            UserCommand::Add {
+                name,
+                groups,
+                expires,
+                dir,
+            } => {
+                let lifetime = parse_expires(&expires)?;
                 let store = open_store(&Config::load(&dir.data_dir)?)?;
-                let token = users::add(&store, &name, &groups, clock::now())?;
-                println!("{}", token.expose());
-                eprintln!("moshca-server: user {name} added; the token above is shown only once");
+                let issued = users::add_expiring(&store, &name, &groups, lifetime, clock::now())?;
+                println!("{}", issued.token.expose());
+                eprintln!(
+                    "moshca-server: user {name} added; token {} expires {}; the token above is shown only once",
+                    issued.id,
+                    auth::fmt_time(issued.expires_at)
+                );
             }
-            UserCommand::Token { name, dir } => {
+            UserCommand::Token { name, expires, dir } => {
+                let lifetime = parse_expires(&expires)?;
                 let store = open_store(&Config::load(&dir.data_dir)?)?;
-                let token = users::new_token(&store, &name, clock::now())?;
-                println!("{}", token.expose());
+                let issued = users::issue_token(&store, &name, lifetime, clock::now())?;
+                println!("{}", issued.token.expose());
+                eprintln!(
+                    "moshca-server: new token {} for {name}, expires {}; shown only once. {name}'s other tokens keep working until they expire or `moshca-server user revoke-token ID` stops them",
+                    issued.id,
+                    auth::fmt_time(issued.expires_at)
+                );
+            }
+            UserCommand::Tokens { name, dir, json } => {
+                let store = open_store(&Config::load(&dir.data_dir)?)?;
+                let list = users::tokens(&store, &name)?;
+                let now = clock::now();
+                let state = |t: &moshca_server::store::TokenRecord| {
+                    if t.revoked {
+                        "revoked"
+                    } else if t.expires_at.is_some_and(|e| e <= now) {
+                        "expired"
+                    } else {
+                        "active"
+                    }
+                };
+                if json {
+                    let v: Vec<_> = list
+                        .iter()
+                        .map(|t| serde_json::json!({"id": t.id, "user": t.user, "created_at": t.created_at, "expires_at": t.expires_at, "last_used_at": t.last_used_at, "state": state(t)}))
+                        .collect();
+                    println!("{}", serde_json::Value::Array(v));
+                } else {
+                    let time =
+                        |t: Option<u64>| t.map_or_else(|| "never".to_owned(), auth::fmt_time);
+                    println!("ID\tCREATED\tEXPIRES\tLAST USED\tSTATE");
+                    for t in &list {
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}",
+                            t.id,
+                            auth::fmt_time(t.created_at),
+                            time(t.expires_at),
+                            time(t.last_used_at),
+                            state(t)
+                        );
+                    }
+                }
+            }
+            UserCommand::RevokeToken { id, dir } => {
+                let store = open_store(&Config::load(&dir.data_dir)?)?;
+                let record = users::revoke_token(&store, &id, clock::now())?;
+                eprintln!(
+                    "moshca-server: token {id} of {} revoked; it no longer works",
+                    record.user
+                );
             }
             UserCommand::Disable { name, dir } => {
                 let store = open_store(&Config::load(&dir.data_dir)?)?;

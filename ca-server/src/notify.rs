@@ -80,30 +80,10 @@ impl Secret {
 
     /// Reads a secret file without its trailing newline, refusing one that others may read.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        use std::os::unix::fs::MetadataExt as _;
-        let mode = std::fs::metadata(path)
-            .with_context(|| format!("reading webhook secret {}", path.display()))?
-            .mode();
-        anyhow::ensure!(
-            mode & 0o007 == 0,
-            "webhook secret {} is accessible by others (mode {:o}); run `chmod 600 {}`",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        );
-        let mut bytes = zeroize::Zeroizing::new(
-            std::fs::read(path)
-                .with_context(|| format!("reading webhook secret {}", path.display()))?,
-        );
-        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            bytes.pop();
-        }
-        anyhow::ensure!(
-            !bytes.is_empty(),
-            "webhook secret {} is empty",
-            path.display()
-        );
-        Ok(Secret(bytes))
+        Ok(Secret(crate::secret_file::read_secret_value(
+            path,
+            "webhook secret",
+        )?))
     }
 }
 

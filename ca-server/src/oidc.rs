@@ -1,8 +1,14 @@
 //! OIDC ID tokens (JWT) of CI jobs -> verified [`WorkloadIdentity`].
 //!
-//! Only configured issuers are trusted. Their signing keys (JWKS) are cached and refetched
-//! on an unknown key id at most once a minute per issuer, so a flood of made-up key ids
-//! cannot turn the CA into a request amplifier. `alg` is pinned to the key's type
+//! Only configured issuers are trusted. Their signing keys (JWKS) are cached for a lifetime
+//! (`jwks_cache_ttl`, 5 minutes by default; a shorter `Cache-Control: max-age` from the
+//! issuer shortens it, never below a minute) and refetched in the background before it
+//! ends ([`Verifier::refresh_due_at`]), so a key the issuer removed stops verifying within
+//! one lifetime and no request waits for a fetch. If refreshing fails, the old keys serve
+//! for one more lifetime at most; after that the issuer's tokens are refused until a fetch
+//! succeeds. JWKS fetches follow no redirects. On an unknown key id the keys are refetched
+//! at most once a minute (or once a lifetime, if shorter) per issuer, so a flood of made-up
+//! key ids cannot turn the CA into a request amplifier. `alg` is pinned to the key's type
 //! (RS256 for RSA, ES256 for P-256, EdDSA for Ed25519): `none` and HMAC are refused, so a
 //! public key can never be used as an HMAC secret. `exp`, `nbf` and `iat` are checked with
 //! 60 s of leeway. Replay (`jti`) is refused by the store, in the transaction that issues.
@@ -23,6 +29,10 @@ use crate::config::{JwksSource, OidcIssuer};
 pub const LEEWAY_SECS: u64 = 60;
 /// Least time between two JWKS fetches of one issuer triggered by unknown key ids.
 pub const REFETCH_INTERVAL_SECS: u64 = 60;
+/// How long fetched keys are trusted unless config.toml says otherwise.
+pub const DEFAULT_JWKS_CACHE_TTL_SECS: u64 = 300;
+/// The shortest lifetime an issuer's `Cache-Control: max-age` can impose.
+pub const MIN_MAX_AGE_SECS: u64 = 60;
 /// Largest token accepted.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// Largest JWKS document read.
@@ -69,7 +79,45 @@ struct IssuerState {
 #[derive(Default)]
 struct Cache {
     keys: Option<JwkSet>,
-    last_fetch: Option<UnixTime>,
+    /// When `keys` were fetched.
+    fetched_at: UnixTime,
+    /// Their lifetime: the configured one, or a shorter `max-age`.
+    lifetime: u64,
+    /// The last fetch tried, successful or not, for rate limiting.
+    last_attempt: Option<UnixTime>,
+}
+
+impl Cache {
+    /// Whether `keys` are past their lifetime.
+    fn expired_at(&self, now: UnixTime) -> bool {
+        self.keys.is_none() || now >= self.fetched_at + self.lifetime
+    }
+
+    /// Whether the background task should refetch: at 80% of the lifetime, so the new set
+    /// is in place before the old one expires.
+    fn refresh_due_at(&self, now: UnixTime) -> bool {
+        self.keys.is_none() || now >= self.fetched_at + self.lifetime - self.lifetime / 5
+    }
+
+    /// Whether `keys` are past the hard limit: one more lifetime after expiry, while
+    /// refreshing keeps failing.
+    fn unusable_at(&self, now: UnixTime) -> bool {
+        self.keys.is_none() || now >= self.fetched_at + 2 * self.lifetime
+    }
+
+    fn install(&mut self, fetched: Fetched, configured: u64, now: UnixTime) {
+        self.lifetime = lifetime(configured, fetched.max_age);
+        self.keys = Some(fetched.keys);
+        self.fetched_at = now;
+    }
+}
+
+/// The lifetime of a fetched key set: the configured one, shortened (never lengthened) by
+/// the issuer's `max-age`, which counts as at least [`MIN_MAX_AGE_SECS`] so an issuer
+/// sending `max-age=0` does not make the CA fetch on every request.
+fn lifetime(configured: u64, max_age: Option<u64>) -> u64 {
+    let configured = configured.max(1);
+    max_age.map_or(configured, |m| configured.min(m.max(MIN_MAX_AGE_SECS)))
 }
 
 /// Verifies ID tokens against the configured issuers.
@@ -111,6 +159,55 @@ impl Verifier {
                 })
                 .collect(),
         }
+    }
+
+    /// Refetches, without holding up verification, the key sets that are missing or near
+    /// the end of their lifetime. The server calls this every second from a background
+    /// task; returns how many sets were replaced. Blocking.
+    pub fn refresh_due_at(&self, now: UnixTime) -> usize {
+        let mut replaced = 0;
+        for state in self.issuers.values() {
+            {
+                let mut cache = state.lock();
+                if !cache.refresh_due_at(now) || !state.may_fetch(&cache, now) {
+                    continue;
+                }
+                cache.last_attempt = Some(now);
+                if cache.keys.is_none() {
+                    // The first fetch holds the lock: a request arriving meanwhile waits
+                    // for it rather than finding no keys and no fetch allowed.
+                    match fetch(&state.config.jwks) {
+                        Ok(fetched) => {
+                            cache.install(fetched, state.config.jwks_cache_ttl, now);
+                            replaced += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(issuer = %state.config.issuer, "fetching JWKS failed: {e}");
+                        }
+                    }
+                    continue;
+                }
+            }
+            // Fetched without the lock: requests keep verifying with the current keys.
+            match fetch(&state.config.jwks) {
+                Ok(fetched) => {
+                    state
+                        .lock()
+                        .install(fetched, state.config.jwks_cache_ttl, now);
+                    replaced += 1;
+                }
+                Err(e) => {
+                    let cache = state.lock();
+                    tracing::warn!(
+                        issuer = %state.config.issuer,
+                        "refreshing JWKS failed: {e}; the keys fetched at {} are used until {} at most",
+                        crate::auth::fmt_time(cache.fetched_at),
+                        crate::auth::fmt_time(cache.fetched_at + 2 * cache.lifetime)
+                    );
+                }
+            }
+        }
+        replaced
     }
 
     /// Verifies a token at `now`. Blocking: may fetch the issuer's JWKS.
@@ -255,24 +352,40 @@ fn unverified_issuer(token: &str) -> Result<String, Rejected> {
 }
 
 impl IssuerState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a fetch may start now: at most one a minute, or one a lifetime if shorter.
+    fn may_fetch(&self, cache: &Cache, now: UnixTime) -> bool {
+        let interval = REFETCH_INTERVAL_SECS.min(self.config.jwks_cache_ttl.max(1));
+        cache.last_attempt.is_none_or(|t| now >= t + interval)
+    }
+
     fn key_for(&self, kid: &str, now: UnixTime) -> Result<jsonwebtoken::jwk::Jwk, Rejected> {
         // The lock is held across a fetch on purpose: concurrent unknown kids wait for one
-        // fetch instead of each starting their own.
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        // fetch instead of each starting their own. With the background refresh running,
+        // a fetch here happens only for an unknown kid or when refreshing has failed.
+        let mut cache = self.lock();
         let known = cache.keys.as_ref().is_some_and(|k| k.find(kid).is_some());
-        if !known {
-            let may_fetch = cache
-                .last_fetch
-                .is_none_or(|t| now >= t + REFETCH_INTERVAL_SECS);
-            if may_fetch {
-                cache.last_fetch = Some(now);
-                match fetch(&self.config.jwks) {
-                    Ok(keys) => cache.keys = Some(keys),
-                    Err(e) => {
-                        tracing::warn!(issuer = %self.config.issuer, "fetching JWKS failed: {e}");
-                    }
+        if (!known || cache.expired_at(now)) && self.may_fetch(&cache, now) {
+            cache.last_attempt = Some(now);
+            match fetch(&self.config.jwks) {
+                Ok(fetched) => cache.install(fetched, self.config.jwks_cache_ttl, now),
+                Err(e) => {
+                    tracing::warn!(issuer = %self.config.issuer, "fetching JWKS failed: {e}");
                 }
             }
+        }
+        if cache.keys.is_some() && cache.unusable_at(now) {
+            tracing::warn!(
+                issuer = %self.config.issuer,
+                "refusing tokens: the issuer's keys were fetched at {} and could not be refreshed since",
+                crate::auth::fmt_time(cache.fetched_at)
+            );
+            return Err(reject(
+                "the issuer's signing keys could not be refreshed; try again later, and tell the CA operator if this persists",
+            ));
         }
         cache
             .keys
@@ -283,28 +396,64 @@ impl IssuerState {
     }
 }
 
-fn fetch(source: &JwksSource) -> Result<JwkSet, String> {
-    let text = match source {
-        JwksSource::File(path) => {
-            std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?
+/// A fetched key set and the issuer's `Cache-Control: max-age`, if any.
+struct Fetched {
+    keys: JwkSet,
+    max_age: Option<u64>,
+}
+
+/// `max-age` from a `Cache-Control` value; `no-store` and `no-cache` count as 0.
+fn max_age(cache_control: &str) -> Option<u64> {
+    cache_control.split(',').map(str::trim).find_map(|d| {
+        let d = d.to_ascii_lowercase();
+        if d == "no-store" || d == "no-cache" {
+            return Some(0);
         }
+        d.strip_prefix("max-age=")?.trim_matches('"').parse().ok()
+    })
+}
+
+fn fetch(source: &JwksSource) -> Result<Fetched, String> {
+    let (text, max_age) = match source {
+        JwksSource::File(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?,
+            None,
+        ),
         JwksSource::Url(url) => {
+            // A redirect could hand key selection to another host: none are followed, and
+            // a 3xx is an error like any status but 200.
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .timeout_global(Some(Duration::from_secs(5)))
+                .max_redirects(0)
                 .build()
                 .into();
             let mut resp = agent
                 .get(url)
                 .call()
                 .map_err(|e| format!("GET {url}: {e}"))?;
-            resp.body_mut()
+            if resp.status() != 200 {
+                return Err(format!(
+                    "GET {url}: status {} (redirects are not followed; configure the final URL)",
+                    resp.status()
+                ));
+            }
+            let max_age = resp
+                .headers()
+                .get("cache-control")
+                .and_then(|v| v.to_str().ok())
+                .and_then(max_age);
+            let text = resp
+                .body_mut()
                 .with_config()
                 .limit(MAX_JWKS_BYTES)
                 .read_to_string()
-                .map_err(|e| format!("reading {url}: {e}"))?
+                .map_err(|e| format!("reading {url}: {e}"))?;
+            (text, max_age)
         }
     };
-    serde_json::from_str(&text).map_err(|e| format!("JWKS does not parse: {e}"))
+    let keys = serde_json::from_str(&text).map_err(|e| format!("JWKS does not parse: {e}"))?;
+    Ok(Fetched { keys, max_age })
 }
 
 #[cfg(test)]
@@ -357,6 +506,7 @@ mod tests {
             issuer: ISS.into(),
             audience: "moshca".into(),
             jwks: JwksSource::File(path.clone()),
+            jwks_cache_ttl: DEFAULT_JWKS_CACHE_TTL_SECS,
         }]);
         Fixture {
             _dir: dir,
@@ -501,6 +651,171 @@ mod tests {
         assert!(
             f.verifier.verify_at(&t2, NOW + 62).is_ok(),
             "cache kept, not wiped by the flood"
+        );
+    }
+
+    fn with_ttl(f: &Fixture, ttl: u64, jwks: JwksSource) -> Verifier {
+        let _ = f;
+        Verifier::new(&[OidcIssuer {
+            issuer: ISS.into(),
+            audience: "moshca".into(),
+            jwks,
+            jwks_cache_ttl: ttl,
+        }])
+    }
+
+    #[test]
+    fn finding_6_a_removed_key_is_refused_once_the_lifetime_passes() {
+        let f = fixture();
+        let v = with_ttl(&f, 120, JwksSource::File(f.path.clone()));
+        let token = sign("k1", &f.key, &claims());
+        v.verify_at(&token, NOW).unwrap();
+        // The issuer drops k1 (say, it leaked) and publishes k2 only.
+        let k2 = key();
+        std::fs::write(&f.path, jwks(&[("k2", &k2)])).unwrap();
+        // Within the lifetime the cached set still holds k1.
+        assert!(v.verify_at(&token, NOW + 90).is_ok());
+        // Once it passes, k1 is gone, even with no background refresh and a known kid.
+        let e = v.verify_at(&token, NOW + 120).unwrap_err().0;
+        assert!(e.contains("kid is not among"), "{e}");
+        assert!(v.verify_at(&sign("k2", &k2, &claims()), NOW + 121).is_ok());
+    }
+
+    #[test]
+    fn the_background_refresh_replaces_keys_before_they_expire() {
+        let f = fixture();
+        let v = with_ttl(&f, 100, JwksSource::File(f.path.clone()));
+        // The first refresh fetches; no request waits for it.
+        assert_eq!(v.refresh_due_at(NOW), 1);
+        assert_eq!(v.refresh_due_at(NOW + 1), 0);
+        let token = sign("k1", &f.key, &claims());
+        v.verify_at(&token, NOW + 2).unwrap();
+        std::fs::write(&f.path, "{\"keys\": []}").unwrap();
+        assert_eq!(
+            v.refresh_due_at(NOW + 79),
+            0,
+            "not yet at 80% of the lifetime"
+        );
+        assert_eq!(v.refresh_due_at(NOW + 80), 1);
+        assert!(v.verify_at(&token, NOW + 81).is_err());
+    }
+
+    #[test]
+    fn failed_refreshes_keep_the_old_keys_one_more_lifetime_at_most() {
+        let f = fixture();
+        let v = with_ttl(&f, 100, JwksSource::File(f.path.clone()));
+        let token = sign("k1", &f.key, &claims());
+        v.verify_at(&token, NOW).unwrap();
+        std::fs::remove_file(&f.path).unwrap();
+        assert_eq!(v.refresh_due_at(NOW + 80), 0, "the fetch failed");
+        assert!(
+            v.verify_at(&token, NOW + 150).is_ok(),
+            "stale but within the limit"
+        );
+        let e = v.verify_at(&token, NOW + 200).unwrap_err().0;
+        assert!(e.contains("could not be refreshed"), "{e}");
+        // A later successful fetch restores service.
+        std::fs::write(&f.path, jwks(&[("k1", &f.key)])).unwrap();
+        assert!(v.verify_at(&token, NOW + 300).is_ok());
+    }
+
+    #[test]
+    fn max_age_shortens_the_lifetime_within_bounds() {
+        assert_eq!(max_age("public, max-age=120"), Some(120));
+        assert_eq!(max_age("no-store"), Some(0));
+        assert_eq!(max_age("public"), None);
+        assert_eq!(lifetime(300, None), 300);
+        assert_eq!(lifetime(300, Some(120)), 120);
+        assert_eq!(lifetime(300, Some(86_400)), 300, "never lengthened");
+        assert_eq!(
+            lifetime(300, Some(0)),
+            MIN_MAX_AGE_SECS,
+            "never below a minute"
+        );
+        assert_eq!(
+            lifetime(2, Some(0)),
+            2,
+            "the configured lifetime still bounds it"
+        );
+    }
+
+    /// An HTTP server on 127.0.0.1 answering every request with `response`; counts hits
+    /// per path.
+    fn http(
+        response: impl Fn(&str) -> String + Send + 'static,
+    ) -> (String, std::sync::Arc<Mutex<HashMap<String, usize>>>) {
+        use std::io::{BufRead as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let hits = std::sync::Arc::new(Mutex::new(HashMap::new()));
+        let counted = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(&stream);
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                loop {
+                    let mut header = String::new();
+                    match reader.read_line(&mut header) {
+                        Ok(n) if n > 2 => {}
+                        _ => break,
+                    }
+                }
+                *counted.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
+                let _ = (&stream).write_all(response(&path).as_bytes());
+            }
+        });
+        (base, hits)
+    }
+
+    fn ok(body: &str, extra: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[test]
+    fn finding_6_a_redirecting_jwks_url_is_refused() {
+        let f = fixture();
+        let set = jwks(&[("k1", &f.key)]);
+        let (base, hits) = http(move |path| {
+            if path == "/real" {
+                ok(&set, "")
+            } else {
+                "HTTP/1.1 302 Found\r\nlocation: /real\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into()
+            }
+        });
+        let v = with_ttl(&f, 300, JwksSource::Url(format!("{base}/jwks")));
+        let e = v
+            .verify_at(&sign("k1", &f.key, &claims()), NOW)
+            .unwrap_err()
+            .0;
+        assert!(e.contains("kid is not among"), "{e}");
+        let hits = hits.lock().unwrap().clone();
+        assert_eq!(hits.get("/jwks"), Some(&1));
+        assert_eq!(hits.get("/real"), None, "the redirect was not followed");
+        // The same keys at the final URL verify.
+        let v = with_ttl(&f, 300, JwksSource::Url(format!("{base}/real")));
+        assert!(v.verify_at(&sign("k1", &f.key, &claims()), NOW).is_ok());
+    }
+
+    #[test]
+    fn cache_control_max_age_is_honoured() {
+        let f = fixture();
+        let set = jwks(&[("k1", &f.key)]);
+        let (base, hits) = http(move |_| ok(&set, "cache-control: public, max-age=60\r\n"));
+        let v = with_ttl(&f, 300, JwksSource::Url(format!("{base}/jwks")));
+        let token = sign("k1", &f.key, &claims());
+        v.verify_at(&token, NOW).unwrap();
+        v.verify_at(&token, NOW + 59).unwrap();
+        assert_eq!(hits.lock().unwrap().get("/jwks"), Some(&1));
+        v.verify_at(&token, NOW + 60).unwrap();
+        assert_eq!(
+            hits.lock().unwrap().get("/jwks"),
+            Some(&2),
+            "refetched after max-age, not after the configured 300 s"
         );
     }
 

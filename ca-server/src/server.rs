@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::notify::Notifier;
 use crate::oidc::Verifier;
 use crate::policy::Policy;
+use crate::secret_file;
 use crate::service::Service;
 use crate::signer::Signer;
 use crate::store::Store;
@@ -50,6 +51,7 @@ pub async fn run(
         .build_v1()
         .context("building the reflection service")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let jwks = tokio::spawn(refresh_jwks(verifier.clone()));
     let api = CertificateAuthorityServer::new(Service::new(authority.clone(), verifier, stop_rx))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
@@ -80,7 +82,7 @@ pub async fn run(
     let result = builder
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(api)
+        .add_service(crate::service::TokenExpiryHeader(api))
         .serve_with_incoming_shutdown(
             // TCP_NODELAY: without it Nagle's algorithm and delayed ACKs add ~40 ms to
             // every small request/response exchange.
@@ -96,6 +98,7 @@ pub async fn run(
         .context("serving gRPC");
     sweeper.abort();
     notifications.abort();
+    jwks.abort();
     // Sign the final head so a tail cut after shutdown is detected.
     let a = authority.clone();
     match tokio::task::spawn_blocking(move || a.checkpoint_at(clock::now())).await {
@@ -104,6 +107,19 @@ pub async fn run(
         Err(e) => tracing::error!(error = %e, "final audit checkpoint task failed"),
     }
     result
+}
+
+/// Keeps the OIDC issuers' keys fresh: once a second, refetches the key sets near the end
+/// of their lifetime, off the request path.
+async fn refresh_jwks(verifier: Arc<Verifier>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let v = verifier.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || v.refresh_due_at(clock::now())).await {
+            tracing::error!(error = %e, "JWKS refresh task failed");
+        }
+    }
 }
 
 /// Expires pending requests once a second (cheap thanks to the (state, expires_at) index)
@@ -153,47 +169,9 @@ async fn expire_pending(authority: Arc<Authority>, health: tonic_health::server:
     }
 }
 
-/// Reads the passphrase file, if any, without its trailing newline.
+/// Reads the passphrase file without its trailing newline, under the secret-file rule.
 pub fn read_passphrase(path: &Path) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
-    let mut bytes = zeroize::Zeroizing::new(
-        std::fs::read(path)
-            .with_context(|| format!("reading passphrase file {}", path.display()))?,
-    );
-    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        bytes.pop();
-    }
-    anyhow::ensure!(
-        !bytes.is_empty(),
-        "passphrase file {} is empty",
-        path.display()
-    );
-    Ok(bytes)
-}
-
-/// Refuses a CA key file that others can read or that another user owns.
-fn check_key_file(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("reading CA key {}", path.display()))?;
-    if meta.mode() & 0o077 != 0 {
-        anyhow::bail!(
-            "CA key {} is accessible by group or others (mode {:o}); run `chmod 600 {}`",
-            path.display(),
-            meta.mode() & 0o777,
-            path.display()
-        );
-    }
-    let uid = std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(meta.uid());
-    if meta.uid() != uid {
-        anyhow::bail!(
-            "CA key {} is owned by uid {}, not by the user running moshca-server (uid {uid}); chown it",
-            path.display(),
-            meta.uid()
-        );
-    }
-    Ok(())
+    Ok(secret_file::read_secret_value(path, "passphrase file")?)
 }
 
 /// Everything `run` serves, loaded from a data directory.
@@ -212,6 +190,7 @@ pub struct Loaded {
 /// Loads policy, store, CA key, OIDC issuers, webhooks and TLS identity from the data
 /// directory.
 pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<Loaded> {
+    secret_file::check_data_dir(&config.data_dir, &config.database)?;
     let policy = load_policy(config)?;
     let signer = load_signer(config, passphrase_file)?;
     let store = Arc::new(
@@ -229,8 +208,7 @@ pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<L
     store.set_outbox(!config.webhooks.is_empty());
     let cert = std::fs::read(&config.tls_cert)
         .with_context(|| format!("reading TLS certificate {}", config.tls_cert.display()))?;
-    let key = std::fs::read(&config.tls_key)
-        .with_context(|| format!("reading TLS key {}", config.tls_key.display()))?;
+    let key = secret_file::read_secret(&config.tls_key, "TLS key")?;
     tracing::info!(ca = %signer.fingerprint(), "CA key loaded");
     let key_files = crate::ca_keys::KeyFiles::of(config);
     key_files.write_missing_public_files();
@@ -241,13 +219,13 @@ pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<L
         authority: Arc::new(authority),
         verifier: Arc::new(Verifier::new(&config.oidc_issuers)),
         notifier,
-        identity: Identity::from_pem(cert, key),
+        identity: Identity::from_pem(cert, key.as_slice()),
     })
 }
 
 /// Loads the active CA key, refusing a key file others can read.
 pub fn load_signer(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<Signer> {
-    check_key_file(&config.ca_key)?;
+    secret_file::check_private(&config.ca_key, "CA key")?;
     let passphrase = passphrase_file
         .or(config.passphrase_file.as_deref())
         .map(read_passphrase)
@@ -298,6 +276,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
+    secret_file::restrict_umask();
     let Loaded {
         authority,
         verifier,

@@ -19,6 +19,59 @@ use crate::limits::{AuthFailures, MAX_AUTH_FAILURES, MAX_REFUSALS, Refusals};
 use crate::oidc::{Verifier, WorkloadIdentity};
 use crate::{clock, convert, text};
 
+/// Response header telling a bearer-token caller when their token expires (Unix
+/// seconds), so the client can warn ahead of time without a call of its own.
+pub const TOKEN_EXPIRES_HEADER: &str = "moshca-token-expires";
+
+tokio::task_local! {
+    /// The expiry of the token that authenticated the call being handled.
+    static TOKEN_EXPIRY: std::cell::Cell<Option<u64>>;
+}
+
+/// Wraps the gRPC service so every response to a call authenticated by a bearer token
+/// carries [`TOKEN_EXPIRES_HEADER`]: one place for every handler, set from
+/// `as_caller` through a task-local.
+#[derive(Debug, Clone)]
+pub struct TokenExpiryHeader<S>(pub S);
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for TokenExpiryHeader<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>>
+    for TokenExpiryHeader<S>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+        >,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let inner = self.0.call(req);
+        Box::pin(TOKEN_EXPIRY.scope(std::cell::Cell::new(None), async move {
+            let mut response = inner.await?;
+            if let Some(at) = TOKEN_EXPIRY.with(std::cell::Cell::get) {
+                response
+                    .headers_mut()
+                    .insert(TOKEN_EXPIRES_HEADER, at.into());
+            }
+            Ok(response)
+        }))
+    }
+}
+
 /// The gRPC service over an [`Authority`].
 #[derive(Debug, Clone)]
 pub struct Service {
@@ -146,7 +199,7 @@ impl Service {
         let refusals = self.refusals.clone();
         let out = self
             .blocking(move |a| {
-                let caller = a.authenticate_at(&token, &p, clock::now())?;
+                let (caller, expires_at) = a.authenticate_token_at(&token, &p, clock::now())?;
                 tracing::Span::current().record("caller", caller.name.as_str());
                 if !refusals.allowed_at(caller.name.as_str(), Instant::now()) {
                     return Err(crate::authority::Error::ResourceExhausted(format!(
@@ -158,9 +211,15 @@ impl Service {
                 if out.as_ref().is_err_and(crate::authority::Error::is_refusal) {
                     refusals.record_at(caller.name.clone(), Instant::now());
                 }
-                out
+                out.map(|out| (out, expires_at))
             })
-            .await;
+            .await
+            .map(|(out, expires_at)| {
+                // Outside a `TokenExpiryHeader` (tests driving `Service` directly) there
+                // is no header to set.
+                let _ = TOKEN_EXPIRY.try_with(|c| c.set(expires_at));
+                out
+            });
         if let Err(s) = &out
             && s.code() == tonic::Code::Unauthenticated
         {

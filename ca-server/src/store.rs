@@ -51,6 +51,34 @@ pub struct User {
     pub created_at: u64,
 }
 
+/// A bearer token as the operator sees it: its public id, never its value or hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Public id (`tok_...`).
+    pub id: String,
+    /// The user it authenticates.
+    pub user: String,
+    /// When it was made.
+    pub created_at: u64,
+    /// When it stops working.
+    pub expires_at: Option<u64>,
+    /// When it last authenticated a call (to within a minute).
+    pub last_used_at: Option<u64>,
+    /// Whether the operator revoked it.
+    pub revoked: bool,
+}
+
+/// What authentication learns from the hash of a presented token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenStanding {
+    /// The token, as listed.
+    pub token: TokenRecord,
+    /// Its user, with their groups.
+    pub caller: Caller,
+    /// Whether the user is disabled.
+    pub user_disabled: bool,
+}
+
 /// An issued certificate as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertRecord {
@@ -334,6 +362,16 @@ CREATE INDEX audit_by_at ON audit(at);
 CREATE INDEX audit_by_request ON audit(request_id);
 CREATE INDEX audit_by_actor ON audit(actor, action);
 CREATE INDEX audit_by_user ON audit((CASE WHEN json_valid(details) THEN details ->> '$.user' END));
+"#,
+    // Bearer tokens get a public id (to list and revoke one), the time they were last used,
+    // and an expiry: tokens made before this expire 90 days after the upgrade.
+    r#"
+ALTER TABLE tokens ADD COLUMN id TEXT;
+ALTER TABLE tokens ADD COLUMN last_used_at INTEGER;
+UPDATE tokens SET id = 'tok_' || lower(hex(randomblob(8))) WHERE id IS NULL;
+UPDATE tokens SET expires_at = unixepoch() + 7776000 WHERE expires_at IS NULL;
+CREATE UNIQUE INDEX tokens_by_id ON tokens(id);
+CREATE INDEX tokens_by_user ON tokens(user);
 "#,
 ];
 
@@ -791,6 +829,18 @@ pub struct Tx<'c> {
     outbox: bool,
 }
 
+/// A [`TokenRecord`] from the first six columns of a row.
+fn token_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    Ok(TokenRecord {
+        id: r.get(0)?,
+        user: r.get(1)?,
+        created_at: to_u64(r.get(2)?),
+        expires_at: r.get::<_, Option<i64>>(3)?.map(to_u64),
+        last_used_at: r.get::<_, Option<i64>>(4)?.map(to_u64),
+        revoked: r.get::<_, i64>(5)? != 0,
+    })
+}
+
 fn json_list(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
 }
@@ -901,11 +951,110 @@ impl Tx<'_> {
         Ok(n == 1)
     }
 
-    /// Stores a token hash for a user.
+    /// Stores a token hash for a user, with a fresh id and the default lifetime.
     pub fn insert_token(&self, hash: &str, user: &str, now: u64) -> Result<()> {
+        self.insert_token_with_id(
+            &crate::auth::new_token_id(),
+            hash,
+            user,
+            now,
+            now + crate::auth::DEFAULT_TOKEN_LIFETIME_SECS,
+        )
+    }
+
+    /// Stores a token with its public id and expiry.
+    pub fn insert_token_with_id(
+        &self,
+        id: &str,
+        hash: &str,
+        user: &str,
+        now: u64,
+        expires_at: u64,
+    ) -> Result<()> {
         self.tx
-            .prepare_cached("INSERT INTO tokens (hash, user, created_at) VALUES (?1, ?2, ?3)")?
-            .execute(params![hash, user, to_i64(now)])?;
+            .prepare_cached(
+                "INSERT INTO tokens (hash, user, created_at, id, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![hash, user, to_i64(now), id, to_i64(expires_at)])?;
+        Ok(())
+    }
+
+    /// A token and its user by the token's hash, whatever its state, so authentication
+    /// can say why it refuses one. One indexed read.
+    pub fn token_standing(&self, hash: &str) -> Result<Option<TokenStanding>> {
+        let row = self
+            .row(
+                "SELECT t.id, t.user, t.created_at, t.expires_at, t.last_used_at, t.revoked,
+                        u.groups, u.disabled
+                 FROM tokens t JOIN users u ON u.name = t.user WHERE t.hash = ?1",
+                [hash],
+                |r| {
+                    Ok((
+                        token_record(r)?,
+                        r.get::<_, String>(6)?,
+                        r.get::<_, i64>(7)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(token, groups, disabled)| {
+            Ok(TokenStanding {
+                caller: Caller {
+                    name: token.user.clone(),
+                    groups: parse_list(&groups)?,
+                    proof: crate::auth::Proof::Token {
+                        hash: hash.to_owned(),
+                    },
+                },
+                token,
+                user_disabled: disabled != 0,
+            })
+        })
+        .transpose()
+    }
+
+    /// A user's tokens, oldest first.
+    pub fn tokens_of(&self, user: &str) -> Result<Vec<TokenRecord>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT id, user, created_at, expires_at, last_used_at, revoked FROM tokens
+             WHERE user = ?1 ORDER BY created_at, id",
+        )?;
+        let rows = stmt
+            .query_map([user], token_record)?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// A token by its public id.
+    pub fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>> {
+        Ok(self
+            .row(
+                "SELECT id, user, created_at, expires_at, last_used_at, revoked FROM tokens
+                 WHERE id = ?1",
+                [id],
+                token_record,
+            )
+            .optional()?)
+    }
+
+    /// Revokes a token by id; `false` if there is none or it was already revoked.
+    pub fn revoke_token(&self, id: &str) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE tokens SET revoked = 1 WHERE id = ?1 AND revoked = 0",
+            [id],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Records that a token was used at `now`, unless a use within `granularity` seconds
+    /// is already recorded.
+    pub fn touch_token(&self, id: &str, now: u64, granularity: u64) -> Result<()> {
+        self.exec(
+            "UPDATE tokens SET last_used_at = ?2
+             WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at <= ?2 - ?3)",
+            params![id, to_i64(now), to_i64(granularity)],
+        )?;
         Ok(())
     }
 

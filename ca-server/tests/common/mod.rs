@@ -50,7 +50,7 @@ pub fn data_dir_with(
         .iter()
         .map(|(name, groups)| {
             let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
-            let token = users::add(&store, name, &groups, 0).unwrap();
+            let token = users::add(&store, name, &groups, moshca_server::clock::now()).unwrap();
             (*name, token.expose().to_owned())
         })
         .collect();
