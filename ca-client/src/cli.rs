@@ -59,6 +59,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Request access, wait for approval, and load the certificate into ssh-agent
     Login(LoginArgs),
+    /// Trust a CA server by its TLS certificate's fingerprint and write the config file
+    Setup(SetupArgs),
     /// Request a certificate for an existing public key; prints the request id
     Request(RequestArgs),
     /// Show one request
@@ -752,4 +754,14 @@ mod tests {
         );
         assert_eq!(Since::Ago(Duration::from_secs(u64::MAX)).unix_at(NOW), 0);
     }
+}
+
+/// `moshca setup --server URL --fingerprint SHA256:...` (the server comes from the
+/// global `--server` or MOSHCA_SERVER).
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// SHA-256 fingerprint of the CA's TLS certificate (or of a CA certificate in its
+    /// chain), as `moshca-server init` prints it (SHA256:...) or as 64 hex digits
+    #[arg(long)]
+    pub fingerprint: String,
 }

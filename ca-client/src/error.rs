@@ -107,6 +107,28 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+    /// `moshca setup --fingerprint` got something that is not a SHA-256 fingerprint.
+    #[error("{given:?} is not a SHA-256 fingerprint")]
+    BadFingerprint {
+        /// What was given.
+        given: String,
+    },
+    /// No certificate the server presented has the fingerprint `moshca setup` was given.
+    #[error(
+        "{server} presented no certificate with fingerprint {expected} (it presented {})",
+        presented.join(", ")
+    )]
+    FingerprintMismatch {
+        /// The server URL.
+        server: String,
+        /// The fingerprint given.
+        expected: String,
+        /// Fingerprints of what the server presented, its own first.
+        presented: Vec<String>,
+    },
+    /// No home directory to keep the config file in.
+    #[error("no home directory for the config file (HOME and XDG_CONFIG_HOME are unset)")]
+    NoConfigDir,
     /// The TLS connection to the server could not be set up.
     #[error("cannot connect to {server}: {detail}")]
     Connect {
@@ -424,11 +446,26 @@ impl Error {
             Error::BadCaCert { .. } => {
                 "point MOSHCA_CA_CERT (or --ca-cert) at the server's DIR/tls/cert.pem"
             }
+            Error::Connect { detail, .. } if detail.contains("not valid for name") => {
+                "the CA's TLS certificate does not name the host in MOSHCA_SERVER: use a name \
+                 it holds, or give the CA a certificate for this one (`moshca-server init \
+                 --tls-name NAME` for a new data directory, or [tls] cert and key in its \
+                 config.toml for a certificate from your own CA; SIGHUP reloads them)"
+            }
             Error::Connect { .. } => {
                 "check MOSHCA_SERVER (or --server) and that the moshca server runs; a \
                  certificate error means MOSHCA_CA_CERT does not match the server's TLS \
-                 certificate"
+                 certificate (`moshca setup --server URL --fingerprint SHA256:...` pins it)"
             }
+            Error::BadFingerprint { .. } => {
+                "give the fingerprint `moshca-server init` printed (SHA256:...), or the 64 hex \
+                 digits of `openssl x509 -noout -fingerprint -sha256 -in CERT`"
+            }
+            Error::FingerprintMismatch { .. } => {
+                "nothing was written. Check the URL and the fingerprint with the CA operator; \
+                 a different certificate can mean you are not talking to your CA"
+            }
+            Error::NoConfigDir => "set HOME (or XDG_CONFIG_HOME), then run `moshca setup` again",
             Error::Rpc { code, .. } => return rpc_hint(*code).map(str::to_owned),
             Error::NoAgent => {
                 "start an agent with `eval \"$(ssh-agent)\"`, then run `moshca login` again"

@@ -23,6 +23,7 @@
 //! | [`wait`] | following a request until it is decided, times out or is interrupted |
 //! | [`agent`] | adding key + certificate to ssh-agent with a lifetime |
 //! | [`commands`] | every command but `login`: a call or two and a result |
+//! | [`setup`] | `moshca setup`: pin the CA's TLS certificate by fingerprint, write the config |
 //! | [`install`] | replacing the files sshd trusts (CA keys, KRL) atomically, with checks |
 //! | [`output`] | the only writer of stdout: human text or `--json` |
 //! | [`error`] | the error type, its hints and exit codes |
@@ -43,6 +44,7 @@ pub mod login;
 pub mod oidc;
 pub mod output;
 pub mod rpc;
+pub mod setup;
 pub mod wait;
 
 use crate::cli::{Cli, Command, HostCommand};
@@ -57,8 +59,19 @@ pub async fn run(cli: Cli) -> Result<()> {
         ca_cert: cli.global.ca_cert.clone(),
         token_file: cli.global.token_file.clone(),
     };
-    let settings = config::load(&flags, &env)?;
     let out = Output::new(cli.global.json);
+    // Setup writes the settings everything else reads.
+    if let Command::Setup(args) = &cli.command {
+        let path = env.config_path().ok_or(Error::NoConfigDir)?;
+        let server = flags
+            .server
+            .as_deref()
+            .or(env.server.as_deref())
+            .ok_or(Error::MissingServer)?;
+        let written = setup::setup(server, &args.fingerprint, &path).await?;
+        return out.set_up(&written);
+    }
+    let settings = config::load(&flags, &env)?;
 
     // A CI job authenticates with its OIDC ID token; a moshca token is neither needed nor
     // sent.
@@ -99,5 +112,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         (Command::Whoami, _) => commands::whoami(&mut client, out).await,
         (Command::Ci(args), _) => ci::run(&settings, &env, args, out).await,
+        (Command::Setup(_), _) => unreachable!("setup returned above"),
     }
 }

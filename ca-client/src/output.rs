@@ -147,6 +147,31 @@ impl Output {
         }
     }
 
+    /// `moshca setup`: what was pinned and written.
+    pub fn set_up(&self, written: &crate::setup::Written) -> Result<()> {
+        if self.json {
+            #[derive(Serialize)]
+            struct View<'a> {
+                config: String,
+                ca_cert: String,
+                fingerprint: &'a str,
+                chain_position: usize,
+            }
+            return print_json(&View {
+                config: written.config.to_string_lossy().into_owned(),
+                ca_cert: written.ca_cert.to_string_lossy().into_owned(),
+                fingerprint: &written.fingerprint,
+                chain_position: written.chain_position,
+            });
+        }
+        print_text(&format!(
+            "trusting {} ({})\nwrote {}\nnext: set MOSHCA_TOKEN_FILE (or token_file in the config), then `moshca whoami`\n",
+            written.ca_cert.display(),
+            written.fingerprint,
+            written.config.display()
+        ))
+    }
+
     /// `moshca revoke`: the serials newly revoked and the KRL version that has them.
     ///
     /// `key` is the fingerprint of a revoked public key: the key itself is in the KRL even

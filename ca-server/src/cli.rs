@@ -33,6 +33,13 @@ pub enum Command {
         /// Encrypt the CA key with the passphrase in this file.
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
+        /// A DNS name clients reach the CA by (repeatable), e.g. ca.example.com; the TLS
+        /// certificate init makes is valid for it, beside localhost and this host's name.
+        #[arg(long = "tls-name", value_name = "NAME")]
+        tls_names: Vec<String>,
+        /// An IP address clients reach the CA by (repeatable).
+        #[arg(long = "tls-ip", value_name = "IP")]
+        tls_ips: Vec<std::net::IpAddr>,
     },
     /// Serve the gRPC API over TLS. SIGHUP reloads the policy; SIGTERM stops gracefully.
     Serve {

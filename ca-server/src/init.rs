@@ -27,12 +27,94 @@ pub struct Initialized {
     pub ca_fingerprint: String,
     /// The TLS certificate clients must trust.
     pub tls_cert: PathBuf,
+    /// Its fingerprint, for `moshca setup --fingerprint`.
+    pub tls_fingerprint: String,
+}
+
+/// Names the TLS certificate `init` makes is valid for, beside this host's loopback
+/// names and host name: the names clients reach the CA by (`ca.example.com`).
+#[derive(Debug, Clone, Default)]
+pub struct TlsNames {
+    /// DNS names.
+    pub dns: Vec<String>,
+    /// IP addresses.
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+impl TlsNames {
+    /// Checks each DNS name: letters, digits, `-` and `.`, an optional leading `*.`, at
+    /// most 253 bytes; every error at once.
+    pub fn new(dns: Vec<String>, ips: Vec<std::net::IpAddr>) -> anyhow::Result<Self> {
+        let bad: Vec<&str> = dns
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !valid_dns_name(n))
+            .collect();
+        anyhow::ensure!(
+            bad.is_empty(),
+            "--tls-name {}: not a DNS name (give addresses with --tls-ip)",
+            bad.join(", ")
+        );
+        Ok(TlsNames { dns, ips })
+    }
+}
+
+fn valid_dns_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.parse::<std::net::IpAddr>().is_err()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// The fingerprint clients pin with `moshca setup --fingerprint`: `SHA256:` and the
+/// unpadded base64 of the SHA-256 of the certificate's DER, as OpenSSH writes key
+/// fingerprints.
+pub fn tls_fingerprint(cert_pem: &[u8]) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let text = std::str::from_utf8(cert_pem).context("TLS certificate is not PEM text")?;
+    let body: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END CERTIFICATE-----"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .context("TLS certificate is not PEM")?;
+    anyhow::ensure!(
+        !der.is_empty(),
+        "no certificate in the TLS certificate file"
+    );
+    Ok(format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha2::Sha256::digest(&der))
+    ))
 }
 
 /// Creates everything the server needs in `data_dir`.
 pub fn init(
     data_dir: &Path,
     passphrase_file: Option<&Path>,
+    now: u64,
+) -> anyhow::Result<Initialized> {
+    init_with(data_dir, passphrase_file, &TlsNames::default(), now)
+}
+
+/// [`init`], with a TLS certificate that is also valid for `tls`.
+pub fn init_with(
+    data_dir: &Path,
+    passphrase_file: Option<&Path>,
+    tls: &TlsNames,
     now: u64,
 ) -> anyhow::Result<Initialized> {
     std::fs::DirBuilder::new()
@@ -65,8 +147,12 @@ pub fn init(
         "moshca-ca",
     )?;
     if !config.tls_cert.exists() {
-        write_tls(&config.tls_cert, &config.tls_key)?;
+        write_tls(&config.tls_cert, &config.tls_key, tls)?;
     }
+    let tls_fingerprint = tls_fingerprint(
+        &std::fs::read(&config.tls_cert)
+            .with_context(|| format!("reading {}", config.tls_cert.display()))?,
+    )?;
     let store = Store::open(&config.database)
         .with_context(|| format!("creating database {}", config.database.display()))?;
     store.transact(|tx| {
@@ -88,6 +174,7 @@ pub fn init(
         ca_public_key: signer.public_key().to_openssh()?,
         ca_fingerprint: signer.fingerprint(),
         tls_cert: config.tls_cert,
+        tls_fingerprint,
     })
 }
 
@@ -111,19 +198,23 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A self-signed end-entity certificate for this host's loopback names and host name.
-fn write_tls(cert_path: &Path, key_path: &Path) -> anyhow::Result<()> {
+/// A self-signed end-entity certificate for this host's loopback names and host name,
+/// and for `extra`.
+fn write_tls(cert_path: &Path, key_path: &Path, extra: &TlsNames) -> anyhow::Result<()> {
     let mut names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ];
+    names.extend(extra.dns.iter().cloned());
+    names.extend(extra.ips.iter().map(ToString::to_string));
     if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         let host = host.trim();
         if !host.is_empty() && host != "localhost" {
             names.push(host.to_owned());
         }
     }
+    names.dedup();
     let certified = rcgen::generate_simple_self_signed(names).context("making TLS certificate")?;
     write_new(
         key_path,

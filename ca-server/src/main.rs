@@ -95,18 +95,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init {
             dir,
             passphrase_file,
+            tls_names,
+            tls_ips,
         } => {
-            let out = init::init(&dir.data_dir, passphrase_file.as_deref(), clock::now())?;
-            println!("initialized {}", out.data_dir.display());
+            let tls = init::TlsNames::new(tls_names, tls_ips)?;
+            let out = init::init_with(
+                &dir.data_dir,
+                passphrase_file.as_deref(),
+                &tls,
+                clock::now(),
+            )?;
+            let data = out.data_dir.display();
+            println!("initialized {data}");
             println!("CA public key ({}):", out.ca_fingerprint);
             println!("  {}", out.ca_public_key);
             println!(
-                "clients trust the server with MOSHCA_CA_CERT={}",
-                out.tls_cert.display()
+                "TLS certificate {} ({})",
+                out.tls_cert.display(),
+                out.tls_fingerprint
             );
             println!(
-                "next: edit {}/policy.toml, add users with `moshca-server user add NAME --group G`, then `moshca-server serve`",
-                out.data_dir.display()
+                "clients set up with: moshca setup --server https://{}:7443 --fingerprint {}",
+                tls.dns.first().map_or("localhost", String::as_str),
+                out.tls_fingerprint
+            );
+            println!(
+                "next: edit {data}/policy.toml, add users with `moshca-server user add NAME --group G --data-dir {data}`, then `moshca-server serve --data-dir {data}`"
             );
         }
         Command::Serve {

@@ -493,6 +493,12 @@ pub struct Ca {
 impl Ca {
     /// `moshca-server init` in a fresh temporary directory, then `policy` as policy.toml.
     pub fn init(policy: &str) -> Ca {
+        Ca::init_with(policy, &[]).0
+    }
+
+    /// [`Ca::init`] with more arguments to `init` (e.g. `--tls-name`); also what `init`
+    /// printed.
+    pub fn init_with(policy: &str, init_args: &[&str]) -> (Ca, Run) {
         let root = tempfile::Builder::new()
             .prefix("moshca-e2e-ca")
             .tempdir()
@@ -506,9 +512,12 @@ impl Ca {
             port: None,
             stdout_lines: None,
         };
-        ca.admin(&["init"]).assert_ok();
+        let mut args = vec!["init"];
+        args.extend(init_args);
+        let out = ca.admin(&args);
+        out.assert_ok();
         ca.write_policy(policy);
-        ca
+        (ca, out)
     }
 
     /// `init`, `policy`, the given users (name, groups), then `serve`.
