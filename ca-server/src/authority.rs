@@ -1161,14 +1161,31 @@ fn register_ca_key(store: &Store, signer: &Signer, now: UnixTime) -> Result<()> 
 }
 
 /// The log line of an issuance.
+/// The log line of an issuance: INFO, or WARN with `break_glass=true` for a break-glass
+/// certificate (issued without approval; someone must review it).
 fn log_issued(cert: &CertRecord, caller: &str) {
+    let ttl_secs = cert.valid_before.saturating_sub(cert.issued_at);
+    if cert.key_id.ends_with(":by=break-glass") {
+        tracing::warn!(
+            request_id = %cert.request_id,
+            caller,
+            serial = cert.serial,
+            key_id = %cert.key_id,
+            principals = ?cert.principals,
+            ttl_secs,
+            fingerprint = %cert.fingerprint,
+            break_glass = true,
+            "break-glass certificate issued without approval; review it with `moshca review`"
+        );
+        return;
+    }
     tracing::info!(
         request_id = %cert.request_id,
         caller,
         serial = cert.serial,
         key_id = %cert.key_id,
         principals = ?cert.principals,
-        ttl_secs = cert.valid_before.saturating_sub(cert.issued_at),
+        ttl_secs,
         fingerprint = %cert.fingerprint,
         "certificate issued"
     );

@@ -10,9 +10,22 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "moshca-server", version, about, propagate_version = true)]
 pub struct Cli {
+    /// Log lines on stderr: `text` (coloured only on a terminal) or `json` (one object
+    /// per line, for journald and log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MOSHCA_LOG_FORMAT")]
+    pub log_format: LogFormat,
     /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
 }
 
 /// Where the server keeps its state.
@@ -61,6 +74,9 @@ pub enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Write the key revocation list (for sshd's RevokedKeys) to a file, atomically.
     Krl {
         #[command(flatten)]
@@ -179,5 +195,18 @@ pub enum AuditCommand {
         /// Only events at or after this time (Unix seconds or RFC 3339).
         #[arg(long)]
         since: Option<String>,
+    },
+}
+
+/// `moshca-server policy ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check a policy file as `serve` and SIGHUP would: every error at once, each with its
+    /// line and key; exits non-zero if there is any.
+    Check {
+        /// The file to check (default: the data directory's policy.toml).
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        dir: DataDir,
     },
 }

@@ -4,15 +4,22 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use moshca_server::cli::{AuditCommand, CaCommand, Cli, Command, UserCommand};
+use moshca_server::cli::{
+    AuditCommand, CaCommand, Cli, Command, LogFormat, PolicyCommand, UserCommand,
+};
 use moshca_server::config::Config;
 use moshca_server::store::Store;
 use moshca_server::{auth, authority, ca_keys, clock, files, init, rotation, server, users};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: files and journald get plain text.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
@@ -24,8 +31,11 @@ fn main() -> ExitCode {
                 .add_directive("ureq_proto=info".parse().unwrap_or_else(|_| {
                     tracing_subscriber::filter::Directive::from(tracing::Level::INFO)
                 })),
-        )
-        .init();
+        );
+    match cli.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().flatten_event(true).init(),
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -122,6 +132,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!(
                 "next: edit {data}/policy.toml, add users with `moshca-server user add NAME --group G --data-dir {data}`, then `moshca-server serve --data-dir {data}`"
             );
+        }
+        Command::Policy(PolicyCommand::Check { file, dir }) => {
+            // The server's max_ttl bounds the policy; without a data directory, the default.
+            let config = Config::load(&dir.data_dir).ok();
+            let path = file
+                .or_else(|| config.as_ref().map(|c| c.policy.clone()))
+                .context("no policy file: give one, or --data-dir with a config.toml")?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let max_ttl = config.as_ref().map_or(24 * 3600, |c| c.max_ttl);
+            match moshca_server::policy::Policy::parse(&text, &path.display().to_string(), max_ttl)
+            {
+                Ok(policy) => println!(
+                    "{}: ok, {} roles, sha256 {}",
+                    path.display(),
+                    policy.roles().count(),
+                    server::policy_digest(&text)
+                ),
+                Err(e) => {
+                    for line in &e.errors {
+                        eprintln!("{line}");
+                    }
+                    eprintln!(
+                        "moshca-server: {} error(s) in {}; the server keeps its current policy until they are fixed",
+                        e.errors.len(),
+                        path.display()
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
         }
         Command::Serve {
             dir,

@@ -296,20 +296,42 @@ impl Policy {
     ///
     /// `server_max_ttl` bounds every ttl in the file. All problems are reported together.
     pub fn parse(text: &str, origin: &str, server_max_ttl: u64) -> Result<Self, PolicyError> {
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError {
-            errors: vec![format!("{origin}: {}", e.message().trim())],
+        // Syntax first: a file that is not TOML has no keys to report on.
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e.span().map_or(1, |s| {
+                text[..s.start.min(text.len())].lines().count().max(1)
+            });
+            PolicyError {
+                errors: vec![format!("{origin}:{line}: {}", one_line(e.message()))],
+            }
         })?;
+        let lines = KeyLines::index(text);
+        let located = |errors: Vec<String>| PolicyError {
+            errors: errors
+                .into_iter()
+                .map(|e| match lines.line_of(&e) {
+                    Some(line) => format!("{origin}:{line}: {e}"),
+                    None => format!("{origin}: {e}"),
+                })
+                .collect(),
+        };
+        let raw: RawPolicy = match toml::Value::Table(table.clone()).try_into() {
+            Ok(raw) => raw,
+            // Type errors and unknown keys: found key by key, so every one is reported.
+            Err(e) => {
+                let mut errors = structural_errors(&table);
+                if errors.is_empty() {
+                    errors.push(one_line(e.message()));
+                }
+                return Err(located(errors));
+            }
+        };
         let mut errors = Vec::new();
         let policy = validate(raw, server_max_ttl, &mut errors);
         if errors.is_empty() {
             Ok(policy)
         } else {
-            Err(PolicyError {
-                errors: errors
-                    .into_iter()
-                    .map(|e| format!("{origin}: {e}"))
-                    .collect(),
-            })
+            Err(located(errors))
         }
     }
 
@@ -505,6 +527,128 @@ struct RawBreakGlass {
     #[serde(default)]
     enabled: bool,
     max_ttl: Option<String>,
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Every type error and unknown key of a policy that does not deserialize, each named by
+/// its key path (`role[1] (db).approvals_required`): each key is deserialized on its own,
+/// so one bad value does not hide the next.
+fn structural_errors(table: &toml::Table) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (section, value) in table {
+        match (section.as_str(), value) {
+            ("defaults", toml::Value::Table(defaults)) => {
+                for (key, value) in defaults {
+                    let probe = toml::Table::from_iter([(key.clone(), value.clone())]);
+                    if let Err(e) = toml::Value::Table(probe).try_into::<RawDefaults>() {
+                        errors.push(format!("defaults.{key}: {}", one_line(e.message())));
+                    }
+                }
+            }
+            ("defaults", _) => errors.push("defaults: must be a table ([defaults])".into()),
+            ("role", toml::Value::Array(roles)) => {
+                for (i, role) in roles.iter().enumerate() {
+                    let toml::Value::Table(role) = role else {
+                        errors.push(format!("role[{i}]: must be a table ([[role]])"));
+                        continue;
+                    };
+                    let name = role.get("name").and_then(toml::Value::as_str);
+                    let at = match name {
+                        Some(n) if !n.is_empty() => format!("role[{i}] ({n})"),
+                        _ => format!("role[{i}]"),
+                    };
+                    if !role.contains_key("name") {
+                        errors.push(format!("{at}.name: missing; every role needs a name"));
+                    }
+                    for (key, value) in role {
+                        let mut probe = toml::Table::from_iter([(key.clone(), value.clone())]);
+                        probe
+                            .entry("name")
+                            .or_insert_with(|| toml::Value::String("probe".into()));
+                        if let Err(e) = toml::Value::Table(probe).try_into::<RawRole>() {
+                            errors.push(format!("{at}.{key}: {}", one_line(e.message())));
+                        }
+                    }
+                }
+            }
+            ("role", _) => errors.push("role: must be an array of tables ([[role]])".into()),
+            (other, _) => errors.push(format!(
+                "{other}: unknown section; a policy has [defaults] and [[role]]"
+            )),
+        }
+    }
+    errors
+}
+
+/// The line of each key of `[defaults]` and of each `[[role]]`, to name where an error is.
+#[derive(Debug, Default)]
+struct KeyLines {
+    defaults: Option<(usize, BTreeMap<String, usize>)>,
+    roles: Vec<(usize, BTreeMap<String, usize>)>,
+}
+
+impl KeyLines {
+    fn index(text: &str) -> Self {
+        enum At {
+            Defaults,
+            Role,
+            Other,
+        }
+        let mut lines = KeyLines::default();
+        let mut at = At::Other;
+        for (i, line) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = line.trim();
+            if line.starts_with("[[role]]") {
+                lines.roles.push((n, BTreeMap::new()));
+                at = At::Role;
+            } else if line.starts_with("[defaults]") {
+                lines.defaults.get_or_insert((n, BTreeMap::new()));
+                at = At::Defaults;
+            } else if line.starts_with('[') {
+                at = At::Other;
+            } else if let Some((key, _)) = line.split_once('=') {
+                let key = key.trim().trim_matches('"').to_owned();
+                let keys = match at {
+                    At::Defaults => lines.defaults.as_mut().map(|d| &mut d.1),
+                    At::Role => lines.roles.last_mut().map(|r| &mut r.1),
+                    At::Other => None,
+                };
+                if let Some(keys) = keys {
+                    keys.entry(key).or_insert(n);
+                }
+            }
+        }
+        lines
+    }
+
+    /// The line an error message (`defaults.KEY: ...`, `role[I] (NAME).KEY: ...`) is about.
+    fn line_of(&self, error: &str) -> Option<usize> {
+        let key_of = |rest: &str| -> String {
+            rest.strip_prefix('.')
+                .unwrap_or_default()
+                .split([':', '.', ' ', '['])
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        if let Some(rest) = error.strip_prefix("defaults") {
+            let (header, keys) = self.defaults.as_ref()?;
+            return Some(keys.get(&key_of(rest)).copied().unwrap_or(*header));
+        }
+        let rest = error.strip_prefix("role[")?;
+        let (index, rest) = rest.split_once(']')?;
+        let (header, keys) = self.roles.get(index.parse::<usize>().ok()?)?;
+        // Skip ` (NAME)` after the index.
+        let rest = match rest.strip_prefix(" (") {
+            Some(named) => named.split_once(')').map_or("", |(_, r)| r),
+            None => rest,
+        };
+        Some(keys.get(&key_of(rest)).copied().unwrap_or(*header))
+    }
 }
 
 fn duration_field(value: Option<&str>, default: u64, key: &str, errors: &mut Vec<String>) -> u64 {
@@ -841,6 +985,51 @@ extensions = ["permit-pty"]
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_type_error_is_reported_at_once_with_its_line_and_key() {
+        let text = r#"[defaults]
+max_ttl = 8
+
+[[role]]
+name = "db"
+requesters = ["group:oncall"]
+approvers = ["group:leads"]
+approvals_required = "one"
+logins = ["postgres"]
+colour = "blue"
+
+[[role]]
+name = "web"
+logins = "www"
+"#;
+        let e = Policy::parse(text, "policy.toml", DAY).unwrap_err();
+        let all = e.errors.join("\n");
+        for expected in [
+            "policy.toml:2: defaults.max_ttl:",
+            "policy.toml:8: role[0] (db).approvals_required:",
+            "policy.toml:10: role[0] (db).colour:",
+            "policy.toml:14: role[1] (web).logins:",
+        ] {
+            assert!(all.contains(expected), "{expected} missing from\n{all}");
+        }
+        assert_eq!(e.errors.len(), 4, "{all}");
+    }
+
+    #[test]
+    fn value_errors_carry_their_line_too() {
+        let text = "[[role]]\nname = \"db\"\nlogins = [\"postgres\"]\nmax_ttl = \"forever\"\n";
+        let e = Policy::parse(text, "p.toml", DAY).unwrap_err();
+        assert!(
+            e.errors
+                .iter()
+                .any(|l| l.starts_with("p.toml:4: role[0] (db).max_ttl")),
+            "{:?}",
+            e.errors
+        );
+        let e = Policy::parse("[[role]\nname=1", "p.toml", DAY).unwrap_err();
+        assert!(e.errors[0].starts_with("p.toml:1: "), "{:?}", e.errors);
+    }
+
     const DAY: u64 = 24 * 3600;
 
     fn caller(name: &str, groups: &[&str]) -> Caller {
@@ -918,7 +1107,15 @@ source_address = ["127.0.0.1/8"]
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
-        assert!(errs.iter().all(|e| e.starts_with("policy.toml: ")));
+        // Each names the file and the line of its key.
+        assert!(
+            errs.iter().all(|e| {
+                e.strip_prefix("policy.toml:")
+                    .and_then(|r| r.split_once(": "))
+                    .is_some_and(|(line, _)| line.parse::<usize>().is_ok())
+            }),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -239,12 +239,21 @@ pub fn load_signer(config: &Config, passphrase_file: Option<&Path>) -> anyhow::R
 /// SIGHUP: re-read the policy and the CA key; anything invalid is refused and the old one
 /// stays in force.
 fn reload(authority: &Authority, config: &Config, passphrase_file: Option<&Path>) {
+    let digest = std::fs::read_to_string(&config.policy)
+        .map(|t| policy_digest(&t))
+        .unwrap_or_default();
     match load_policy(config) {
-        Ok(policy) => match authority.replace_policy(policy, clock::now()) {
-            Ok(()) => tracing::info!("policy reloaded"),
-            Err(e) => tracing::error!(error = %e, "recording policy reload failed"),
-        },
-        Err(e) => tracing::error!("policy reload refused, keeping the old policy:\n{e:#}"),
+        Ok(policy) => {
+            let roles = policy.roles().count();
+            match authority.replace_policy(policy, clock::now()) {
+                Ok(()) => tracing::info!(roles, sha256 = %digest, "policy reloaded"),
+                Err(e) => tracing::error!(error = %e, "recording policy reload failed"),
+            }
+        }
+        Err(e) => tracing::error!(
+            "policy reload refused, keeping the old policy: {}",
+            crate::text::one_line(&format!("{e:#}"))
+        ),
     }
     match load_signer(config, passphrase_file) {
         Ok(signer) => {
@@ -252,8 +261,17 @@ fn reload(authority: &Authority, config: &Config, passphrase_file: Option<&Path>
                 tracing::error!(error = %e, "switching CA key failed; still signing with the old key");
             }
         }
-        Err(e) => tracing::error!("CA key reload refused, still signing with the old key: {e:#}"),
+        Err(e) => tracing::error!(
+            "CA key reload refused, still signing with the old key: {}",
+            crate::text::one_line(&format!("{e:#}"))
+        ),
     }
+}
+
+/// The first 16 hex digits of the SHA-256 of a policy file's text: which file is in force.
+pub fn policy_digest(text: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))[..16].to_owned()
 }
 
 /// Reads and validates the policy file named by the config.
@@ -312,7 +330,7 @@ pub async fn serve(
         }
         tracing::info!("shutting down");
     };
-    tracing::info!(%local, "listening");
+    // One line: `announce` prints it on stdout, which scripts read and journald keeps.
     announce(local);
     run(
         listener,

@@ -223,11 +223,18 @@ impl Service {
         if let Err(s) = &out
             && s.code() == tonic::Code::Unauthenticated
         {
-            tracing::warn!("authentication failed: {}", s.message());
+            tracing::warn!(reason = %log_reason(s), "authentication failed");
             self.failed(&peer);
         }
         out
     }
+}
+
+/// What the server log keeps of a refusal sent to a client: the reason, without the hint
+/// for the user that follows it (after `; `), on one line.
+fn log_reason(status: &Status) -> String {
+    let message = status.message();
+    text::one_line(message.split("; ").next().unwrap_or(message))
 }
 
 fn check_id(id: &str) -> Result<String, Status> {
@@ -299,7 +306,7 @@ impl CertificateAuthority for Service {
             let view = self
                 .blocking(move |a| a.create_workload_request_at(&wl, new, clock::now()))
                 .await
-                .inspect_err(|s| tracing::warn!("workload request refused: {}", s.message()))?;
+                .inspect_err(|s| tracing::warn!(code = ?s.code(), reason = %log_reason(s), "workload request refused"))?;
             tracing::Span::current().record("request_id", view.request.id.as_str());
             return Ok(Response::new(convert::request(view)));
         }
@@ -312,7 +319,9 @@ impl CertificateAuthority for Service {
                 a.create_request_at(caller, new, clock::now())
             })
             .await
-            .inspect_err(|s| tracing::warn!("request refused: {}", s.message()))?;
+            .inspect_err(
+                |s| tracing::warn!(code = ?s.code(), reason = %log_reason(s), "request refused"),
+            )?;
         tracing::Span::current().record("request_id", view.request.id.as_str());
         Ok(Response::new(convert::request(view)))
     }

@@ -78,6 +78,16 @@ pub fn shown(value: &str) -> String {
     out
 }
 
+/// `text` on one line: line breaks (as in an error's context chain) become `; `, so a log
+/// entry is one line in files and journald.
+pub fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
