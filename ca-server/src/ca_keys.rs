@@ -106,6 +106,49 @@ pub fn retired_dir(config: &Config) -> PathBuf {
     config.data_dir.join("retired")
 }
 
+/// Where `ca rotate --host` keeps retired host CA keys: a directory of their own, so a
+/// host CA key can never be read as a user CA key (every `.pub` in `retired/` is one).
+pub fn retired_host_dir(config: &Config) -> PathBuf {
+    config.data_dir.join("retired-host")
+}
+
+/// The host CA key files of a data directory: `host_ca_key` (+ `.pub`) and the retired
+/// ones in `retired-host/`. The only host CA keys ever published to clients.
+#[derive(Debug, Clone)]
+pub struct HostKeyFiles {
+    active: PathBuf,
+    retired_dir: PathBuf,
+}
+
+impl HostKeyFiles {
+    /// The host key files of a data directory.
+    pub fn of(config: &Config) -> Self {
+        HostKeyFiles {
+            active: config.host_ca_key.clone(),
+            retired_dir: retired_host_dir(config),
+        }
+    }
+
+    /// The active host CA public key (from its `.pub`, or the private key file).
+    pub fn active(&self) -> Option<PublicKey> {
+        public_of(&self.active)
+    }
+
+    /// Retired host CA public keys held as files.
+    pub fn retired(&self) -> Vec<PublicKey> {
+        let mut names: Vec<PathBuf> = match std::fs::read_dir(&self.retired_dir) {
+            Ok(dir) => dir.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+            Err(_) => Vec::new(),
+        };
+        names.sort();
+        names
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "pub"))
+            .filter_map(|p| read_public(p))
+            .collect()
+    }
+}
+
 /// The keys of `candidates` that are held as files (`held`), in order. The others are
 /// returned as fingerprints, for the caller to log.
 pub fn only_held(candidates: Vec<PublicKey>, held: &[PublicKey]) -> (Vec<PublicKey>, Vec<String>) {
