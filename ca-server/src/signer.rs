@@ -491,6 +491,49 @@ mod tests {
     }
 
     #[test]
+    fn the_host_signer_signs_host_certificates_with_its_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostSigner::generate(&dir.path().join("host_ca_key"), None).unwrap();
+        let (_d, user) = signer();
+        let mut g = grant();
+        g.principals = vec!["db-1.example.com".into()];
+        g.extensions.clear();
+        let cert = host.sign_host(&g, &subject()).unwrap();
+        assert_eq!(cert.cert_type(), CertType::Host);
+        assert_eq!(cert.signature_key(), host.public_key().key_data());
+        assert_ne!(cert.signature_key(), user.public_key().key_data());
+        let user_cert = user.sign(&grant(), &subject()).unwrap();
+        assert_eq!(user_cert.cert_type(), CertType::User);
+        // Host certificates carry no extensions or options.
+        assert!(host.sign_host(&grant(), &subject()).is_err());
+        // Reloaded from the bytes of its file, under the secret-file rule's reader.
+        let bytes = std::fs::read(dir.path().join("host_ca_key")).unwrap();
+        let again = HostSigner::from_bytes(&bytes, &dir.path().join("host_ca_key"), None).unwrap();
+        assert_eq!(again.fingerprint(), host.fingerprint());
+    }
+
+    #[test]
+    fn host_names() {
+        for ok in ["db-1.example.com", "db_1", "10.0.0.1", "a"] {
+            assert!(valid_host_name(ok), "{ok}");
+        }
+        let long = "a".repeat(254);
+        for bad in [
+            "",
+            "*.example.com",
+            "db?",
+            "-x",
+            ".x",
+            "a..b",
+            "a b",
+            "a,b",
+            long.as_str(),
+        ] {
+            assert!(!valid_host_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn critical_options_go_in_the_critical_block() {
         let (_d, s) = signer();
         let mut g = grant();
