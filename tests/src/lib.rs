@@ -1150,37 +1150,6 @@ pub fn parse_utc(text: &str) -> Result<i64, String> {
     Ok(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_ssh_keygen_times() {
-        assert_eq!(parse_utc("1970-01-01T00:00:00"), Ok(0));
-        assert_eq!(parse_utc("2000-03-01T00:00:01"), Ok(951_868_801));
-        assert_eq!(parse_utc("2024-02-29T23:59:59"), Ok(1_709_251_199));
-        assert!(parse_utc("forever").is_err());
-    }
-
-    #[test]
-    fn parses_ssh_keygen_listing() {
-        let text = "/tmp/x-cert.pub:\n        Type: ssh-ed25519-cert-v01@openssh.com user certificate\n        Public key: ED25519-CERT SHA256:abc\n        Signing CA: ED25519 SHA256:def (using ssh-ed25519)\n        Key ID: \"moshca:req=1:user=alice:role=r:by=bob\"\n        Serial: 42\n        Valid: from 2024-02-29T23:58:59 to 2024-02-29T23:59:59\n        Principals: \n                mcae2e\n                other\n        Critical Options: (none)\n        Extensions: \n                permit-pty\n";
-        let info = CertInfo::parse(text).expect("parses");
-        assert_eq!(
-            info.kind,
-            "ssh-ed25519-cert-v01@openssh.com user certificate"
-        );
-        assert_eq!(info.public_key, "SHA256:abc");
-        assert_eq!(info.signing_ca, "SHA256:def");
-        assert_eq!(info.key_id, "moshca:req=1:user=alice:role=r:by=bob");
-        assert_eq!(info.serial, 42);
-        assert_eq!(info.valid_before - info.valid_after, 60);
-        assert_eq!(info.principals, ["mcae2e", "other"]);
-        assert!(info.critical_options.is_empty());
-        assert_eq!(info.extensions, ["permit-pty"]);
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Host certificates
 
@@ -1249,5 +1218,36 @@ impl Sshd {
             last_log = fs::read_to_string(&log).unwrap_or_default();
         }
         panic!("sshd did not start listening; its last log:\n{last_log}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ssh_keygen_times() {
+        assert_eq!(parse_utc("1970-01-01T00:00:00"), Ok(0));
+        assert_eq!(parse_utc("2000-03-01T00:00:01"), Ok(951_868_801));
+        assert_eq!(parse_utc("2024-02-29T23:59:59"), Ok(1_709_251_199));
+        assert!(parse_utc("forever").is_err());
+    }
+
+    #[test]
+    fn parses_ssh_keygen_listing() {
+        let text = "/tmp/x-cert.pub:\n        Type: ssh-ed25519-cert-v01@openssh.com user certificate\n        Public key: ED25519-CERT SHA256:abc\n        Signing CA: ED25519 SHA256:def (using ssh-ed25519)\n        Key ID: \"moshca:req=1:user=alice:role=r:by=bob\"\n        Serial: 42\n        Valid: from 2024-02-29T23:58:59 to 2024-02-29T23:59:59\n        Principals: \n                mcae2e\n                other\n        Critical Options: (none)\n        Extensions: \n                permit-pty\n";
+        let info = CertInfo::parse(text).expect("parses");
+        assert_eq!(
+            info.kind,
+            "ssh-ed25519-cert-v01@openssh.com user certificate"
+        );
+        assert_eq!(info.public_key, "SHA256:abc");
+        assert_eq!(info.signing_ca, "SHA256:def");
+        assert_eq!(info.key_id, "moshca:req=1:user=alice:role=r:by=bob");
+        assert_eq!(info.serial, 42);
+        assert_eq!(info.valid_before - info.valid_after, 60);
+        assert_eq!(info.principals, ["mcae2e", "other"]);
+        assert!(info.critical_options.is_empty());
+        assert_eq!(info.extensions, ["permit-pty"]);
     }
 }
