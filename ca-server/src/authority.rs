@@ -10,7 +10,8 @@
 //!
 //! This file holds the request lifecycle (create, read, review, cancel, expire, issue);
 //! `revocation` the KRL and trusted CA keys, `workloads` CI jobs, `audit_trail`
-//! audit reading, checkpoints and verification.
+//! audit reading, checkpoints and verification, `hosts` host certificates (join tokens,
+//! enrolment, renewal, host revocation).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -40,7 +41,7 @@ pub use audit_trail::{
 };
 pub use hosts::{
     HOST_RENEW_NAMESPACE, HostCa, HostCert, HostRevokeTarget, IssuedJoinToken, JOIN_TOKEN_PREFIX,
-    create_join_token, host_certificates, host_tokens, renew_message, revoke_host,
+    create_join_token_at, host_certificates_at, host_tokens, renew_message, revoke_host_at,
 };
 pub use revocation::{
     BuiltKrl, KRL_REBUILD_AFTER, MAX_SELF_KEY_REVOCATIONS, RevokeTarget, Revoked,

@@ -1,5 +1,6 @@
 //! CA public keys held as files: the only keys hosts are told to trust and the only keys
-//! that verify audit checkpoints.
+//! that verify audit checkpoints; and, apart from them, the host CA keys clients are told
+//! to trust (`host_ca_key.pub`, `retired-host/*.pub`, see [`HostKeyFiles`]).
 //!
 //! The active key's public half sits beside it (`ca_key.pub`); `ca rotate` keeps each
 //! retired key's under `retired/` (`retired/ca_key-<time>.pub`). The database's `ca_keys`

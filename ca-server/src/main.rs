@@ -131,8 +131,14 @@ fn host_command(cmd: HostCommand) -> anyhow::Result<ExitCode> {
                 .map(|t| parse_ttl("--cert-ttl", t))
                 .transpose()?;
             let store = open_store(&Config::load(&dir.data_dir)?)?;
-            let issued =
-                authority::create_join_token(&store, &principals, ttl, cert_ttl, "operator", now)?;
+            let issued = authority::create_join_token_at(
+                &store,
+                &principals,
+                ttl,
+                cert_ttl,
+                "operator",
+                now,
+            )?;
             let r = &issued.record;
             if json {
                 println!(
@@ -188,7 +194,7 @@ fn host_command(cmd: HostCommand) -> anyhow::Result<ExitCode> {
         }
         HostCommand::List { dir, json } => {
             let store = open_store(&Config::load(&dir.data_dir)?)?;
-            let list = authority::host_certificates(&store, now)?;
+            let list = authority::host_certificates_at(&store, now)?;
             if json {
                 let v: Vec<_> = list
                     .iter()
@@ -228,7 +234,7 @@ fn host_command(cmd: HostCommand) -> anyhow::Result<ExitCode> {
                 (None, None) => anyhow::bail!("give --serial N or --public-key FILE"),
             };
             let store = open_store(&Config::load(&dir.data_dir)?)?;
-            let r = authority::revoke_host(&store, &target, &reason, "operator", now)?;
+            let r = authority::revoke_host_at(&store, &target, &reason, "operator", now)?;
             println!(
                 "revoked {} host certificate(s){}; KRL version {}",
                 r.serials.len(),
@@ -263,6 +269,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("initialized {}", out.data_dir.display());
             println!("CA public key ({}):", out.ca_fingerprint);
             println!("  {}", out.ca_public_key);
+            println!("host CA public key (clients: `moshca known-hosts`):");
+            println!("  {}", out.host_ca_public_key);
             println!(
                 "clients trust the server with MOSHCA_CA_CERT={}",
                 out.tls_cert.display()

@@ -5,6 +5,9 @@
 //! are acceptable. It does no SQL and does not read the clock: validity comes in the
 //! [`Grant`]. It refuses, whatever the caller asks, to sign an empty principal list, a
 //! zero serial or an empty validity window.
+//!
+//! Host certificates are signed by a [`HostSigner`], a key of its own: the user CA
+//! ([`Signer`]) has no way to sign a host certificate, nor the host CA a user certificate.
 
 use std::fmt;
 use std::path::Path;

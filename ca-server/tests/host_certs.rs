@@ -64,7 +64,7 @@ impl Harness {
 
     /// A join token for `principals`, made `at`, valid `ttl` seconds.
     fn token_at(&self, principals: &[&str], ttl: u64, at: u64) -> String {
-        authority::create_join_token(&self.store, &names(principals), ttl, None, "operator", at)
+        authority::create_join_token_at(&self.store, &names(principals), ttl, None, "operator", at)
             .unwrap()
             .token
             .expose()
@@ -244,7 +244,7 @@ async fn finding_15_an_expired_join_token_is_refused() {
     // Token lifetimes are bounded both ways.
     for ttl in [59, 8 * 24 * 3600] {
         assert!(
-            authority::create_join_token(
+            authority::create_join_token_at(
                 &h.store,
                 &names(&["db-2"]),
                 ttl,
@@ -258,7 +258,7 @@ async fn finding_15_an_expired_join_token_is_refused() {
     // Host names only: no wildcard, no empty list.
     for bad in [&["*.example.com"][..], &[], &["db 1"], &["-x"]] {
         assert!(
-            authority::create_join_token(
+            authority::create_join_token_at(
                 &h.store,
                 &names(bad),
                 3600,
@@ -385,7 +385,7 @@ async fn finding_15_revoked_or_expired_host_certificates_are_not_renewed_and_rea
 
     // Revoke the first host's key for good, the second's certificate by serial.
     let now = clock::now();
-    let r = authority::revoke_host(
+    let r = authority::revoke_host_at(
         &h.store,
         &HostRevokeTarget::PublicKey(openssh(&key)),
         "host rebuilt",
@@ -394,7 +394,7 @@ async fn finding_15_revoked_or_expired_host_certificates_are_not_renewed_and_rea
     )
     .unwrap();
     assert_eq!(r.serials, [cert.serial]);
-    authority::revoke_host(
+    authority::revoke_host_at(
         &h.store,
         &HostRevokeTarget::Serial(by_serial.serial),
         "host decommissioned",
@@ -575,7 +575,7 @@ async fn finding_15_an_older_data_directory_gets_a_host_ca_key_at_start_and_rota
     );
     // A host certified by the first key.
     let token =
-        authority::create_join_token(&store, &names(&["a.example.com"]), 3600, None, "op", now)
+        authority::create_join_token_at(&store, &names(&["a.example.com"]), 3600, None, "op", now)
             .unwrap()
             .token;
     authority
@@ -597,7 +597,7 @@ async fn finding_15_an_older_data_directory_gets_a_host_ca_key_at_start_and_rota
     let new = server::load_host_signer(config, None, &store).unwrap();
     assert!(authority.replace_host_signer(new, now).unwrap());
     let token =
-        authority::create_join_token(&store, &names(&["b.example.com"]), 3600, None, "op", now)
+        authority::create_join_token_at(&store, &names(&["b.example.com"]), 3600, None, "op", now)
             .unwrap()
             .token;
     let cert = authority

@@ -93,7 +93,7 @@ pub enum HostRevokeTarget {
 /// Makes a single-use join token for exactly `principals`, valid `ttl` seconds; the host
 /// certificate it yields is valid `cert_ttl` seconds (default: the server's
 /// `host_cert_ttl`). Audited as `host.token_created` (its id, never the token).
-pub fn create_join_token(
+pub fn create_join_token_at(
     store: &Store,
     principals: &[String],
     ttl: u64,
@@ -182,14 +182,14 @@ pub fn host_tokens(store: &Store) -> Result<Vec<HostTokenRecord>> {
 }
 
 /// Host certificates still valid at `now` (revoked ones too), newest first.
-pub fn host_certificates(store: &Store, now: UnixTime) -> Result<Vec<HostCertRecord>> {
+pub fn host_certificates_at(store: &Store, now: UnixTime) -> Result<Vec<HostCertRecord>> {
     Ok(store.read(|tx| tx.live_host_certificates(now))?)
 }
 
 /// Revokes a host certificate, or a host key with every certificate for it; the KRL
 /// (for clients' `RevokedHostKeys`) lists them from its next version. Audited as
 /// `host.revoked`.
-pub fn revoke_host(
+pub fn revoke_host_at(
     store: &Store,
     target: &HostRevokeTarget,
     reason: &str,
