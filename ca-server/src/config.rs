@@ -547,6 +547,22 @@ mod tests {
     }
 
     #[test]
+    fn host_ca_settings() {
+        let c = Config::parse(&example(None), Path::new("/srv/moshca")).unwrap();
+        assert_eq!(c.host_ca_key, Path::new("/srv/moshca/host_ca_key"));
+        assert_eq!(c.host_cert_ttl, DEFAULT_HOST_CERT_TTL);
+        let c = Config::parse("host_cert_ttl = \"1m\"\n", Path::new("/d")).unwrap();
+        assert_eq!(c.host_cert_ttl, 60);
+        for bad in ["host_cert_ttl = \"59s\"", "host_cert_ttl = \"400d\""] {
+            let e = Config::parse(bad, Path::new("/d")).unwrap_err();
+            assert!(e.errors[0].contains("host_cert_ttl"), "{e}");
+        }
+        // One key for users and hosts would let either kind of certificate pass as the other.
+        let e = Config::parse("host_ca_key = \"ca_key\"\n", Path::new("/d")).unwrap_err();
+        assert!(e.errors[0].contains("another file than ca_key"), "{e}");
+    }
+
+    #[test]
     fn every_error_reported() {
         let e = Config::parse("listen = \"nowhere\"\nmax_ttl = \"90d\"\n", Path::new("/d"))
             .unwrap_err();
