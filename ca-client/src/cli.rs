@@ -87,9 +87,13 @@ pub enum Command {
     /// Install the key revocation list (KRL) for sshd's RevokedKeys in a file; needs no
     /// token
     Krl(KrlArgs),
-    /// What a host runs to trust moshca
+    /// What a host runs to trust moshca, and to prove who it is (host certificates)
     #[command(subcommand)]
     Host(HostCommand),
+    /// Write `@cert-authority PATTERN KEY` lines for the CA's host keys, for ssh's
+    /// known_hosts: hosts with a moshca host certificate are then trusted without a
+    /// first-use prompt. Needs no token
+    KnownHosts(KnownHostsArgs),
     /// Show who the server thinks you are and which roles you may request or approve
     Whoami,
     /// In a CI job: get a short certificate of an auto-approved role with the job's OIDC ID
@@ -359,6 +363,76 @@ pub enum HostCommand {
     /// Install the CA public keys and the KRL in DIR; what the host timer runs every minute.
     /// Needs only MOSHCA_SERVER and MOSHCA_CA_CERT
     Sync(HostSyncArgs),
+    /// Enrol this host with a single-use join token (`moshca-server host token create`):
+    /// sends the host's public key and writes its host certificate beside it
+    /// (KEY-cert.pub), for sshd's HostCertificate
+    Enroll(HostEnrollArgs),
+    /// Renew this host's certificate, proving possession of the host's private key (read
+    /// beside the .pub, which must be private to its owner); what the daily timer runs
+    Renew(HostRenewArgs),
+}
+
+/// The default host key of `moshca host enroll|renew`.
+pub const DEFAULT_HOST_KEY: &str = "/etc/ssh/ssh_host_ed25519_key.pub";
+
+/// Arguments of `moshca host enroll`.
+#[derive(Debug, Args)]
+pub struct HostEnrollArgs {
+    /// The join token (mch_...); prefer MOSHCA_JOIN_TOKEN or --token-file, which `ps`
+    /// does not show
+    #[arg(
+        long,
+        env = "MOSHCA_JOIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+
+    /// A file holding the join token (private to you, like a token file)
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// The host's public key; the certificate is written beside it as KEY-cert.pub
+    #[arg(long, value_name = "FILE.pub", default_value = DEFAULT_HOST_KEY)]
+    pub key: PathBuf,
+
+    /// Names to certify; must be exactly the token's (default: the token's)
+    #[arg(long = "principal", value_name = "NAME")]
+    pub principals: Vec<String>,
+}
+
+/// Arguments of `moshca host renew`.
+#[derive(Debug, Args)]
+pub struct HostRenewArgs {
+    /// The host's public key; its certificate (KEY-cert.pub) and private key (KEY without
+    /// .pub) sit beside it
+    #[arg(long, value_name = "FILE.pub", default_value = DEFAULT_HOST_KEY)]
+    pub key: PathBuf,
+}
+
+/// Arguments of `moshca known-hosts`.
+#[derive(Debug, Args)]
+pub struct KnownHostsArgs {
+    /// Host name pattern the CA vouches for, as known_hosts writes it (e.g.
+    /// '*.example.com'; comma-separated patterns, `!` negations)
+    #[arg(long, value_name = "PATTERN", default_value = "*", value_parser = parse_host_pattern)]
+    pub domain: String,
+
+    /// Install the lines in this file (atomically, mode 0644) instead of printing them,
+    /// e.g. /etc/ssh/ssh_known_hosts.d/moshca or ~/.ssh/known_hosts_moshca
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// Accepts a known_hosts host pattern: printable ASCII without spaces.
+pub fn parse_host_pattern(text: &str) -> Result<String, String> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_graphic()) || text.starts_with('@') {
+        return Err(
+            "must be a host pattern without spaces, e.g. '*.example.com' or 'db-*.example.com,10.0.0.*'"
+                .to_owned(),
+        );
+    }
+    Ok(text.to_owned())
 }
 
 /// Arguments of `moshca host sync`.

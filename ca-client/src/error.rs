@@ -323,6 +323,14 @@ pub enum Error {
         /// The files left as they were.
         failed: Vec<PathBuf>,
     },
+    /// Host enrolment, renewal or known-hosts failed; the message says what to do next.
+    #[error("{message}")]
+    HostCert {
+        /// One line, with what to do next.
+        message: String,
+        /// The CA refused (PERMISSION_DENIED or UNAUTHENTICATED): exit code 3.
+        denied: bool,
+    },
 }
 
 /// `a, b` for the files `host sync` could not update.
@@ -416,7 +424,8 @@ impl Error {
                 ..
             }
             | Error::WorkloadDenied { .. }
-            | Error::NotAuditor { .. } => exit::DENIED,
+            | Error::NotAuditor { .. }
+            | Error::HostCert { denied: true, .. } => exit::DENIED,
             Error::Expired { .. } | Error::TimedOut { .. } | Error::CertificateExpired { .. } => {
                 exit::EXPIRED
             }
@@ -572,6 +581,7 @@ impl Error {
             | Error::Write { .. }
             | Error::Stdout(_)
             | Error::Key(_)
+            | Error::HostCert { .. }
             | Error::Interrupted { .. } => return None,
         };
         Some(hint.to_owned())

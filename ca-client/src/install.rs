@@ -300,6 +300,21 @@ pub fn install_ca_keys(path: &Path, keys: &CaKeys) -> Result<()> {
     Ok(())
 }
 
+/// Replaces `path` (a host's `..._key-cert.pub`, which sshd's HostCertificate names)
+/// with one certificate line, atomically: sshd never reads half a certificate.
+pub fn install_host_certificate(path: &Path, line: &str) -> Result<()> {
+    replace(path, format!("{}\n", line.trim()).as_bytes(), |_| Ok(()))?;
+    tracing::info!(path = %path.display(), "host certificate installed");
+    Ok(())
+}
+
+/// Replaces `path` with known_hosts lines (`@cert-authority PATTERN KEY`), atomically.
+pub fn install_known_hosts(path: &Path, text: &str) -> Result<()> {
+    replace(path, text.as_bytes(), |_| Ok(()))?;
+    tracing::info!(path = %path.display(), "known_hosts lines installed");
+    Ok(())
+}
+
 /// Replaces `path` with `krl`, which the server sent as version `sent`.
 ///
 /// Refused, keeping the old file: bytes that are not a KRL, a header version other than

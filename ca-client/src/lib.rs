@@ -24,6 +24,7 @@
 //! | [`agent`] | adding key + certificate to ssh-agent with a lifetime |
 //! | [`commands`] | every command but `login`: a call or two and a result |
 //! | [`setup`] | `moshca setup`: pin the CA's TLS certificate by fingerprint, write the config |
+//! | [`hosts`] | host certificates: enrol, renew, `known-hosts` lines |
 //! | [`install`] | replacing the files sshd trusts (CA keys, KRL) atomically, with checks |
 //! | [`output`] | the only writer of stdout: human text or `--json` |
 //! | [`error`] | the error type, its hints and exit codes |
@@ -38,6 +39,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod hosts;
 pub mod install;
 pub mod keys;
 pub mod login;
@@ -86,7 +88,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     // The CA public keys and the KRL are public: hosts have no token, and the token is not
     // sent where it is not needed.
     let token = match &cli.command {
-        Command::CaKeys(_) | Command::Krl(_) | Command::Host(_) => None,
+        Command::CaKeys(_) | Command::Krl(_) | Command::Host(_) | Command::KnownHosts(_) => None,
         _ => Some(settings.token()?),
     };
     let mut client = rpc::connect(&settings.server, &settings.ca_cert, token.as_ref()).await?;
@@ -110,6 +112,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         (Command::Host(HostCommand::Sync(args)), _) => {
             commands::host_sync(&mut client, args, out).await
         }
+        (Command::Host(HostCommand::Enroll(args)), _) => {
+            hosts::enroll(&mut client, args, out).await
+        }
+        (Command::Host(HostCommand::Renew(args)), _) => hosts::renew(&mut client, args, out).await,
+        (Command::KnownHosts(args), _) => hosts::known_hosts(&mut client, args, out).await,
         (Command::Whoami, _) => commands::whoami(&mut client, out).await,
         (Command::Ci(args), _) => ci::run(&settings, &env, args, out).await,
         (Command::Setup(_), _) => unreachable!("setup returned above"),

@@ -381,6 +381,66 @@ mod wide {
     }
 }
 
+impl Output {
+    /// `moshca host enroll|renew`: the certificate written to `path`.
+    pub fn host_certified(
+        &self,
+        verb: &str,
+        cert: &moshca_proto::v1::HostCertificate,
+        path: &Path,
+    ) -> Result<()> {
+        if self.json {
+            #[derive(Serialize)]
+            struct View<'a> {
+                path: &'a str,
+                #[serde(serialize_with = "wide::one")]
+                serial: u64,
+                principals: &'a [String],
+                valid_after: i64,
+                valid_before: i64,
+            }
+            return print_json(&View {
+                path: &path.to_string_lossy(),
+                serial: cert.serial,
+                principals: &cert.principals,
+                valid_after: cert.valid_after,
+                valid_before: cert.valid_before,
+            });
+        }
+        print_text(&format!(
+            "{verb} host certificate {} for {} to {}, valid until {}\n",
+            cert.serial,
+            cert.principals.join(", "),
+            path.display(),
+            rfc3339(cert.valid_before)
+        ))
+    }
+
+    /// `moshca known-hosts`: the lines, or a note that they went to `out`.
+    pub fn known_hosts(&self, lines: &[String], out: Option<&Path>) -> Result<()> {
+        if self.json {
+            #[derive(Serialize)]
+            struct View<'a> {
+                lines: &'a [String],
+                path: Option<String>,
+            }
+            return print_json(&View {
+                lines,
+                path: out.map(|p| p.to_string_lossy().into_owned()),
+            });
+        }
+        match out {
+            None => print_text(&lines.iter().map(|l| format!("{l}\n")).collect::<String>()),
+            Some(path) => print_text(&format!(
+                "wrote {} @cert-authority line{} to {}\n",
+                lines.len(),
+                if lines.len() == 1 { "" } else { "s" },
+                path.display()
+            )),
+        }
+    }
+}
+
 /// The JSON form of an installed KRL.
 #[derive(Debug, Serialize)]
 struct KrlView<'a> {

@@ -10,7 +10,8 @@
 //!
 //! This file holds the request lifecycle (create, read, review, cancel, expire, issue);
 //! `revocation` the KRL and trusted CA keys, `workloads` CI jobs, `audit_trail`
-//! audit reading, checkpoints and verification.
+//! audit reading, checkpoints and verification, `hosts` host certificates (join tokens,
+//! enrolment, renewal, host revocation).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -31,11 +32,16 @@ use crate::store::{self, CertRecord, RequestFilter, Store, Tx};
 use crate::text;
 
 mod audit_trail;
+mod hosts;
 mod revocation;
 mod workloads;
 
 pub use audit_trail::{
     Verified, append_checkpoint, checkpoint, verify_audit, verify_audit_anchored,
+};
+pub use hosts::{
+    HOST_RENEW_NAMESPACE, HostCa, HostCert, HostRevokeTarget, IssuedJoinToken, JOIN_TOKEN_PREFIX,
+    create_join_token_at, host_certificates_at, host_tokens, renew_message, revoke_host_at,
 };
 pub use revocation::{
     BuiltKrl, KRL_REBUILD_AFTER, MAX_SELF_KEY_REVOCATIONS, RevokeTarget, Revoked,
@@ -160,6 +166,8 @@ pub struct Authority {
     ignored_keys: Mutex<Vec<String>>,
     /// Where checkpoints are appended outside the database.
     checkpoint_file: Option<std::path::PathBuf>,
+    /// The host CA, when this server certifies hosts.
+    host_ca: Option<HostCa>,
 }
 
 /// Open watches by request id.
@@ -210,6 +218,7 @@ impl Authority {
             key_files: None,
             ignored_keys: Mutex::new(Vec::new()),
             checkpoint_file: None,
+            host_ca: None,
         })
     }
 
@@ -361,7 +370,8 @@ impl Authority {
     /// [`refuse_ca_subject`] inside the issuing transaction, where the registered keys are
     /// read fresh without a query of their own on every request.
     fn subject_key(&self, text: &str) -> Result<PublicKey> {
-        let active = [self.signer().public_key().clone()];
+        let mut active = vec![self.signer().public_key().clone()];
+        active.extend(self.host_signing_key());
         signer::parse_subject_key(text, &active).map_err(|e| Error::InvalidArgument(e.0))
     }
 

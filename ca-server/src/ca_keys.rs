@@ -1,5 +1,6 @@
 //! CA public keys held as files: the only keys hosts are told to trust and the only keys
-//! that verify audit checkpoints.
+//! that verify audit checkpoints; and, apart from them, the host CA keys clients are told
+//! to trust (`host_ca_key.pub`, `retired-host/*.pub`, see [`HostKeyFiles`]).
 //!
 //! The active key's public half sits beside it (`ca_key.pub`); `ca rotate` keeps each
 //! retired key's under `retired/` (`retired/ca_key-<time>.pub`). The database's `ca_keys`
@@ -104,6 +105,49 @@ impl KeyFiles {
 /// Where `ca rotate` keeps retired keys.
 pub fn retired_dir(config: &Config) -> PathBuf {
     config.data_dir.join("retired")
+}
+
+/// Where `ca rotate --host` keeps retired host CA keys: a directory of their own, so a
+/// host CA key can never be read as a user CA key (every `.pub` in `retired/` is one).
+pub fn retired_host_dir(config: &Config) -> PathBuf {
+    config.data_dir.join("retired-host")
+}
+
+/// The host CA key files of a data directory: `host_ca_key` (+ `.pub`) and the retired
+/// ones in `retired-host/`. The only host CA keys ever published to clients.
+#[derive(Debug, Clone)]
+pub struct HostKeyFiles {
+    active: PathBuf,
+    retired_dir: PathBuf,
+}
+
+impl HostKeyFiles {
+    /// The host key files of a data directory.
+    pub fn of(config: &Config) -> Self {
+        HostKeyFiles {
+            active: config.host_ca_key.clone(),
+            retired_dir: retired_host_dir(config),
+        }
+    }
+
+    /// The active host CA public key (from its `.pub`, or the private key file).
+    pub fn active(&self) -> Option<PublicKey> {
+        public_of(&self.active)
+    }
+
+    /// Retired host CA public keys held as files.
+    pub fn retired(&self) -> Vec<PublicKey> {
+        let mut names: Vec<PathBuf> = match std::fs::read_dir(&self.retired_dir) {
+            Ok(dir) => dir.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+            Err(_) => Vec::new(),
+        };
+        names.sort();
+        names
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "pub"))
+            .filter_map(|p| read_public(p))
+            .collect()
+    }
 }
 
 /// The keys of `candidates` that are held as files (`held`), in order. The others are

@@ -77,6 +77,9 @@ pub enum Command {
     /// Policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Host certificates: join tokens, issued certificates, revocation.
+    #[command(subcommand)]
+    Host(HostCommand),
     /// Write the key revocation list (for sshd's RevokedKeys) to a file, atomically.
     Krl {
         #[command(flatten)]
@@ -162,6 +165,10 @@ pub enum CaCommand {
     PublicKeys {
         #[command(flatten)]
         dir: DataDir,
+        /// Print the host CA public keys instead, as `@cert-authority * KEY` lines for
+        /// clients' known_hosts.
+        #[arg(long)]
+        host: bool,
     },
     /// Make a new CA key. It is published at once; the server signs with it after a reload
     /// (SIGHUP). The old key stays trusted until its last certificate expires.
@@ -171,6 +178,77 @@ pub enum CaCommand {
         /// File holding the CA key passphrase, overriding config.toml.
         #[arg(long, env = "MOSHCA_CA_PASSPHRASE_FILE")]
         passphrase_file: Option<PathBuf>,
+        /// Rotate the host CA key (host certificates) instead of the user CA key. Clients
+        /// trust both keys (`moshca known-hosts`) until the old key's certificates expire.
+        #[arg(long)]
+        host: bool,
+    },
+}
+
+/// `moshca-server host ...`
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Join tokens: a host trades one, once, for a host certificate.
+    #[command(subcommand)]
+    Token(HostTokenCommand),
+    /// List host certificates still valid (revoked ones marked).
+    List {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Machine-readable output (serials as strings).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a host certificate by serial, or a host key (and all its certificates) for
+    /// good; clients using the KRL as RevokedHostKeys refuse them from its next version.
+    Revoke {
+        /// Serial of one host certificate (`host list` shows them).
+        #[arg(
+            long,
+            conflicts_with = "public_key",
+            required_unless_present = "public_key"
+        )]
+        serial: Option<u64>,
+        /// The host's public key file (e.g. a copy of /etc/ssh/ssh_host_ed25519_key.pub).
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+}
+
+/// `moshca-server host token ...`
+#[derive(Debug, Subcommand)]
+pub enum HostTokenCommand {
+    /// Make a single-use join token for a host and print it once (only its hash is kept).
+    /// On the host: `moshca host enroll --token TOKEN`.
+    Create {
+        /// A name the host certificate will carry (repeatable): exactly these.
+        #[arg(long = "principal", required = true)]
+        principals: Vec<String>,
+        /// How long the token may be used (1m to 7d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Validity of the host certificate (1m to 365d); default: config.toml's
+        /// host_cert_ttl (30d).
+        #[arg(long)]
+        cert_ttl: Option<String>,
+        /// Machine-readable output (the token is in it).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// List join tokens: id, principals, expiry, use (never the tokens).
+    List {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
 }
 

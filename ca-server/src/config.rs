@@ -46,7 +46,16 @@ pub struct Config {
     /// Where every signed audit checkpoint is also appended (`[audit] checkpoint_file`),
     /// outside the database; best on another disk or host.
     pub checkpoint_file: PathBuf,
+    /// Host CA private key (`host_ca_key`), never the same key as `ca_key`.
+    pub host_ca_key: PathBuf,
+    /// Validity of host certificates unless a join token says otherwise (`host_cert_ttl`).
+    pub host_cert_ttl: u64,
 }
+
+/// Validity of host certificates unless config.toml says otherwise: 30 days.
+pub const DEFAULT_HOST_CERT_TTL: u64 = 30 * 24 * 3600;
+/// Longest `host_cert_ttl` (and join token `--cert-ttl`): a year.
+pub const MAX_HOST_CERT_TTL: u64 = 365 * 24 * 3600;
 
 /// Where checkpoints go unless `[audit] checkpoint_file` says otherwise: outside the
 /// database but, by default, inside the data directory (the only place a hardened unit may
@@ -146,6 +155,8 @@ struct RawConfig {
     ca_key: Option<String>,
     passphrase_file: Option<String>,
     max_ttl: Option<String>,
+    host_ca_key: Option<String>,
+    host_cert_ttl: Option<String>,
     tls: Option<RawTls>,
     oidc: Option<RawOidc>,
     notify: Option<RawNotify>,
@@ -294,6 +305,21 @@ impl Config {
                 DEFAULT_MAX_TTL
             }
         };
+        let host_cert_ttl = match raw.host_cert_ttl.as_deref().map(parse_duration) {
+            None => DEFAULT_HOST_CERT_TTL,
+            Some(Ok(v)) if (60..=MAX_HOST_CERT_TTL).contains(&v) => v,
+            Some(Ok(v)) => {
+                errors.push(format!(
+                    "{origin}: host_cert_ttl: {} is outside 1m..365d",
+                    fmt_secs(v)
+                ));
+                DEFAULT_HOST_CERT_TTL
+            }
+            Some(Err(e)) => {
+                errors.push(format!("{origin}: host_cert_ttl: {e}"));
+                DEFAULT_HOST_CERT_TTL
+            }
+        };
         let (cert, key) = raw.tls.map(|t| (t.cert, t.key)).unwrap_or((None, None));
         let mut oidc_issuers = Vec::new();
         let (global_ttl, raw_issuers) = raw
@@ -426,12 +452,19 @@ impl Config {
                 max_attempts,
             });
         }
+        if path(raw.ca_key.clone(), "ca_key") == path(raw.host_ca_key.clone(), "host_ca_key") {
+            errors.push(format!(
+                "{origin}: host_ca_key: must be another file than ca_key; hosts and users are certified by separate keys"
+            ));
+        }
         let config = Config {
             data_dir: data_dir.to_owned(),
             listen,
             policy: path(raw.policy, "policy.toml"),
             database: path(raw.database, "moshca.db"),
             ca_key: path(raw.ca_key, "ca_key"),
+            host_ca_key: path(raw.host_ca_key, "host_ca_key"),
+            host_cert_ttl,
             passphrase_file: raw.passphrase_file.map(|p| path(Some(p), "")),
             tls_cert: path(cert, "tls/cert.pem"),
             tls_key: path(key, "tls/key.pem"),
@@ -465,6 +498,8 @@ policy = "policy.toml"
 database = "moshca.db"
 ca_key = "ca_key"
 {pass}max_ttl = "24h"        # no policy may grant more
+host_ca_key = "host_ca_key"   # signs host certificates only (`moshca host enroll`)
+host_cert_ttl = "30d"         # validity of host certificates (1m..365d)
 
 [tls]
 cert = "tls/cert.pem"
@@ -509,6 +544,22 @@ mod tests {
         assert_eq!(c.tls_cert, Path::new("/srv/moshca/tls/cert.pem"));
         assert_eq!(c.max_ttl, DEFAULT_MAX_TTL);
         assert!(c.passphrase_file.is_none());
+    }
+
+    #[test]
+    fn host_ca_settings() {
+        let c = Config::parse(&example(None), Path::new("/srv/moshca")).unwrap();
+        assert_eq!(c.host_ca_key, Path::new("/srv/moshca/host_ca_key"));
+        assert_eq!(c.host_cert_ttl, DEFAULT_HOST_CERT_TTL);
+        let c = Config::parse("host_cert_ttl = \"1m\"\n", Path::new("/d")).unwrap();
+        assert_eq!(c.host_cert_ttl, 60);
+        for bad in ["host_cert_ttl = \"59s\"", "host_cert_ttl = \"400d\""] {
+            let e = Config::parse(bad, Path::new("/d")).unwrap_err();
+            assert!(e.errors[0].contains("host_cert_ttl"), "{e}");
+        }
+        // One key for users and hosts would let either kind of certificate pass as the other.
+        let e = Config::parse("host_ca_key = \"ca_key\"\n", Path::new("/d")).unwrap_err();
+        assert!(e.errors[0].contains("another file than ca_key"), "{e}");
     }
 
     #[test]

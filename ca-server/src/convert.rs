@@ -179,6 +179,61 @@ pub fn request(v: RequestView) -> pb::AccessRequest {
     }
 }
 
+/// The CA keys with their types: user keys (OpenSSH lines, as published), then host keys.
+pub fn typed_ca_keys(user: &[String], host: &[ssh_key::PublicKey]) -> Vec<pb::CaPublicKey> {
+    let user = user.iter().map(|k| pb::CaPublicKey {
+        openssh: k.clone(),
+        r#type: pb::CaKeyType::User as i32,
+    });
+    let host = host
+        .iter()
+        .filter_map(|k| k.to_openssh().ok())
+        .map(|k| pb::CaPublicKey {
+            openssh: k,
+            r#type: pb::CaKeyType::Host as i32,
+        });
+    user.chain(host).collect()
+}
+
+/// An enrolment off the wire, every string within its bound: the join token, the host
+/// public key and the principals asked for.
+pub fn enroll_host(
+    m: pb::EnrollHostRequest,
+) -> Result<(crate::auth::Token, String, Vec<String>), Status> {
+    use crate::text::{self, bounded};
+    let invalid = Status::invalid_argument;
+    bounded("join token", &m.token, 128).map_err(invalid)?;
+    bounded("public key", &m.public_key, text::MAX_PUBLIC_KEY_LEN).map_err(invalid)?;
+    if m.principals.len() > text::MAX_PRINCIPALS {
+        return Err(invalid(format!(
+            "{} principals asked for; at most {}",
+            m.principals.len(),
+            text::MAX_PRINCIPALS
+        )));
+    }
+    for p in &m.principals {
+        bounded("a principal", p, crate::signer::MAX_HOST_NAME_LEN).map_err(invalid)?;
+    }
+    Ok((
+        crate::auth::Token::from_presented(m.token.trim()),
+        m.public_key,
+        m.principals,
+    ))
+}
+
+/// A host certificate for the wire.
+pub fn host_certificate(c: crate::authority::HostCert) -> pb::HostCertificate {
+    let r = c.record;
+    pb::HostCertificate {
+        openssh: r.openssh,
+        serial: r.serial,
+        key_id: r.key_id,
+        principals: r.principals,
+        valid_after: wire_time(r.valid_after),
+        valid_before: wire_time(r.valid_before),
+    }
+}
+
 /// An audit row for the wire.
 pub fn audit_event(row: crate::audit::Row) -> pb::AuditEvent {
     pb::AuditEvent {

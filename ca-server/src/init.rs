@@ -1,6 +1,7 @@
 //! Creating a data directory: CA key, TLS certificate, database, config and policy.
 //!
-//! Never overwrites a CA key. Private files are created 0600 in a 0700 directory; an
+//! Never overwrites a CA key. Makes the host CA key too ([`ensure_host_ca`], which
+//! `serve` also runs to upgrade a data directory made before host certificates). Private files are created 0600 in a 0700 directory; an
 //! existing directory is made 0700, and the database and its WAL/SHM files 0600.
 
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
@@ -29,6 +30,39 @@ pub struct Initialized {
     pub tls_cert: PathBuf,
     /// Its fingerprint, for `moshca setup --fingerprint`.
     pub tls_fingerprint: String,
+    /// Host CA public key, OpenSSH line (for `@cert-authority` in known_hosts).
+    pub host_ca_public_key: String,
+}
+
+/// Loads the host CA key under the secret-file rule, creating it first when the data
+/// directory has none (a new one, or one made before host certificates: `serve` upgrades
+/// it at start). A creation is audited as `host_ca.created`. The key is never the user
+/// CA key: a config naming the same file for both is refused by `Config::parse`.
+pub fn ensure_host_ca(
+    config: &Config,
+    passphrase: Option<&[u8]>,
+    store: &Store,
+    now: u64,
+) -> anyhow::Result<crate::signer::HostSigner> {
+    use crate::signer::HostSigner;
+    let path = &config.host_ca_key;
+    if !path.exists() {
+        let signer = HostSigner::generate(path, passphrase)
+            .with_context(|| format!("creating the host CA key {}", path.display()))?;
+        store.transact(|tx| {
+            tx.append_audit(&Event::new(
+                now,
+                "operator",
+                "host_ca.created",
+                None,
+                json!({ "ca_fingerprint": signer.fingerprint() }),
+            ))
+        })?;
+        tracing::info!(fingerprint = %signer.fingerprint(), file = %path.display(), "created the host CA key");
+        return Ok(signer);
+    }
+    let bytes = crate::secret_file::read_secret(path, "host CA key")?;
+    Ok(HostSigner::from_bytes(&bytes, path, passphrase)?)
 }
 
 /// Names the TLS certificate `init` makes is valid for, beside this host's loopback
@@ -168,6 +202,12 @@ pub fn init_with(
     // hashes, the audit trail) readable by everyone; `serve` refuses to start if it is.
     crate::secret_file::make_private(data_dir, &config.database)
         .with_context(|| format!("making {} private", data_dir.display()))?;
+    let host_ca = ensure_host_ca(
+        &config,
+        passphrase.as_ref().map(|p| p.as_slice()),
+        &store,
+        now,
+    )?;
     crate::authority::checkpoint(&store, &signer, Some(&config.checkpoint_file), now)?;
     Ok(Initialized {
         data_dir: data_dir.to_owned(),
@@ -175,6 +215,7 @@ pub fn init_with(
         ca_fingerprint: signer.fingerprint(),
         tls_cert: config.tls_cert,
         tls_fingerprint,
+        host_ca_public_key: host_ca.public_key().to_openssh()?,
     })
 }
 
@@ -241,6 +282,8 @@ mod tests {
             "policy.toml",
             "ca_key",
             "ca_key.pub",
+            "host_ca_key",
+            "host_ca_key.pub",
             "tls/cert.pem",
             "tls/key.pem",
             "moshca.db",
@@ -250,6 +293,11 @@ mod tests {
         }
         let mode = |p: &str| std::fs::metadata(d.join(p)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode("ca_key"), 0o600);
+        assert_eq!(mode("host_ca_key"), 0o600);
+        assert_ne!(
+            std::fs::read(d.join("ca_key.pub")).unwrap(),
+            std::fs::read(d.join("host_ca_key.pub")).unwrap()
+        );
         assert_eq!(mode("tls/key.pem"), 0o600);
         assert_eq!(mode("moshca.db"), 0o600);
         assert_eq!(mode("."), 0o700);

@@ -10,7 +10,7 @@
 //! | [`config`] | `config.toml` -> validated [`config::Config`] (pure) |
 //! | [`policy`] | roles, selectors, request checks (pure) |
 //! | [`approvals`] | the request state machine (pure, takes `now`) |
-//! | [`signer`] | owns the CA key; grant + subject key -> certificate |
+//! | [`signer`] | owns the CA keys (user and host, kept apart); grant + subject key -> certificate |
 //! | [`auth`] | bearer tokens -> [`auth::Caller`] |
 //! | [`limits`] | per-peer limits on failed authentication, per-caller limits on refusals |
 //! | [`text`] | bounds of caller-supplied strings, the free-text rule, escaping for logs |
@@ -25,7 +25,7 @@
 //! | [`files`] | atomic, checked writes of files hosts depend on |
 //! | [`secret_file`] | the one rule for secret files and the data directory: owner only |
 //! | [`rotation`] | CA key rotation: publish a new key, keep the old one while needed |
-//! | [`ca_keys`] | CA public keys held as files: the only keys hosts and checkpoints trust |
+//! | [`ca_keys`] | CA public keys held as files: the only keys hosts, clients and checkpoints trust |
 //! | [`convert`] | proto <-> domain, and the one error -> `tonic::Status` mapping |
 //! | [`service`] | the gRPC service: authenticate, convert, call `authority` |
 //! | [`server`] | transport: TLS, health, reflection, background tasks, shutdown |

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 use moshca_server::cli::{
-    AuditCommand, CaCommand, Cli, Command, LogFormat, PolicyCommand, UserCommand,
+    AuditCommand, CaCommand, Cli, Command, HostCommand, HostTokenCommand, LogFormat, PolicyCommand,
+    UserCommand,
 };
 use moshca_server::config::Config;
 use moshca_server::store::Store;
@@ -94,6 +95,173 @@ fn trusted_keys(config: &Config) -> anyhow::Result<Vec<ssh_key::PublicKey>> {
     Ok(keys)
 }
 
+/// Host CA keys clients should trust: the active key file, then retired key files while a
+/// host certificate they signed is valid.
+fn host_keys(config: &Config) -> anyhow::Result<Vec<ssh_key::PublicKey>> {
+    let store = open_store(config)?;
+    let files = ca_keys::HostKeyFiles::of(config);
+    let mut keys: Vec<ssh_key::PublicKey> = files.active().into_iter().collect();
+    let now = clock::now();
+    for key in files.retired() {
+        let fingerprint = key.fingerprint(ssh_key::HashAlg::Sha256).to_string();
+        if store.read(|tx| tx.host_ca_key_in_use(&fingerprint, now))? {
+            keys.push(key);
+        }
+    }
+    if keys.is_empty() {
+        anyhow::bail!(
+            "no host CA key in {}; start `moshca-server serve` once (it creates one)",
+            config.data_dir.display()
+        );
+    }
+    Ok(keys)
+}
+
+/// `--ttl 1h`, `--cert-ttl 30d`.
+fn parse_ttl(flag: &str, s: &str) -> anyhow::Result<u64> {
+    moshca_server::policy::parse_duration(s)
+        .map_err(|e| anyhow::anyhow!("{flag} {s:?}: {e}; give e.g. 1h or 30d"))
+}
+
+#[allow(clippy::print_stdout)]
+fn host_command(cmd: HostCommand) -> anyhow::Result<ExitCode> {
+    let now = clock::now();
+    match cmd {
+        HostCommand::Token(HostTokenCommand::Create {
+            principals,
+            ttl,
+            cert_ttl,
+            json,
+            dir,
+        }) => {
+            let ttl = parse_ttl("--ttl", &ttl)?;
+            let cert_ttl = cert_ttl
+                .as_deref()
+                .map(|t| parse_ttl("--cert-ttl", t))
+                .transpose()?;
+            let store = open_store(&Config::load(&dir.data_dir)?)?;
+            let issued = authority::create_join_token_at(
+                &store,
+                &principals,
+                ttl,
+                cert_ttl,
+                "operator",
+                now,
+            )?;
+            let r = &issued.record;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "token": issued.token.expose(),
+                        "id": r.id,
+                        "principals": r.principals,
+                        "expires_at": r.expires_at,
+                        "cert_ttl_secs": r.cert_ttl,
+                    })
+                );
+            } else {
+                println!("{}", issued.token.expose());
+                eprintln!(
+                    "moshca-server: join token {} for {} expires {}; it works once and is shown only once. On the host: moshca host enroll --token TOKEN",
+                    r.id,
+                    r.principals.join(", "),
+                    auth::fmt_time(r.expires_at)
+                );
+            }
+        }
+        HostCommand::Token(HostTokenCommand::List { dir, json }) => {
+            let store = open_store(&Config::load(&dir.data_dir)?)?;
+            let list = authority::host_tokens(&store)?;
+            let state = |t: &moshca_server::store::HostTokenRecord| {
+                if t.used_at.is_some() {
+                    "used"
+                } else if t.expires_at <= now {
+                    "expired"
+                } else {
+                    "unused"
+                }
+            };
+            if json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|t| serde_json::json!({"id": t.id, "principals": t.principals, "created_at": t.created_at, "expires_at": t.expires_at, "used_at": t.used_at, "serial": t.used_serial.map(|s| s.to_string()), "state": state(t)}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!("ID\tPRINCIPALS\tEXPIRES\tSTATE");
+                for t in &list {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        t.id,
+                        t.principals.join(","),
+                        auth::fmt_time(t.expires_at),
+                        state(t)
+                    );
+                }
+            }
+        }
+        HostCommand::List { dir, json } => {
+            let store = open_store(&Config::load(&dir.data_dir)?)?;
+            let list = authority::host_certificates_at(&store, now)?;
+            if json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|c| serde_json::json!({"serial": c.serial.to_string(), "principals": c.principals, "fingerprint": c.fingerprint, "valid_before": c.valid_before, "token_id": c.token_id, "renewed_from": c.renewed_from.map(|s| s.to_string()), "revoked": c.revoked_at.is_some()}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!("SERIAL\tPRINCIPALS\tKEY\tVALID BEFORE\tSTATE");
+                for c in &list {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        c.serial,
+                        c.principals.join(","),
+                        c.fingerprint,
+                        auth::fmt_time(c.valid_before),
+                        if c.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "valid"
+                        }
+                    );
+                }
+            }
+        }
+        HostCommand::Revoke {
+            serial,
+            public_key,
+            reason,
+            dir,
+        } => {
+            let target = match (serial, public_key) {
+                (Some(s), _) => authority::HostRevokeTarget::Serial(s),
+                (None, Some(path)) => authority::HostRevokeTarget::PublicKey(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                ),
+                (None, None) => anyhow::bail!("give --serial N or --public-key FILE"),
+            };
+            let store = open_store(&Config::load(&dir.data_dir)?)?;
+            let r = authority::revoke_host_at(&store, &target, &reason, "operator", now)?;
+            println!(
+                "revoked {} host certificate(s){}; KRL version {}",
+                r.serials.len(),
+                if matches!(target, authority::HostRevokeTarget::PublicKey(_)) {
+                    " and the host key for good"
+                } else {
+                    ""
+                },
+                r.krl_version
+            );
+            eprintln!(
+                "moshca-server: clients refuse it once they use the new KRL as RevokedHostKeys (`moshca krl --out FILE`)"
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn open_store(config: &Config) -> anyhow::Result<Store> {
     Store::open(&config.database)
         .with_context(|| format!("opening database {}", config.database.display()))
@@ -119,6 +287,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("initialized {data}");
             println!("CA public key ({}):", out.ca_fingerprint);
             println!("  {}", out.ca_public_key);
+            println!("host CA public key (clients: `moshca known-hosts`):");
+            println!("  {}", out.host_ca_public_key);
             println!(
                 "TLS certificate {} ({})",
                 out.tls_cert.display(),
@@ -271,7 +441,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         },
-        Command::Ca(CaCommand::PublicKeys { dir }) => {
+        Command::Ca(CaCommand::PublicKeys { dir, host: true }) => {
+            let config = Config::load(&dir.data_dir)?;
+            for key in host_keys(&config)? {
+                println!("@cert-authority * {}", key.to_openssh()?);
+            }
+        }
+        Command::Ca(CaCommand::PublicKeys { dir, host: false }) => {
             let config = Config::load(&dir.data_dir)?;
             for key in trusted_keys(&config)? {
                 println!("{}", key.to_openssh()?);
@@ -280,6 +456,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ca(CaCommand::Rotate {
             dir,
             passphrase_file,
+            host: true,
+        }) => {
+            let config = Config::load(&dir.data_dir)?;
+            let passphrase_file = passphrase_file.or_else(systemd_credential);
+            let r = rotation::rotate_host(&config, passphrase_file.as_deref(), clock::now())?;
+            println!("new host CA key {} is published now", r.new_fingerprint);
+            println!(
+                "the old host CA key {} stays published until its last host certificate expires",
+                r.old_fingerprint
+            );
+            println!(
+                "clients refresh known_hosts (`moshca known-hosts --out FILE`); then reload the server (SIGHUP) to sign host certificates with the new key"
+            );
+            eprintln!(
+                "moshca-server: the old private host key was moved to {}; it is no longer needed",
+                r.retired_key.display()
+            );
+        }
+        Command::Ca(CaCommand::Rotate {
+            dir,
+            passphrase_file,
+            host: false,
         }) => {
             let config = Config::load(&dir.data_dir)?;
             let r = rotation::rotate(&config, passphrase_file.as_deref(), clock::now())?;
@@ -296,6 +494,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 r.retired_key.display()
             );
         }
+        Command::Host(cmd) => return host_command(cmd),
         Command::Krl { dir, out } => {
             let config = Config::load(&dir.data_dir)?;
             let store = open_store(&config)?;

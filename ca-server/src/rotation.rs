@@ -94,6 +94,68 @@ pub fn rotate(
     })
 }
 
+/// Replaces the host CA key with a new one (`ca rotate --host`), publishing it at once
+/// beside the old one: clients' `moshca known-hosts` lists both while certificates the
+/// old key signed are valid, so hosts renewed with the new key are trusted as soon as
+/// clients refresh. The old key goes to `retired-host/`, never to `retired/` (whose keys
+/// are user CA keys). The server signs with the new key after a reload (SIGHUP).
+pub fn rotate_host(
+    config: &Config,
+    passphrase_file: Option<&Path>,
+    now: u64,
+) -> anyhow::Result<Rotated> {
+    use crate::signer::HostSigner;
+    let passphrase = passphrase_file
+        .or(config.passphrase_file.as_deref())
+        .map(read_passphrase)
+        .transpose()?;
+    let pass = passphrase.as_ref().map(|p| p.as_slice());
+    let store = Store::open(&config.database)
+        .with_context(|| format!("opening database {}", config.database.display()))?;
+    let old = crate::init::ensure_host_ca(config, pass, &store, now)
+        .context("loading the current host CA key (give --passphrase-file if it is encrypted)")?;
+    let mut next_name = config
+        .host_ca_key
+        .file_name()
+        .unwrap_or_default()
+        .to_os_string();
+    next_name.push("-next");
+    let next = config.host_ca_key.with_file_name(next_name);
+    let _ = std::fs::remove_file(&next);
+    let _ = std::fs::remove_file(next.with_extension("pub"));
+    let new = HostSigner::generate(&next, pass)?;
+    let old_text = old.public_key().to_openssh()?;
+    store.transact(|tx| {
+        tx.append_audit(&Event::new(
+            now,
+            "operator",
+            "host_ca.rotated",
+            None,
+            json!({ "ca_fingerprint": new.fingerprint(), "previous": old.fingerprint() }),
+        ))
+    })?;
+    let retired_dir = crate::ca_keys::retired_host_dir(config);
+    std::fs::create_dir_all(&retired_dir)
+        .with_context(|| format!("creating {}", retired_dir.display()))?;
+    let retired_key = retired_dir.join(format!("host_ca_key-{now}"));
+    let retired_pub = retired_key.with_extension("pub");
+    std::fs::write(&retired_pub, format!("{old_text}\n"))
+        .with_context(|| format!("writing {}", retired_pub.display()))?;
+    std::fs::rename(&config.host_ca_key, &retired_key)
+        .with_context(|| format!("moving the old host key to {}", retired_key.display()))?;
+    std::fs::rename(&next, &config.host_ca_key).context("installing the new host key")?;
+    std::fs::rename(
+        next.with_extension("pub"),
+        config.host_ca_key.with_extension("pub"),
+    )
+    .context("installing the new host public key")?;
+    Ok(Rotated {
+        new_fingerprint: new.fingerprint(),
+        old_fingerprint: old.fingerprint(),
+        retired_key,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -212,9 +212,17 @@ pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<L
     tracing::info!(ca = %signer.fingerprint(), "CA key loaded");
     let key_files = crate::ca_keys::KeyFiles::of(config);
     key_files.write_missing_public_files();
+    let host_signer = load_host_signer(config, passphrase_file, &store)?;
+    tracing::info!(host_ca = %host_signer.fingerprint(), "host CA key loaded");
+    let host_ca = crate::authority::HostCa::new(
+        host_signer,
+        Some(crate::ca_keys::HostKeyFiles::of(config)),
+        config.host_cert_ttl,
+    );
     let authority = Authority::new(store, signer, policy, clock::now())?
         .with_key_files(key_files)
-        .with_checkpoint_file(config.checkpoint_file.clone());
+        .with_checkpoint_file(config.checkpoint_file.clone())
+        .with_host_ca(host_ca);
     Ok(Loaded {
         authority: Arc::new(authority),
         verifier: Arc::new(Verifier::new(&config.oidc_issuers)),
@@ -234,6 +242,25 @@ pub fn load_signer(config: &Config, passphrase_file: Option<&Path>) -> anyhow::R
         &config.ca_key,
         passphrase.as_ref().map(|p| p.as_slice()),
     )?)
+}
+
+/// Loads the host CA key (secret-file rule), creating it when the data directory has
+/// none yet: the upgrade of a data directory made before host certificates.
+pub fn load_host_signer(
+    config: &Config,
+    passphrase_file: Option<&Path>,
+    store: &Store,
+) -> anyhow::Result<crate::signer::HostSigner> {
+    let passphrase = passphrase_file
+        .or(config.passphrase_file.as_deref())
+        .map(read_passphrase)
+        .transpose()?;
+    crate::init::ensure_host_ca(
+        config,
+        passphrase.as_ref().map(|p| p.as_slice()),
+        store,
+        clock::now(),
+    )
 }
 
 /// SIGHUP: re-read the policy and the CA key; anything invalid is refused and the old one
@@ -265,6 +292,19 @@ fn reload(authority: &Authority, config: &Config, passphrase_file: Option<&Path>
             "CA key reload refused, still signing with the old key: {}",
             crate::text::one_line(&format!("{e:#}"))
         ),
+    }
+    let host = crate::store::Store::open(&config.database)
+        .map_err(anyhow::Error::from)
+        .and_then(|store| load_host_signer(config, passphrase_file, &store));
+    match host {
+        Ok(signer) => {
+            if let Err(e) = authority.replace_host_signer(signer, clock::now()) {
+                tracing::error!(error = %e, "switching host CA key failed; still signing with the old key");
+            }
+        }
+        Err(e) => {
+            tracing::error!("host CA key reload refused, still signing with the old key: {e:#}")
+        }
     }
 }
 

@@ -237,6 +237,35 @@ fn log_reason(status: &Status) -> String {
     text::one_line(message.split("; ").next().unwrap_or(message))
 }
 
+impl Service {
+    /// The peer of a host call (no bearer token: a join token or a proof of possession),
+    /// refused while it has failed too often within a minute.
+    fn host_peer<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let ip = req.remote_addr().map(|a| a.ip());
+        let peer = ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+        if let Some(ip) = ip
+            && !self.failures.allowed_at(&ip, Instant::now())
+        {
+            tracing::warn!(peer = %peer, "host call refused: too many failures");
+            return Err(Status::resource_exhausted(format!(
+                "limit reached: more than {MAX_AUTH_FAILURES} refused host calls from {peer} within a minute; wait a minute, then fix the call as the earlier errors said"
+            )));
+        }
+        Ok(peer)
+    }
+
+    /// Every refused host call counts against its peer: each one writes an audit row, and
+    /// nobody is authenticated before it.
+    fn host_outcome<T>(&self, outcome: Result<T, Status>, peer: &str) -> Result<T, Status> {
+        if let Err(s) = &outcome
+            && !matches!(s.code(), tonic::Code::Internal | tonic::Code::Unavailable)
+        {
+            self.failed(peer);
+        }
+        outcome
+    }
+}
+
 fn check_id(id: &str) -> Result<String, Status> {
     if id.is_empty()
         || id.len() > text::MAX_ID_LEN
@@ -282,9 +311,77 @@ impl CertificateAuthority for Service {
         &self,
         _req: Request<pb::GetCaPublicKeysRequest>,
     ) -> Result<Response<pb::GetCaPublicKeysResponse>, Status> {
-        let keys = self.blocking(|a| a.ca_public_keys_at(clock::now())).await?;
-        let public_keys = keys.iter().filter_map(|k| k.to_openssh().ok()).collect();
-        Ok(Response::new(pb::GetCaPublicKeysResponse { public_keys }))
+        let (keys, host_keys) = self
+            .blocking(|a| {
+                let now = clock::now();
+                Ok((a.ca_public_keys_at(now)?, a.host_ca_public_keys_at(now)?))
+            })
+            .await?;
+        let public_keys: Vec<String> = keys.iter().filter_map(|k| k.to_openssh().ok()).collect();
+        Ok(Response::new(pb::GetCaPublicKeysResponse {
+            keys: convert::typed_ca_keys(&public_keys, &host_keys),
+            public_keys,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(caller))]
+    async fn enroll_host(
+        &self,
+        req: Request<pb::EnrollHostRequest>,
+    ) -> Result<Response<pb::HostCertificate>, Status> {
+        let peer = self.host_peer(&req)?;
+        let m = req.into_inner();
+        let (token, public_key, principals) = convert::enroll_host(m)?;
+        let p = peer.clone();
+        let issued = self
+            .blocking(move |a| a.enroll_host_at(&token, &public_key, &principals, &p, clock::now()))
+            .await;
+        self.host_outcome(issued, &peer)
+            .map(|c| Response::new(convert::host_certificate(c)))
+    }
+
+    async fn get_host_challenge(
+        &self,
+        req: Request<pb::GetHostChallengeRequest>,
+    ) -> Result<Response<pb::HostChallenge>, Status> {
+        let peer = self.host_peer(&req)?;
+        let m = req.into_inner();
+        text::bounded("certificate", &m.certificate, 2 * text::MAX_PUBLIC_KEY_LEN)
+            .map_err(Status::invalid_argument)?;
+        let p = peer.clone();
+        let answer = self
+            .blocking(move |a| a.host_challenge_at(&m.certificate, &p, clock::now()))
+            .await;
+        self.host_outcome(answer, &peer).map(|(nonce, expires_at)| {
+            Response::new(pb::HostChallenge {
+                nonce,
+                expires_at: i64::try_from(expires_at).unwrap_or(i64::MAX),
+                namespace: crate::authority::HOST_RENEW_NAMESPACE.to_owned(),
+            })
+        })
+    }
+
+    async fn renew_host(
+        &self,
+        req: Request<pb::RenewHostRequest>,
+    ) -> Result<Response<pb::HostCertificate>, Status> {
+        let peer = self.host_peer(&req)?;
+        let m = req.into_inner();
+        for (field, value, max) in [
+            ("certificate", &m.certificate, 2 * text::MAX_PUBLIC_KEY_LEN),
+            ("nonce", &m.nonce, 128),
+            ("signature", &m.signature, 2 * text::MAX_PUBLIC_KEY_LEN),
+        ] {
+            text::bounded(field, value, max).map_err(Status::invalid_argument)?;
+        }
+        let p = peer.clone();
+        let issued = self
+            .blocking(move |a| {
+                a.renew_host_at(&m.certificate, &m.nonce, &m.signature, &p, clock::now())
+            })
+            .await;
+        self.host_outcome(issued, &peer)
+            .map(|c| Response::new(convert::host_certificate(c)))
     }
 
     #[tracing::instrument(skip_all, fields(caller, role, request_id))]

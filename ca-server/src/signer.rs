@@ -5,6 +5,9 @@
 //! are acceptable. It does no SQL and does not read the clock: validity comes in the
 //! [`Grant`]. It refuses, whatever the caller asks, to sign an empty principal list, a
 //! zero serial or an empty validity window.
+//!
+//! Host certificates are signed by a [`HostSigner`], a key of its own: the user CA
+//! ([`Signer`]) has no way to sign a host certificate, nor the host CA a user certificate.
 
 use std::fmt;
 use std::path::Path;
@@ -188,14 +191,25 @@ impl Signer {
 
     /// Signs a user certificate for `subject` as the grant says.
     pub fn sign(&self, grant: &Grant, subject: &PublicKey) -> Result<Certificate, Error> {
+        if let Some(p) = grant.principals.iter().find(|p| !valid_principal(p)) {
+            return Err(Error::Refused(format!("malformed principal {p:?}")));
+        }
+        self.sign_as(grant, subject, CertType::User)
+    }
+
+    /// The one signing path; [`Signer::sign`] (user) and [`HostSigner::sign_host`] (host)
+    /// are its only callers, so neither kind of key can sign the other kind of certificate.
+    fn sign_as(
+        &self,
+        grant: &Grant,
+        subject: &PublicKey,
+        cert_type: CertType,
+    ) -> Result<Certificate, Error> {
         if grant.principals.is_empty() {
             return Err(Error::Refused("empty principal list".into()));
         }
         if grant.principals.len() > MAX_PRINCIPALS {
             return Err(Error::Refused("too many principals".into()));
-        }
-        if let Some(p) = grant.principals.iter().find(|p| !valid_principal(p)) {
-            return Err(Error::Refused(format!("malformed principal {p:?}")));
         }
         if grant.serial == 0 {
             return Err(Error::Refused("serial 0".into()));
@@ -213,7 +227,7 @@ impl Signer {
             grant.valid_before,
         )?;
         builder.serial(grant.serial)?;
-        builder.cert_type(CertType::User)?;
+        builder.cert_type(cert_type)?;
         builder.key_id(grant.key_id.clone())?;
         for p in &grant.principals {
             builder.valid_principal(p.clone())?;
@@ -231,6 +245,97 @@ impl Signer {
         builder.comment(grant.key_id.clone())?;
         Ok(builder.sign(&CaKey(&self.key))?)
     }
+}
+
+/// The host CA: signs OpenSSH host certificates only, with a key of its own that is never
+/// the user CA key (a user certificate signed by it, or a host certificate signed by the
+/// user CA, cannot be made through this API).
+pub struct HostSigner(Signer);
+
+impl fmt::Debug for HostSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostSigner")
+            .field("public", &self.fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostSigner {
+    /// Generates a new ed25519 host CA key at `path` (0600, encrypted when a passphrase is
+    /// given) and its `.pub`. Refuses to overwrite an existing key.
+    pub fn generate(path: &Path, passphrase: Option<&[u8]>) -> Result<Self, Error> {
+        Signer::generate(path, passphrase, "moshca-host-ca").map(HostSigner)
+    }
+
+    /// Decodes a host CA key from the bytes of its file (read by the caller under the
+    /// secret-file rule), decrypting it with the passphrase when it is encrypted.
+    pub fn from_bytes(bytes: &[u8], path: &Path, passphrase: Option<&[u8]>) -> Result<Self, Error> {
+        let bad = |reason: String| Error::BadKey {
+            path: path.display().to_string(),
+            reason,
+        };
+        let key = PrivateKey::from_openssh(bytes)
+            .map_err(|e| bad(format!("not an OpenSSH private key ({e})")))?;
+        let key = if key.is_encrypted() {
+            let p = passphrase.ok_or_else(|| {
+                bad(
+                    "is encrypted; set passphrase_file in config.toml or MOSHCA_CA_PASSPHRASE_FILE"
+                        .into(),
+                )
+            })?;
+            key.decrypt(p).map_err(|_| bad("wrong passphrase".into()))?
+        } else {
+            key
+        };
+        let mut signer = Signer::from_private(&key, path)?;
+        signer.public.set_comment("moshca-host-ca");
+        Ok(HostSigner(signer))
+    }
+
+    /// The host CA public key.
+    pub fn public_key(&self) -> &PublicKey {
+        self.0.public_key()
+    }
+
+    /// The host CA key's SHA-256 fingerprint.
+    pub fn fingerprint(&self) -> String {
+        self.0.fingerprint()
+    }
+
+    /// Signs a host certificate: principals are host names ([`valid_host_name`]), and no
+    /// critical option or extension is allowed (OpenSSH defines none for host
+    /// certificates).
+    pub fn sign_host(&self, grant: &Grant, subject: &PublicKey) -> Result<Certificate, Error> {
+        if let Some(p) = grant.principals.iter().find(|p| !valid_host_name(p)) {
+            return Err(Error::Refused(format!("malformed host name {p:?}")));
+        }
+        if grant.force_command.is_some()
+            || grant.source_address.is_some()
+            || !grant.extensions.is_empty()
+        {
+            return Err(Error::Refused(
+                "host certificates carry no options or extensions".into(),
+            ));
+        }
+        self.0.sign_as(grant, subject, CertType::Host)
+    }
+}
+
+/// Longest host name a host certificate may name (DNS's limit).
+pub const MAX_HOST_NAME_LEN: usize = 253;
+
+/// A host certificate principal: a DNS name or an IPv4 address, letters, digits, `.`, `-`
+/// and `_`, not starting with `.` or `-`, at most [`MAX_HOST_NAME_LEN`] bytes. No `*` or
+/// `?`: ssh treats them as wildcards in host certificates, and a join token names hosts
+/// exactly.
+pub fn valid_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_HOST_NAME_LEN
+        && !name.starts_with(['.', '-'])
+        && !name.contains("..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b))
 }
 
 impl Signer {
@@ -386,6 +491,49 @@ mod tests {
             [&s.public_key().fingerprint(HashAlg::Sha256)],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn the_host_signer_signs_host_certificates_with_its_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostSigner::generate(&dir.path().join("host_ca_key"), None).unwrap();
+        let (_d, user) = signer();
+        let mut g = grant();
+        g.principals = vec!["db-1.example.com".into()];
+        g.extensions.clear();
+        let cert = host.sign_host(&g, &subject()).unwrap();
+        assert_eq!(cert.cert_type(), CertType::Host);
+        assert_eq!(cert.signature_key(), host.public_key().key_data());
+        assert_ne!(cert.signature_key(), user.public_key().key_data());
+        let user_cert = user.sign(&grant(), &subject()).unwrap();
+        assert_eq!(user_cert.cert_type(), CertType::User);
+        // Host certificates carry no extensions or options.
+        assert!(host.sign_host(&grant(), &subject()).is_err());
+        // Reloaded from the bytes of its file, under the secret-file rule's reader.
+        let bytes = std::fs::read(dir.path().join("host_ca_key")).unwrap();
+        let again = HostSigner::from_bytes(&bytes, &dir.path().join("host_ca_key"), None).unwrap();
+        assert_eq!(again.fingerprint(), host.fingerprint());
+    }
+
+    #[test]
+    fn host_names() {
+        for ok in ["db-1.example.com", "db_1", "10.0.0.1", "a"] {
+            assert!(valid_host_name(ok), "{ok}");
+        }
+        let long = "a".repeat(254);
+        for bad in [
+            "",
+            "*.example.com",
+            "db?",
+            "-x",
+            ".x",
+            "a..b",
+            "a b",
+            "a,b",
+            long.as_str(),
+        ] {
+            assert!(!valid_host_name(bad), "{bad}");
+        }
     }
 
     #[test]

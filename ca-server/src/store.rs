@@ -18,6 +18,10 @@ use crate::approvals::{Request, Review, State, Verdict};
 use crate::audit::{self, Event};
 use crate::auth::Caller;
 
+mod hosts;
+
+pub use hosts::{HostCertRecord, HostTokenRecord};
+
 /// Store failures. Callers log these whole and tell clients "internal error".
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -372,6 +376,49 @@ UPDATE tokens SET id = 'tok_' || lower(hex(randomblob(8))) WHERE id IS NULL;
 UPDATE tokens SET expires_at = unixepoch() + 7776000 WHERE expires_at IS NULL;
 CREATE UNIQUE INDEX tokens_by_id ON tokens(id);
 CREATE INDEX tokens_by_user ON tokens(user);
+"#,
+    // Host certificates: single-use join tokens (only their SHA-256 kept), the host
+    // certificates issued (with the host CA key that signed each, for the KRL), and the
+    // outstanding renewal challenges (a few per host key, a minute each).
+    r#"
+CREATE TABLE host_join_tokens (
+    hash TEXT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    principals TEXT NOT NULL,
+    cert_ttl INTEGER,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER,
+    used_serial INTEGER
+) STRICT;
+CREATE TABLE host_certificates (
+    serial INTEGER PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    principals TEXT NOT NULL,
+    ttl_secs INTEGER NOT NULL,
+    valid_after INTEGER NOT NULL,
+    valid_before INTEGER NOT NULL,
+    ca_fingerprint TEXT NOT NULL,
+    ca_key TEXT NOT NULL,
+    openssh TEXT NOT NULL,
+    issued_at INTEGER NOT NULL,
+    token_id TEXT NOT NULL,
+    renewed_from INTEGER,
+    revoked_at INTEGER
+) STRICT;
+CREATE INDEX host_certificates_by_key ON host_certificates(fingerprint);
+CREATE INDEX host_certificates_live ON host_certificates(valid_before);
+CREATE TABLE host_challenges (
+    nonce TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    serial INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX host_challenges_by_key ON host_challenges(fingerprint, expires_at);
+CREATE INDEX host_challenges_by_expiry ON host_challenges(expires_at);
 "#,
 ];
 

@@ -372,11 +372,12 @@ pub fn krl_from_store(
 /// cannot list is skipped (with one warning per build) rather than failing the whole KRL:
 /// one bad row must not stop every later revocation from reaching hosts.
 pub fn build_krl(store: &Store, ca_keys: &[PublicKey], now: UnixTime) -> Result<BuiltKrl> {
-    let (revoked, keys, version) = store.read(|tx| {
+    let (revoked, keys, version, revoked_hosts) = store.read(|tx| {
         Ok::<_, Error>((
             tx.revoked_live_certificates(now)?,
             tx.revoked_key_entries()?,
             tx.krl_version()?,
+            tx.revoked_live_host_certificates(now)?,
         ))
     })?;
     let mut sections: Vec<crate::krl::CaSection> = Vec::new();
@@ -394,6 +395,21 @@ pub fn build_krl(store: &Store, ca_keys: &[PublicKey], now: UnixTime) -> Result<
                 key_ids: Vec::new(),
             });
         }
+    }
+    // Host certificates, each under the host CA key that signed it (recorded with the
+    // certificate): what ssh clients check with `RevokedHostKeys`.
+    let mut host_sections: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for (serial, ca_key) in revoked_hosts {
+        host_sections.entry(ca_key).or_default().push(serial);
+    }
+    for (ca_key, serials) in host_sections {
+        let ca = PublicKey::from_openssh(&ca_key)
+            .map_err(|e| store::Error::Corrupt(format!("host CA key: {e}")))?;
+        sections.push(crate::krl::CaSection {
+            ca_key: ca.to_bytes().map_err(signer::Error::from)?,
+            serials,
+            key_ids: Vec::new(),
+        });
     }
     let mut explicit_keys = Vec::with_capacity(keys.len());
     let mut skipped = Vec::new();
