@@ -103,11 +103,13 @@ fi
 
 started=$(date +%s)
 say "fetching the $suite source index from $mirror"
-apt-get "${apt_private[@]}" -qq update >"$apt_dir/update.log" 2>&1 || {
+# --error-on=any: a mirror that cannot be reached is an error, not a warning over old lists.
+apt-get "${apt_private[@]}" -qq --error-on=any update >"$apt_dir/update.log" 2>&1 || {
     cat "$apt_dir/update.log" >&2
     die "apt-get update of the private $suite deb-src list failed"
 }
-available=$(apt-cache "${apt_private[@]}" showsrc openssh 2>/dev/null | sed -n 's/^Version: //p' | sort -u)
+available=$(apt-cache "${apt_private[@]}" showsrc openssh 2>/dev/null | sed -n 's/^Version: //p' | sort -u || true)
+[ -n "$available" ] || die "the $suite source index from $mirror has no source package openssh"
 if printf '%s\n' "$available" | grep -qxF "$want_version"; then
     version="$want_version"
 else
