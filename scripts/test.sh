@@ -2,7 +2,7 @@
 # The test command of README.md: every unit, in-process and end-to-end test.
 #
 # The end-to-end tests (tests/, package moshca-e2e) drive the real binaries against a real
-# OpenSSH sshd and ssh-agent, as root. This script installs OpenSSH when it is missing,
+# OpenSSH sshd and ssh-agent, as root. This script installs OpenSSH and jq when missing,
 # builds the binaries the tests run, then runs `cargo test --workspace` with any extra
 # arguments passed through (e.g. `scripts/test.sh -p moshca-e2e -- --nocapture`).
 #
@@ -32,6 +32,8 @@ have() {
 missing=()
 have sshd || missing+=(openssh-server)
 { have ssh && have ssh-agent && have ssh-keygen && have ssh-add; } || missing+=(openssh-client)
+# What scripts read moshca's --json output with; a test checks 64-bit numbers survive it.
+have jq || missing+=(jq)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "test.sh: installing ${missing[*]}" >&2
     as_root apt-get update -qq
@@ -39,6 +41,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 cargo build --workspace --bins
+# The scripts' own contract (binaries wherever cargo puts them); it runs cargo, which
+# cannot happen inside `cargo test`.
+tests/scripts/built_bins.sh
 
 # The end-to-end tests mostly wait on processes (two of them on a certificate's expiry,
 # about 70 s), so run more of them at once than there are cores.

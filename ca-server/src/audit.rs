@@ -196,7 +196,8 @@ impl Checkpoint {
     /// One line of the checkpoint file: a JSON object, no newline.
     pub fn to_json_line(&self) -> String {
         serde_json::json!({
-            "seq": self.seq,
+            // A string, as every 64-bit number moshca writes in JSON.
+            "seq": self.seq.to_string(),
             "hash": self.hash,
             "ca_fingerprint": self.ca_fingerprint,
             "signature": self.signature,
@@ -209,7 +210,7 @@ impl Checkpoint {
     pub fn from_json_line(line: &str) -> Option<Checkpoint> {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;
         Some(Checkpoint {
-            seq: v.get("seq")?.as_u64()?,
+            seq: v.get("seq")?.as_str()?.parse().ok()?,
             hash: v.get("hash")?.as_str()?.to_owned(),
             ca_fingerprint: v.get("ca_fingerprint")?.as_str()?.to_owned(),
             signature: v.get("signature")?.as_str()?.to_owned(),

@@ -322,7 +322,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store.read(|tx| {
                 tx.for_each_audit_row(since, |row| {
                     let line = serde_json::json!({
-                        "seq": row.seq,
+                        // 64-bit numbers are JSON strings in every output (jq rounds
+                        // numbers above 2^53).
+                        "seq": row.seq.to_string(),
                         "at": row.event.at,
                         "actor": row.event.actor,
                         "action": row.event.action,

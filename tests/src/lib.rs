@@ -1250,6 +1250,24 @@ impl CertInfo {
     }
 }
 
+/// Whether `ssh-keygen -Q -f KRL FILE` calls the key or certificate in `file` revoked;
+/// panics when it gives no verdict.
+pub fn revoked_in(krl: &Path, file: &Path) -> bool {
+    let out = run(Command::new(program("ssh-keygen"))
+        .arg("-Q")
+        .arg("-f")
+        .arg(krl)
+        .arg(file));
+    let verdict = out.stdout.trim_end();
+    if verdict.ends_with(": REVOKED") && out.code == Some(1) {
+        true
+    } else if verdict.ends_with(": ok") && out.ok() {
+        false
+    } else {
+        panic!("ssh-keygen -Q gave no verdict:\n{out}")
+    }
+}
+
 fn last_word(value: &str) -> String {
     value
         .split_whitespace()

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use moshca_e2e::{
     Ca, CertInfo, LOGIN, OTHER_LOGIN, Run, SshAgent, child_path, client_bin, fingerprint,
-    free_port, keygen, make_host_key, moshca, poll, program, run, unix_now, wide,
+    free_port, keygen, make_host_key, moshca, poll, program, revoked_in, run, unix_now, wide,
 };
 use serde_json::Value;
 use tempfile::TempDir;
@@ -174,23 +174,6 @@ fn revoke(ca: &Ca, user: &str, args: &[&str]) -> Vec<u64> {
             .map(|s| wide(s).unwrap_or_else(|| panic!("serial {s}:\n{out}")))
             .collect(),
         other => panic!("serials should be an array, got {other}:\n{out}"),
-    }
-}
-
-/// Whether `ssh-keygen -Q -f KRL FILE` calls the key or certificate in `file` revoked.
-fn revoked_in(krl: &Path, file: &Path) -> bool {
-    let out = run(Command::new(program("ssh-keygen"))
-        .arg("-Q")
-        .arg("-f")
-        .arg(krl)
-        .arg(file));
-    let verdict = out.stdout.trim_end();
-    if verdict.ends_with(": REVOKED") && out.code == Some(1) {
-        true
-    } else if verdict.ends_with(": ok") && out.ok() {
-        false
-    } else {
-        panic!("ssh-keygen -Q gave no verdict:\n{out}")
     }
 }
 

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use base64::Engine as _;
-use moshca_e2e::{Ca, LOGIN, Run, keygen, program, run};
+use moshca_e2e::{Ca, LOGIN, Run, keygen, program, revoked_in, run};
 
 const POLICY: &str = r#"
 [defaults]
@@ -157,23 +157,6 @@ fn ssh_keygen_lists(krl: &Path) -> String {
         .arg(krl));
     out.assert_ok();
     out.stdout
-}
-
-/// Whether `ssh-keygen -Q -f KRL CERT` calls the certificate revoked.
-fn revoked_in(krl: &Path, cert: &Path) -> bool {
-    let out = run(Command::new(program("ssh-keygen"))
-        .arg("-Q")
-        .arg("-f")
-        .arg(krl)
-        .arg(cert));
-    let verdict = out.stdout.trim_end();
-    if verdict.ends_with(": REVOKED") && out.code == Some(1) {
-        true
-    } else if verdict.ends_with(": ok") && out.ok() {
-        false
-    } else {
-        panic!("ssh-keygen -Q gave no verdict:\n{out}")
-    }
 }
 
 fn skipped_events(ca: &Ca) -> i64 {

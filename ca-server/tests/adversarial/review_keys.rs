@@ -9,6 +9,7 @@ use pb::revoke_certificates_request::Target;
 use ssh_key::EcdsaCurve;
 use ssh_key::public::Ed25519PublicKey;
 
+use super::subject_keys::{b64, dsa_key, put_string, rsa_key};
 use super::*;
 
 /// [`POLICY`] plus a role that issues at once, as the reported flood used.
@@ -16,46 +17,6 @@ fn policy_with_auto_role() -> String {
     format!(
         "{POLICY}\n[[role]]\nname = \"self\"\nrequesters = [\"group:oncall\"]\napproval = \"auto\"\nlogins = [\"postgres\"]\nmax_ttl = \"1h\"\n"
     )
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&u32::try_from(bytes.len()).unwrap().to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
-/// A well-formed `ssh-dss` public key (1024-bit p, 160-bit q), built by hand.
-fn dsa_key() -> String {
-    let mpint = |len: usize| {
-        let mut v = vec![0u8; len + 1];
-        v[1] = 0xc5;
-        v[len] = 0x0b;
-        v
-    };
-    let mut blob = Vec::new();
-    put_string(&mut blob, b"ssh-dss");
-    for len in [128, 20, 128, 128] {
-        put_string(&mut blob, &mpint(len));
-    }
-    format!("ssh-dss {} dsa@host", b64(&blob))
-}
-
-/// An RSA public key with a modulus of exactly `bits` bits, told apart by `tag`.
-fn rsa_key(bits: usize, tag: u16) -> String {
-    let mut n = vec![0u8; bits.div_ceil(8)];
-    let top = bits - (n.len() - 1) * 8;
-    n[0] = 1 << (top - 1);
-    let len = n.len();
-    n[len - 3..len - 1].copy_from_slice(&tag.to_be_bytes());
-    n[len - 1] |= 1;
-    let key = RsaPublicKey {
-        e: Mpint::from_positive_bytes(&[1, 0, 1]).unwrap(),
-        n: Mpint::from_positive_bytes(&n).unwrap(),
-    };
-    PublicKey::new(KeyData::Rsa(key), "").to_openssh().unwrap()
 }
 
 /// ECDSA keys that parse but that OpenSSH refuses: a point off its curve and a

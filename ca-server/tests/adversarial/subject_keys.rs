@@ -2,17 +2,17 @@
 
 use super::*;
 
-fn b64(bytes: &[u8]) -> String {
+pub(super) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(super) fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&u32::try_from(bytes.len()).unwrap().to_be_bytes());
     out.extend_from_slice(bytes);
 }
 
 /// A well-formed `ssh-dss` public key (1024-bit p, 160-bit q), built by hand.
-fn dsa_key() -> String {
+pub(super) fn dsa_key() -> String {
     let mpint = |len: usize| {
         let mut v = vec![0u8; len + 1];
         v[1] = 0xc5;
@@ -27,12 +27,14 @@ fn dsa_key() -> String {
     format!("ssh-dss {} dsa@host", b64(&blob))
 }
 
-/// An RSA public key with a modulus of exactly `bits` bits; no key generation.
-fn rsa_key(bits: usize) -> String {
+/// An RSA public key with a modulus of exactly `bits` bits, told apart by `tag`.
+pub(super) fn rsa_key(bits: usize, tag: u16) -> String {
     let mut n = vec![0u8; bits.div_ceil(8)];
     let top = bits - (n.len() - 1) * 8;
     n[0] = 1 << (top - 1);
-    *n.last_mut().unwrap() |= 1;
+    let len = n.len();
+    n[len - 3..len - 1].copy_from_slice(&tag.to_be_bytes());
+    n[len - 1] |= 1;
     let key = RsaPublicKey {
         e: Mpint::from_positive_bytes(&[1, 0, 1]).unwrap(),
         n: Mpint::from_positive_bytes(&n).unwrap(),
@@ -65,8 +67,8 @@ async fn unacceptable_subject_keys_are_refused() {
 
     let cases: Vec<(&str, String)> = vec![
         ("DSA", dsa_key()),
-        ("RSA 1024", rsa_key(1024)),
-        ("RSA 2047", rsa_key(2047)),
+        ("RSA 1024", rsa_key(1024, 0)),
+        ("RSA 2047", rsa_key(2047, 0)),
         ("empty", String::new()),
         ("label only", "ssh-ed25519".into()),
         (
@@ -126,7 +128,7 @@ async fn a_one_mebibyte_key_hits_the_message_limit() {
 #[tokio::test]
 async fn acceptable_keys_are_signed_as_plain_keys() {
     let h = start().await;
-    for key in [rsa_key(2048), new_key()] {
+    for key in [rsa_key(2048, 0), new_key()] {
         let mut m = ask("db", &["postgres"], 600);
         m.public_key = format!("{key} comment with spaces force-command=/bin/sh");
         let created = h.create("alice", m).await.unwrap();
