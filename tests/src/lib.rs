@@ -121,14 +121,13 @@ pub fn openssh_dirs() -> Option<Vec<PathBuf>> {
 /// would test the wrong version without saying so.
 pub fn find_program(name: &str) -> Option<PathBuf> {
     if OPENSSH_PROGRAMS.contains(&name) {
+        name_openssh_in_failures();
         if let Some(dirs) = openssh_dirs() {
-            name_openssh_in_failures();
             return dirs
                 .into_iter()
                 .map(|dir| dir.join(name))
                 .find(|candidate| candidate.is_file());
         }
-        name_openssh_in_failures();
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

@@ -394,6 +394,36 @@ fn same_on_both_an_unparseable_revoked_key_only_warns_in_the_listing() {
     );
 }
 
+/// A KRL cut short (a half-written file) refuses every login on both versions: sshd fails
+/// closed, which is why moshca writes KRLs to a temp file and renames them into place. An
+/// empty file is the exception: it revokes nothing.
+#[test]
+fn same_on_both_a_truncated_krl_refuses_every_login() {
+    if !ready() {
+        return;
+    }
+    let login = Login::new();
+    let whole = krl(&[Section::Serials {
+        ca: blob_of(&public_key(&login.ca)),
+        serials: vec![7],
+    }]);
+    let (logged_in, out, log) = login.with_krl(&whole);
+    assert!(logged_in, "serial 8 is not revoked:\n{out}\n{log}");
+    // A 0-byte file is no KRL cut short: it revokes nothing.
+    let (logged_in, out, log) = login.with_krl(b"");
+    assert!(
+        logged_in,
+        "an empty RevokedKeys file revokes nothing:\n{out}\n{log}"
+    );
+    for cut in [4, 8, whole.len() - 1] {
+        let (logged_in, out, log) = login.with_krl(&whole[..cut]);
+        assert!(
+            !logged_in && log.contains("revoked keys file"),
+            "a KRL cut to {cut} bytes must refuse the login:\n{out}\n{log}"
+        );
+    }
+}
+
 /// A critical extension section is refused by every version: sshd must not guess.
 #[test]
 fn same_on_both_a_critical_krl_extension_is_refused() {
