@@ -5,6 +5,11 @@
 # OpenSSH sshd and ssh-agent, as root. This script installs OpenSSH and jq when missing,
 # builds the binaries the tests run, then runs `cargo test --workspace` with any extra
 # arguments passed through (e.g. `scripts/test.sh -p moshca-e2e -- --nocapture`).
+#
+# Then the interop matrix's second version: scripts/openssh-10.sh builds OpenSSH 10.0 (once,
+# cached under the target directory) and the OpenSSH-facing tests run again against it
+# (docs/openssh-versions.md). MOSHCA_SKIP_OPENSSH_10=1 skips that pass outside CI; in CI
+# (CI set) a 10.0 that cannot be built is a failure, never a skip.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -43,4 +48,39 @@ tests/scripts/built_bins.sh
 # The end-to-end tests mostly wait on processes (two of them on a certificate's expiry,
 # about 70 s), so run more of them at once than there are cores.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
+echo "--- tests against the system's OpenSSH: $(ssh -V 2>&1)" >&2
 cargo test --workspace "$@"
+
+in_ci() { [ -n "${CI:-}" ] && [ "${CI}" != 0 ] && [ "${CI}" != false ]; }
+
+if [ "${MOSHCA_SKIP_OPENSSH_10:-}" = 1 ]; then
+    if in_ci; then
+        echo "test.sh: MOSHCA_SKIP_OPENSSH_10=1 is not allowed in CI" >&2
+        exit 1
+    fi
+    echo "test.sh: skipping the OpenSSH 10.0 pass (MOSHCA_SKIP_OPENSSH_10=1)" >&2
+    exit 0
+fi
+
+started=$(date +%s)
+if ! openssh_10=$(scripts/openssh-10.sh | tail -n 1) || [ -z "$openssh_10" ]; then
+    if in_ci; then
+        echo "test.sh: OpenSSH 10.0 could not be built; in CI that fails the run" >&2
+        exit 1
+    fi
+    echo "test.sh: OpenSSH 10.0 could not be built; its pass is skipped (a failure in CI)" >&2
+    exit 0
+fi
+built=$(date +%s)
+echo "--- tests against OpenSSH 10.0: $("$openssh_10/bin/ssh" -V 2>&1) ($openssh_10)" >&2
+# The KRL encoder against ssh-keygen, then every end-to-end test binary that runs an OpenSSH
+# program: login (e2e), revocation, rotation and the host kit (hosts), KRL delivery
+# (krl_delivery), CI certificates (ci), break-glass logins (audit), the agent and
+# ssh-keygen as tools (hygiene, scripting) and the pinned differences (openssh). The rest
+# do not depend on the OpenSSH version. `--workspace` keeps the features of the first pass,
+# so its test binaries run again without a rebuild.
+export MOSHCA_E2E_OPENSSH_DIR="$openssh_10"
+cargo test --no-fail-fast --workspace --lib krl::tests::ssh_keygen
+cargo test --no-fail-fast --workspace --test openssh --test e2e --test hosts \
+    --test krl_delivery --test ci --test audit --test hygiene --test scripting
+echo "test.sh: the OpenSSH 10.0 pass took $(($(date +%s) - started)) s (fetch and build $((built - started)) s)" >&2

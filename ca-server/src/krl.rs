@@ -1109,7 +1109,15 @@ mod tests {
 
     // Against the real ssh-keygen.
 
-    const SSH_KEYGEN: &str = "ssh-keygen";
+    /// The `ssh-keygen` these tests compare with: `$MOSHCA_E2E_OPENSSH_DIR/bin/ssh-keygen`
+    /// when set (scripts/test.sh runs them again that way with OpenSSH 10.0), else the one
+    /// on `PATH`. Its path is in every failure message, so a failure names the version.
+    fn ssh_keygen() -> PathBuf {
+        match std::env::var_os("MOSHCA_E2E_OPENSSH_DIR").filter(|dir| !dir.is_empty()) {
+            Some(dir) => PathBuf::from(dir).join("bin/ssh-keygen"),
+            None => PathBuf::from("ssh-keygen"),
+        }
+    }
 
     fn run(command: &mut Command) -> std::process::Output {
         let output = command
@@ -1168,7 +1176,7 @@ mod tests {
         /// Makes an ed25519 key without comment; returns the private key's path.
         fn key(&self) -> PathBuf {
             let path = self.fresh("key");
-            run(Command::new(SSH_KEYGEN)
+            run(Command::new(ssh_keygen())
                 .args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
                 .arg(&path));
             path
@@ -1179,7 +1187,7 @@ mod tests {
             let stem = self.fresh("cert");
             let public = stem.with_extension("pub");
             std::fs::copy(user.with_extension("pub"), &public).unwrap();
-            run(Command::new(SSH_KEYGEN)
+            run(Command::new(ssh_keygen())
                 .args(["-q", "-s"])
                 .arg(ca)
                 .args(["-I", key_id, "-n", "user", "-z", &serial.to_string()])
@@ -1192,7 +1200,7 @@ mod tests {
         fn query(&self, krl: &Krl, keys: &[&Path]) -> (String, Vec<bool>) {
             let path = self.fresh("krl");
             std::fs::write(&path, krl.encode().unwrap()).unwrap();
-            let output = Command::new(SSH_KEYGEN)
+            let output = Command::new(ssh_keygen())
                 .args(["-Q", "-l", "-f"])
                 .arg(&path)
                 .args(keys)
@@ -1469,7 +1477,7 @@ mod tests {
             let path = fx.fresh("pub");
             let text = format!("{} {}\n", key_type(blob), base64(blob));
             std::fs::write(&path, text).unwrap();
-            Command::new(SSH_KEYGEN)
+            Command::new(ssh_keygen())
                 .args(["-l", "-f"])
                 .arg(&path)
                 .output()

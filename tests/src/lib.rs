@@ -6,6 +6,8 @@
 //!
 //! - [`prerequisites`], [`require_openssh`], [`require_root`]: decide whether the suite can
 //!   run here. Outside CI a missing prerequisite skips a test; under CI (`CI` set) it fails.
+//! - [`program`], [`OPENSSH_DIR_VAR`], [`openssh_version`]: which OpenSSH the suite runs,
+//!   the system's or the one `MOSHCA_E2E_OPENSSH_DIR` names; every failure names it.
 //! - [`ensure_accounts`]: the local accounts [`LOGIN`] and [`OTHER_LOGIN`] that certificates
 //!   name as principals, created once per process.
 //! - [`Ca`]: a CA data directory and a running `moshca-server serve` on `127.0.0.1:0`.
@@ -98,8 +100,35 @@ fn missing(what: &str) -> bool {
     false
 }
 
-/// Finds a program in `PATH` or the sbin directories, where Debian puts `sshd`.
+/// The environment variable naming the OpenSSH under test: an installation prefix or bin
+/// directory whose `DIR`, `DIR/bin` or `DIR/sbin` hold `sshd`, `ssh`, `ssh-agent`, `ssh-add`
+/// and `ssh-keygen`. Unset or empty: the system's OpenSSH from `PATH` and the sbin
+/// directories.
+pub const OPENSSH_DIR_VAR: &str = "MOSHCA_E2E_OPENSSH_DIR";
+
+/// The OpenSSH programs the suite runs; [`OPENSSH_DIR_VAR`] decides where they come from.
+pub const OPENSSH_PROGRAMS: [&str; 5] = ["sshd", "ssh", "ssh-agent", "ssh-add", "ssh-keygen"];
+
+/// `DIR`, `DIR/bin` and `DIR/sbin` of [`OPENSSH_DIR_VAR`]; `None` when it is unset or empty.
+pub fn openssh_dirs() -> Option<Vec<PathBuf>> {
+    let dir = std::env::var_os(OPENSSH_DIR_VAR).filter(|d| !d.is_empty())?;
+    let dir = PathBuf::from(dir);
+    Some(vec![dir.join("bin"), dir.join("sbin"), dir])
+}
+
+/// Finds a program in `PATH` or the sbin directories, where Debian puts `sshd`. OpenSSH's
+/// programs come only from [`OPENSSH_DIR_VAR`] when it is set: falling back to the system's
+/// would test the wrong version without saying so.
 pub fn find_program(name: &str) -> Option<PathBuf> {
+    if OPENSSH_PROGRAMS.contains(&name) {
+        name_openssh_in_failures();
+        if let Some(dirs) = openssh_dirs() {
+            return dirs
+                .into_iter()
+                .map(|dir| dir.join(name))
+                .find(|candidate| candidate.is_file());
+        }
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
@@ -109,18 +138,114 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 
 /// The installed program `name`; panics when it is missing.
 pub fn program(name: &str) -> PathBuf {
-    find_program(name).unwrap_or_else(|| panic!("{name} is not installed"))
+    find_program(name).unwrap_or_else(|| match std::env::var_os(OPENSSH_DIR_VAR) {
+        Some(dir) if OPENSSH_PROGRAMS.contains(&name) && !dir.is_empty() => panic!(
+            "{name} is not in {OPENSSH_DIR_VAR}={} (nor its bin/ or sbin/): build that OpenSSH \
+             (scripts/openssh-10.sh) or unset {OPENSSH_DIR_VAR} to test the system's",
+            dir.to_string_lossy()
+        ),
+        _ => panic!("{name} is not installed"),
+    })
 }
 
-/// Whether OpenSSH's `sshd`, `ssh`, `ssh-agent`, `ssh-add` and `ssh-keygen` are installed.
-/// A missing OpenSSH is a failure in CI (env `CI` set) and a skip elsewhere.
+/// `PATH` for the processes the suite starts (`moshca-server`, `moshca`), with the
+/// [`OPENSSH_DIR_VAR`] directories first: the server's and the client's own `ssh-keygen -Q`
+/// checks of a KRL must use the OpenSSH under test too.
+pub fn child_path() -> std::ffi::OsString {
+    let inherited = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    let dirs = openssh_dirs().unwrap_or_default();
+    std::env::join_paths(dirs.into_iter().chain(std::env::split_paths(&inherited)))
+        .expect("PATH entries hold no separator")
+}
+
+/// What `ssh -V` of the OpenSSH under test prints (e.g. `OpenSSH_9.2p1 Debian-2+deb12u5,
+/// OpenSSL 3.0.19 …`), and where it comes from; read once per process.
+pub fn openssh_version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| {
+        let origin = match std::env::var_os(OPENSSH_DIR_VAR).filter(|d| !d.is_empty()) {
+            Some(dir) => format!("{OPENSSH_DIR_VAR}={}", dir.to_string_lossy()),
+            None => "the system's".to_owned(),
+        };
+        let ssh = match std::env::var_os(OPENSSH_DIR_VAR).filter(|d| !d.is_empty()) {
+            Some(_) => openssh_dirs()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|dir| dir.join("ssh"))
+                .find(|candidate| candidate.is_file()),
+            None => std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .map(|dir| dir.join("ssh"))
+                .find(|candidate| candidate.is_file()),
+        };
+        let said = ssh
+            .and_then(|ssh| Command::new(ssh).arg("-V").output().ok())
+            .map(|out| {
+                // ssh -V prints to stderr; some builds print to stdout.
+                let text = [out.stderr, out.stdout].concat();
+                String::from_utf8_lossy(&text).trim().to_owned()
+            })
+            .filter(|text| text.starts_with("OpenSSH_"))
+            .unwrap_or_else(|| "unknown version (no ssh -V)".to_owned());
+        format!("{said} [{origin}]")
+    })
+}
+
+/// `(major, minor)` of the OpenSSH under test, from [`openssh_version`] (`OpenSSH_10.0p2`
+/// -> `(10, 0)`); `None` when unknown.
+pub fn openssh_release() -> Option<(u32, u32)> {
+    let rest = openssh_version().strip_prefix("OpenSSH_")?;
+    let number: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let (major, minor) = number.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// Whether the OpenSSH under test is at least `major.minor`. Panics when its version is
+/// unknown: a test that depends on the version must not guess.
+pub fn openssh_at_least(major: u32, minor: u32) -> bool {
+    let release = openssh_release().unwrap_or_else(|| {
+        panic!(
+            "cannot tell the OpenSSH version from `ssh -V`: {}",
+            openssh_version()
+        )
+    });
+    release >= (major, minor)
+}
+
+/// Installs, once per process, a panic hook that follows every failure's message with the
+/// OpenSSH version under test, so a failure in the second (or any) pass says which version
+/// it was.
+fn name_openssh_in_failures() {
+    static HOOK: OnceLock<()> = OnceLock::new();
+    HOOK.get_or_init(|| {
+        let version = openssh_version();
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            eprintln!("(OpenSSH under test: {version})");
+        }));
+    });
+}
+
+/// Whether OpenSSH's `sshd`, `ssh`, `ssh-agent`, `ssh-add` and `ssh-keygen` are installed
+/// (in [`OPENSSH_DIR_VAR`] when it is set). A missing OpenSSH is a failure in CI (env `CI`
+/// set) and a skip elsewhere.
 pub fn require_openssh() -> bool {
-    let absent: Vec<&str> = ["sshd", "ssh", "ssh-agent", "ssh-add", "ssh-keygen"]
+    let absent: Vec<&str> = OPENSSH_PROGRAMS
         .into_iter()
         .filter(|name| find_program(name).is_none())
         .collect();
     if absent.is_empty() {
         true
+    } else if let Some(dir) = std::env::var_os(OPENSSH_DIR_VAR).filter(|d| !d.is_empty()) {
+        missing(&format!(
+            "OpenSSH is missing from {OPENSSH_DIR_VAR}={} ({}); build it with \
+             scripts/openssh-10.sh or point {OPENSSH_DIR_VAR} at another installation",
+            dir.to_string_lossy(),
+            absent.join(", ")
+        ))
     } else {
         missing(&format!(
             "OpenSSH is missing ({}); install openssh-server and openssh-client",
@@ -541,7 +666,8 @@ impl Ca {
         run(Command::new(server_bin())
             .args(args)
             .arg("--data-dir")
-            .arg(self.data_dir()))
+            .arg(self.data_dir())
+            .env("PATH", child_path()))
     }
 
     /// Replaces policy.toml (the server reads it at start and on [`Ca::reload`]).
@@ -589,6 +715,7 @@ impl Ca {
             .args(["--listen", &listen])
             // Plain text logs: they are read by people and by tests, not a terminal.
             .env("NO_COLOR", "1")
+            .env("PATH", child_path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
@@ -748,6 +875,7 @@ pub fn moshca(ca: &Ca, token: Option<&str>, agent: Option<&SshAgent>) -> Command
         .env("MOSHCA_SERVER", ca.url())
         .env("MOSHCA_CA_CERT", ca.tls_cert())
         .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("PATH", child_path())
         .env("HOME", home);
     if let Some(token) = token {
         cmd.env("MOSHCA_TOKEN", token);
@@ -867,7 +995,11 @@ impl Drop for Sshd {
     fn drop(&mut self) {
         kill_child(&mut self.child);
         if thread::panicking() {
-            eprintln!("--- sshd log ---\n{}\n--- end of sshd log ---", self.log());
+            eprintln!(
+                "--- sshd log ({}) ---\n{}\n--- end of sshd log ---",
+                openssh_version(),
+                self.log()
+            );
         }
     }
 }

@@ -797,20 +797,22 @@ fn harness_sshd_trusts_a_certificate_made_by_ssh_keygen() {
     let dir = tempfile::tempdir().unwrap();
     let ca_key = keygen(dir.path(), "ca");
     let key = keygen(dir.path(), "user");
-    run(std::process::Command::new("ssh-keygen")
-        .args(["-q", "-s"])
-        .arg(&ca_key)
-        .args([
-            "-I",
-            "harness:key-id",
-            "-n",
-            LOGIN,
-            "-V",
-            "-1m:+5m",
-            "-z",
-            "77",
-        ])
-        .arg(public_key(&key)))
+    run(
+        std::process::Command::new(moshca_e2e::program("ssh-keygen"))
+            .args(["-q", "-s"])
+            .arg(&ca_key)
+            .args([
+                "-I",
+                "harness:key-id",
+                "-n",
+                LOGIN,
+                "-V",
+                "-1m:+5m",
+                "-z",
+                "77",
+            ])
+            .arg(public_key(&key)),
+    )
     .assert_ok();
     let cert = dir.path().join("user-cert.pub");
     let info = CertInfo::read(&cert);
@@ -836,7 +838,7 @@ fn harness_sshd_trusts_a_certificate_made_by_ssh_keygen() {
 
     let agent = SshAgent::start();
     assert_eq!(agent.list(), Vec::<String>::new());
-    run(std::process::Command::new("ssh-add")
+    run(std::process::Command::new(moshca_e2e::program("ssh-add"))
         .arg(&key)
         .env("SSH_AUTH_SOCK", agent.socket()))
     .assert_ok();

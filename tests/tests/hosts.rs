@@ -21,8 +21,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use moshca_e2e::{
-    Ca, CertInfo, LOGIN, OTHER_LOGIN, Run, SshAgent, client_bin, fingerprint, free_port, keygen,
-    make_host_key, moshca, poll, program, revoked_in, run, unix_now, wide,
+    Ca, CertInfo, LOGIN, OTHER_LOGIN, Run, SshAgent, child_path, client_bin, fingerprint,
+    free_port, keygen, make_host_key, moshca, poll, program, revoked_in, run, unix_now, wide,
 };
 use serde_json::Value;
 use tempfile::TempDir;
@@ -300,10 +300,7 @@ impl Host {
     fn sync(&self, ca: &Ca) -> Run {
         let mut cmd = Command::new(client_bin());
         cmd.env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-            )
+            .env("PATH", child_path())
             .env("MOSHCA_SERVER", ca.url())
             .env("MOSHCA_CA_CERT", ca.tls_cert())
             .args(["host", "sync", "--dir"])
