@@ -76,11 +76,12 @@ echo "--- tests against OpenSSH 10.0: $("$openssh_10/bin/ssh" -V 2>&1) ($openssh
 # The KRL encoder against ssh-keygen, then every end-to-end test binary that runs an OpenSSH
 # program: login (e2e), revocation, rotation and the host kit (hosts), KRL delivery
 # (krl_delivery), CI certificates (ci), break-glass logins (audit), the agent and
-# ssh-keygen as tools (hygiene, scripting) and the pinned differences (openssh). The rest
+# ssh-keygen as tools (hygiene, scripting), host certificates with ssh (host_certs) and the
+# pinned differences (openssh). The rest
 # do not depend on the OpenSSH version. `--workspace` keeps the features of the first pass,
 # so its test binaries run again without a rebuild.
 export MOSHCA_E2E_OPENSSH_DIR="$openssh_10"
 cargo test --no-fail-fast --workspace --lib krl::tests::ssh_keygen
 cargo test --no-fail-fast --workspace --test openssh --test e2e --test hosts \
-    --test krl_delivery --test ci --test audit --test hygiene --test scripting
+    --test krl_delivery --test ci --test audit --test hygiene --test scripting --test host_certs
 echo "test.sh: the OpenSSH 10.0 pass took $(($(date +%s) - started)) s (fetch and build $((built - started)) s)" >&2
