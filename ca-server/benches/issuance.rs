@@ -253,7 +253,7 @@ impl Server {
             loaded.authority,
             loaded.verifier,
             loaded.notifier,
-            Some(loaded.identity),
+            Some(loaded.tls),
             async {
                 let _ = stopped.await;
             },

@@ -13,6 +13,7 @@
 //! | [`signer`] | owns the CA keys (user and host, kept apart); grant + subject key -> certificate |
 //! | [`auth`] | bearer tokens -> [`auth::Caller`] |
 //! | [`limits`] | per-peer limits on failed authentication, per-caller limits on refusals |
+//! | [`tls`] | the server's TLS certificate and key, replaced on SIGHUP |
 //! | [`text`] | bounds of caller-supplied strings, the free-text rule, escaping for logs |
 //! | [`oidc`] | CI jobs' OIDC ID tokens -> verified workload identity |
 //! | [`authority`] | use cases; orchestrates the above with the store and audit |
@@ -54,4 +55,5 @@ pub mod service;
 pub mod signer;
 pub mod store;
 pub mod text;
+pub mod tls;
 pub mod users;

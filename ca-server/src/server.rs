@@ -13,7 +13,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use moshca_proto::v1::certificate_authority_server::CertificateAuthorityServer;
 use tokio::net::TcpListener;
-use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::authority::Authority;
 use crate::clock;
@@ -38,7 +37,7 @@ pub async fn run(
     authority: Arc<Authority>,
     verifier: Arc<Verifier>,
     notifier: Notifier,
-    tls: Option<Identity>,
+    tls: Option<Arc<crate::tls::Tls>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -69,33 +68,41 @@ pub async fn run(
     // delivery cut short by shutdown is sent again on the next start.
     let notifications = tokio::spawn(notifier.run(authority.subscribe()));
 
-    let mut builder = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(256))
-        .max_frame_size(Some(16 * 1024));
-    if let Some(identity) = tls {
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(identity))
-            .context("configuring TLS")?;
-    }
-    let result = builder
+        .max_frame_size(Some(16 * 1024))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(crate::service::TokenExpiryHeader(api))
-        .serve_with_incoming_shutdown(
-            // TCP_NODELAY: without it Nagle's algorithm and delayed ACKs add ~40 ms to
-            // every small request/response exchange.
-            tonic::transport::server::TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(60))),
-            async move {
-                shutdown.await;
-                let _ = stop_tx.send(true);
-            },
-        )
-        .await
-        .context("serving gRPC");
+        .add_service(crate::service::TokenExpiryHeader(api));
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let result = match tls {
+        Some(tls) => {
+            let (incoming, acceptor) = tls.incoming(listener);
+            let served = router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await;
+            acceptor.abort();
+            served
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    // TCP_NODELAY: without it Nagle's algorithm and delayed ACKs add
+                    // ~40 ms to every small request/response exchange.
+                    tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true))
+                        .with_keepalive(Some(Duration::from_secs(60))),
+                    shutdown,
+                )
+                .await
+        }
+    }
+    .context("serving gRPC");
     sweeper.abort();
     notifications.abort();
     jwks.abort();
@@ -184,10 +191,10 @@ pub struct Loaded {
     /// Webhook notifications, for [`run`] to start.
     pub notifier: Notifier,
     /// The TLS certificate and key.
-    pub identity: Identity,
+    pub tls: Arc<crate::tls::Tls>,
 }
 
-/// Loads policy, store, CA key, OIDC issuers, webhooks and TLS identity from the data
+/// Loads policy, store, CA key, OIDC issuers, webhooks and TLS certificate from the data
 /// directory.
 pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<Loaded> {
     secret_file::check_data_dir(&config.data_dir, &config.database)?;
@@ -206,9 +213,8 @@ pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<L
         .context("starting the WAL checkpoint thread")?;
     let notifier = Notifier::new(store.clone(), &config.webhooks)?;
     store.set_outbox(!config.webhooks.is_empty());
-    let cert = std::fs::read(&config.tls_cert)
-        .with_context(|| format!("reading TLS certificate {}", config.tls_cert.display()))?;
-    let key = secret_file::read_secret(&config.tls_key, "TLS key")?;
+    let tls = Arc::new(crate::tls::Tls::load(&config.tls_cert, &config.tls_key)?);
+    tracing::info!(fingerprint = %tls.fingerprint(), "TLS certificate loaded");
     tracing::info!(ca = %signer.fingerprint(), "CA key loaded");
     let key_files = crate::ca_keys::KeyFiles::of(config);
     key_files.write_missing_public_files();
@@ -227,7 +233,7 @@ pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<L
         authority: Arc::new(authority),
         verifier: Arc::new(Verifier::new(&config.oidc_issuers)),
         notifier,
-        identity: Identity::from_pem(cert, key.as_slice()),
+        tls,
     })
 }
 
@@ -308,6 +314,19 @@ fn reload(authority: &Authority, config: &Config, passphrase_file: Option<&Path>
     }
 }
 
+/// SIGHUP: re-read the TLS certificate and key (renewed by the company's CA, say); an
+/// invalid pair is refused and the old one stays.
+fn reload_tls_files(tls: &crate::tls::Tls, config: &Config) {
+    match tls.reload(&config.tls_cert, &config.tls_key) {
+        Ok(true) => tracing::info!(fingerprint = %tls.fingerprint(), "TLS certificate reloaded"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(
+            "TLS certificate reload refused, keeping the old one: {}",
+            crate::text::one_line(&format!("{e:#}"))
+        ),
+    }
+}
+
 /// The first 16 hex digits of the SHA-256 of a policy file's text: which file is in force.
 pub fn policy_digest(text: &str) -> String {
     use sha2::Digest as _;
@@ -339,7 +358,7 @@ pub async fn serve(
         authority,
         verifier,
         notifier,
-        identity,
+        tls,
     } = open(&config, passphrase_file)?;
     let addr = listen.unwrap_or(config.listen);
     let listener = TcpListener::bind(addr)
@@ -351,14 +370,20 @@ pub async fn serve(
     let reload_authority = authority.clone();
     let reload_config = config.clone();
     let reload_pass = passphrase_file.map(Path::to_path_buf);
+    let reload_tls = tls.clone();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            let (a, c, p) = (
+            let (a, c, p, t) = (
                 reload_authority.clone(),
                 reload_config.clone(),
                 reload_pass.clone(),
+                reload_tls.clone(),
             );
-            let _ = tokio::task::spawn_blocking(move || reload(&a, &c, p.as_deref())).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                reload(&a, &c, p.as_deref());
+                reload_tls_files(&t, &c);
+            })
+            .await;
         }
     });
 
@@ -372,15 +397,7 @@ pub async fn serve(
     };
     // One line: `announce` prints it on stdout, which scripts read and journald keeps.
     announce(local);
-    run(
-        listener,
-        authority,
-        verifier,
-        notifier,
-        Some(identity),
-        shutdown,
-    )
-    .await
+    run(listener, authority, verifier, notifier, Some(tls), shutdown).await
 }
 
 #[allow(clippy::print_stdout)]

@@ -613,6 +613,7 @@ pub struct Ca {
     url: Option<String>,
     port: Option<u16>,
     stdout_lines: Option<mpsc::Receiver<String>>,
+    server_env: Vec<(String, String)>,
 }
 
 impl Ca {
@@ -636,6 +637,7 @@ impl Ca {
             url: None,
             port: None,
             stdout_lines: None,
+            server_env: Vec::new(),
         };
         let mut args = vec!["init"];
         args.extend(init_args);
@@ -716,6 +718,11 @@ impl Ca {
             // Plain text logs: they are read by people and by tests, not a terminal.
             .env("NO_COLOR", "1")
             .env("PATH", child_path())
+            .envs(
+                self.server_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
@@ -764,6 +771,11 @@ impl Ca {
         self.port = Some(port);
         self.stdout_lines = Some(rx);
         self.server = Some(child);
+    }
+
+    /// Sets `name=value` in the environment of every later [`Ca::start`].
+    pub fn server_env(&mut self, name: &str, value: &str) {
+        self.server_env.push((name.to_owned(), value.to_owned()));
     }
 
     /// Stops the server with SIGTERM (graceful shutdown) and waits for it to exit.

@@ -80,7 +80,7 @@ pub async fn serve(config: &Config, loaded: server::Loaded) -> Served {
         loaded.authority,
         loaded.verifier,
         loaded.notifier,
-        Some(loaded.identity),
+        Some(loaded.tls),
         async {
             let _ = stopped.await;
         },
