@@ -927,64 +927,22 @@ pub fn make_host_key(path: &Path) {
     .assert_ok();
 }
 
+/// The temporary directory of one private sshd.
+fn sshd_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("moshca-e2e-sshd")
+        .tempdir()
+        .expect("temp dir")
+}
+
 impl Sshd {
-    /// Starts sshd trusting the user CA public key at `ca_public_key`.
+    /// Starts sshd trusting the user CA public key at `ca_public_key`, with a host key of
+    /// its own.
     pub fn start(ca_public_key: &Path) -> Sshd {
-        let dir = tempfile::Builder::new()
-            .prefix("moshca-e2e-sshd")
-            .tempdir()
-            .expect("temp dir");
+        let dir = sshd_dir();
         let host_key = dir.path().join("host_ed25519");
         make_host_key(&host_key);
-        let revoked = dir.path().join("revoked_keys");
-        // A missing RevokedKeys file refuses every key; an empty one revokes nothing.
-        fs::write(&revoked, b"").expect("write revoked_keys");
-        fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd (privilege separation)");
-        let config = dir.path().join("sshd_config");
-        let log = dir.path().join("sshd.log");
-        let mut last_log = String::new();
-        for _attempt in 0..5 {
-            let port = free_port();
-            fs::write(
-                &config,
-                format!(
-                    "Port {port}\n\
-                     ListenAddress 127.0.0.1\n\
-                     HostKey {}\n\
-                     PidFile none\n\
-                     UsePAM no\n\
-                     StrictModes no\n\
-                     AuthorizedKeysFile none\n\
-                     PasswordAuthentication no\n\
-                     KbdInteractiveAuthentication no\n\
-                     PubkeyAuthentication yes\n\
-                     TrustedUserCAKeys {}\n\
-                     RevokedKeys {}\n\
-                     LogLevel VERBOSE\n",
-                    host_key.display(),
-                    ca_public_key.display(),
-                    revoked.display()
-                ),
-            )
-            .expect("write sshd_config");
-            let stderr = fs::File::create(&log).expect("create sshd log");
-            let mut child = Command::new(program("sshd"))
-                .arg("-D")
-                .arg("-e")
-                .arg("-f")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .expect("start sshd");
-            if wait_for_port(port, &mut child, START_TIMEOUT) {
-                return Sshd { dir, port, child };
-            }
-            kill_child(&mut child);
-            last_log = fs::read_to_string(&log).unwrap_or_default();
-        }
-        panic!("sshd did not start listening; its last log:\n{last_log}");
+        Sshd::launch(dir, ca_public_key, &host_key, None)
     }
 
     /// The loopback port sshd listens on.
@@ -1333,10 +1291,18 @@ impl Sshd {
         host_key: &Path,
         host_certificate: Option<&Path>,
     ) -> Sshd {
-        let dir = tempfile::Builder::new()
-            .prefix("moshca-e2e-sshd")
-            .tempdir()
-            .expect("temp dir");
+        Sshd::launch(sshd_dir(), ca_public_key, host_key, host_certificate)
+    }
+
+    /// Writes sshd_config into `dir` and starts sshd on a free port (retrying a port
+    /// another process took meanwhile).
+    fn launch(
+        dir: TempDir,
+        ca_public_key: &Path,
+        host_key: &Path,
+        host_certificate: Option<&Path>,
+    ) -> Sshd {
+        // A missing RevokedKeys file refuses every key; an empty one revokes nothing.
         let revoked = dir.path().join("revoked_keys");
         fs::write(&revoked, b"").expect("write revoked_keys");
         fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd (privilege separation)");
