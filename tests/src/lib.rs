@@ -945,6 +945,69 @@ impl Sshd {
         Sshd::launch(dir, ca_public_key, &host_key, None)
     }
 
+    /// Writes sshd_config into `dir` and starts sshd on a free port (retrying a port
+    /// another process took meanwhile).
+    fn launch(
+        dir: TempDir,
+        ca_public_key: &Path,
+        host_key: &Path,
+        host_certificate: Option<&Path>,
+    ) -> Sshd {
+        // A missing RevokedKeys file refuses every key; an empty one revokes nothing.
+        let revoked = dir.path().join("revoked_keys");
+        fs::write(&revoked, b"").expect("write revoked_keys");
+        fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd (privilege separation)");
+        let config = dir.path().join("sshd_config");
+        let log = dir.path().join("sshd.log");
+        let certificate = host_certificate
+            .map(|c| format!("HostCertificate {}\n", c.display()))
+            .unwrap_or_default();
+        let mut last_log = String::new();
+        for _attempt in 0..5 {
+            let port = free_port();
+            fs::write(
+                &config,
+                format!(
+                    "Port {port}\n\
+                     ListenAddress 127.0.0.1\n\
+                     HostKey {}\n\
+                     {certificate}\
+                     PidFile none\n\
+                     UsePAM no\n\
+                     StrictModes no\n\
+                     AuthorizedKeysFile none\n\
+                     PasswordAuthentication no\n\
+                     KbdInteractiveAuthentication no\n\
+                     PubkeyAuthentication yes\n\
+                     TrustedUserCAKeys {}\n\
+                     RevokedKeys {}\n\
+                     LogLevel VERBOSE\n",
+                    host_key.display(),
+                    ca_public_key.display(),
+                    revoked.display()
+                ),
+            )
+            .expect("write sshd_config");
+            let stderr = fs::File::create(&log).expect("create sshd log");
+            let mut child = Command::new(program("sshd"))
+                .arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .expect("start sshd");
+            if wait_for_port(port, &mut child, START_TIMEOUT) {
+                return Sshd { dir, port, child };
+            }
+            kill_child(&mut child);
+            last_log = fs::read_to_string(&log).unwrap_or_default();
+        }
+        panic!("sshd did not start listening; its last log:\n{last_log}");
+    }
+
     /// The loopback port sshd listens on.
     pub fn port(&self) -> u16 {
         self.port
@@ -1292,69 +1355,6 @@ impl Sshd {
         host_certificate: Option<&Path>,
     ) -> Sshd {
         Sshd::launch(sshd_dir(), ca_public_key, host_key, host_certificate)
-    }
-
-    /// Writes sshd_config into `dir` and starts sshd on a free port (retrying a port
-    /// another process took meanwhile).
-    fn launch(
-        dir: TempDir,
-        ca_public_key: &Path,
-        host_key: &Path,
-        host_certificate: Option<&Path>,
-    ) -> Sshd {
-        // A missing RevokedKeys file refuses every key; an empty one revokes nothing.
-        let revoked = dir.path().join("revoked_keys");
-        fs::write(&revoked, b"").expect("write revoked_keys");
-        fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd (privilege separation)");
-        let config = dir.path().join("sshd_config");
-        let log = dir.path().join("sshd.log");
-        let certificate = host_certificate
-            .map(|c| format!("HostCertificate {}\n", c.display()))
-            .unwrap_or_default();
-        let mut last_log = String::new();
-        for _attempt in 0..5 {
-            let port = free_port();
-            fs::write(
-                &config,
-                format!(
-                    "Port {port}\n\
-                     ListenAddress 127.0.0.1\n\
-                     HostKey {}\n\
-                     {certificate}\
-                     PidFile none\n\
-                     UsePAM no\n\
-                     StrictModes no\n\
-                     AuthorizedKeysFile none\n\
-                     PasswordAuthentication no\n\
-                     KbdInteractiveAuthentication no\n\
-                     PubkeyAuthentication yes\n\
-                     TrustedUserCAKeys {}\n\
-                     RevokedKeys {}\n\
-                     LogLevel VERBOSE\n",
-                    host_key.display(),
-                    ca_public_key.display(),
-                    revoked.display()
-                ),
-            )
-            .expect("write sshd_config");
-            let stderr = fs::File::create(&log).expect("create sshd log");
-            let mut child = Command::new(program("sshd"))
-                .arg("-D")
-                .arg("-e")
-                .arg("-f")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .expect("start sshd");
-            if wait_for_port(port, &mut child, START_TIMEOUT) {
-                return Sshd { dir, port, child };
-            }
-            kill_child(&mut child);
-            last_log = fs::read_to_string(&log).unwrap_or_default();
-        }
-        panic!("sshd did not start listening; its last log:\n{last_log}");
     }
 }
 
