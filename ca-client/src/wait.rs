@@ -149,6 +149,7 @@ pub async fn until_decided(
             return Err(Error::rpc("watch request", &broken));
         }
         let pause = backoff(failures);
+        // Printed above the spinner (see `progress`), which says the same on its line.
         tracing::warn!(request_id = %id, error = %broken.message(), "watch broken; retrying in {pause:?}");
         spinner.reconnecting(request, pause);
         tokio::select! {
@@ -248,6 +249,8 @@ impl Spinner {
         }
         bar.set_message(waiting_message(request));
         bar.enable_steady_tick(Duration::from_millis(120));
+        // Log lines and notices now go above the spinner, not into its line.
+        crate::progress::set_active(Some(bar.clone()));
         Spinner(bar)
     }
 
@@ -266,6 +269,7 @@ impl Spinner {
 
 impl Drop for Spinner {
     fn drop(&mut self) {
+        crate::progress::set_active(None);
         self.0.finish_and_clear();
     }
 }

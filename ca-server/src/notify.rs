@@ -374,6 +374,15 @@ impl Notifier {
         })
     }
 
+    /// Names of the webhooks that receive events with `action`, in config order.
+    pub fn subscribers(&self, action: &str) -> Vec<String> {
+        self.hooks
+            .iter()
+            .filter(|h| h.webhook.events.iter().any(|e| e == action))
+            .map(|h| h.webhook.name.clone())
+            .collect()
+    }
+
     /// Creates a delivery per interested webhook for every waiting outbox event, and marks
     /// the events fanned out (those no webhook wants, to nobody). Blocks on the store.
     /// Returns how many deliveries were created.
