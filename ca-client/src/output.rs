@@ -368,15 +368,18 @@ pub fn error_view(error: &str, hint: Option<String>, exit: u8) -> serde_json::Va
 
 /// Writes an error clap found in the command line as JSON on stdout.
 pub fn usage_error_json(message: &str, exit: u8) {
-    let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
-    let error = lines
-        .next()
-        .unwrap_or("invalid command line")
-        .trim_start_matches("error: ")
-        .to_owned();
-    let hint = lines
+    // clap's text: the error (maybe over several lines), a blank line, then tips and usage.
+    let mut paragraphs = message.split("\n\n");
+    let error = crate::error::one_line(paragraphs.next().unwrap_or_default());
+    let error = match error.trim_start_matches("error: ") {
+        "" => "invalid command line".to_owned(),
+        text => text.to_owned(),
+    };
+    let hint = paragraphs
+        .flat_map(str::lines)
+        .map(str::trim)
         .find(|l| l.starts_with("tip:") || l.starts_with("Usage:"))
-        .map(ToOwned::to_owned);
+        .map(|l| format!("{l}; see --help"));
     let _ = print_json(&error_view(&error, hint, exit));
 }
 

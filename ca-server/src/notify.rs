@@ -829,6 +829,23 @@ mod tests {
     }
 
     #[test]
+    fn break_glass_subscribers_are_the_hooks_that_want_it() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let n = Notifier::new(
+            store.clone(),
+            &[
+                hook("approvers", &["request.created"], 2),
+                hook("oncall", &["request.break_glass"], 2),
+                hook("all", NOTIFY_ACTIONS, 8),
+            ],
+        )
+        .unwrap();
+        assert_eq!(n.subscribers("request.break_glass"), ["oncall", "all"]);
+        let none = Notifier::new(store, &[hook("approvers", &["request.created"], 2)]).unwrap();
+        assert!(none.subscribers("request.break_glass").is_empty());
+    }
+
+    #[test]
     fn fan_out_follows_events_and_drops_are_audited() {
         let store = Arc::new(Store::open_in_memory().unwrap());
         let n = Notifier::new(
