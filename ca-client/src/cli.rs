@@ -498,6 +498,57 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
+    fn resume_stands_alone_and_keep_pending_excludes_break_glass() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("moshca").chain(args.iter().copied()))
+        };
+        let cli = parse(&["login", "--resume", "01JREQ"]).unwrap();
+        let Command::Login(login) = cli.command else {
+            panic!("not login")
+        };
+        assert_eq!(login.resume.as_deref(), Some("01JREQ"));
+        assert!(login.role.is_none() && login.reason.is_none());
+        let conflict = parse(&["login", "--resume", "01JREQ", "--role", "db"]).unwrap_err();
+        assert_eq!(conflict.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let missing = parse(&["login", "--reason", "x"]).unwrap_err();
+        assert_eq!(
+            missing.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+        let glass = parse(&[
+            "login",
+            "--role",
+            "r",
+            "--reason",
+            "x",
+            "--keep-pending",
+            "--break-glass",
+        ]);
+        assert_eq!(
+            glass.unwrap_err().kind(),
+            clap::error::ErrorKind::ArgumentConflict
+        );
+    }
+
+    #[test]
+    fn status_takes_an_optional_id_and_completion_a_shell() {
+        let cli = Cli::try_parse_from(["moshca", "status"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Status(StatusArgs { id: None })
+        ));
+        let cli = Cli::try_parse_from(["moshca", "completion", "zsh"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Completion(CompletionArgs {
+                shell: clap_complete::Shell::Zsh
+            })
+        ));
+        assert!(Cli::try_parse_from(["moshca", "completion", "tcsh"]).is_err());
+        assert!(Cli::try_parse_from(["moshca", "logout"]).is_ok());
+    }
+
+    #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
