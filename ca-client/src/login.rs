@@ -147,7 +147,11 @@ async fn finish(
         Some(outcome) => outcome,
         None => {
             wait::announce(&request);
-            wait::until_decided(client, &request, waiting.timeout, ctrl_c()).await?
+            if waiting.keep.is_some() {
+                wait::until_decided_keeping(client, &request, waiting.timeout, ctrl_c()).await?
+            } else {
+                wait::until_decided(client, &request, waiting.timeout, ctrl_c()).await?
+            }
         }
     };
     let forget = || {

@@ -437,6 +437,36 @@ fn ctrl_c_exits_130_and_cancels_the_request() {
     out.assert_code(130);
     assert!(out.stderr.contains("the request was cancelled"), "{out}");
     assert_eq!(state_of(&ca, &id), "cancelled");
+
+    // With --keep-pending, Ctrl-C leaves the request pending and keeps the key.
+    let runtime = tempfile::tempdir().unwrap();
+    let mut kept = Background::spawn(
+        ca.client_with_agent("alice", &agent)
+            .env("XDG_RUNTIME_DIR", runtime.path())
+            .args([
+                "login",
+                "--role",
+                "db-oncall",
+                "--reason",
+                REASON,
+                "--keep-pending",
+            ]),
+    );
+    let id = kept.wait_for_stderr(WAIT, waiting_request_id);
+    signal(kept.pid(), "INT");
+    let out = kept.finish(WAIT);
+    out.assert_code(130);
+    assert!(
+        out.stderr.contains(&format!("moshca login --resume {id}")),
+        "{out}"
+    );
+    assert_eq!(state_of(&ca, &id), "pending");
+    assert!(
+        runtime
+            .path()
+            .join(format!("moshca/pending/{id}.key"))
+            .exists()
+    );
 }
 
 #[test]
