@@ -67,3 +67,23 @@ impl Drop for StderrWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_log_event_is_kept_whole_until_it_is_printed_above_the_spinner() {
+        set_active(Some(ProgressBar::hidden()));
+        let mut writer = StderrWriter::new();
+        writer.write_all(b"WARN watch broken; ").unwrap();
+        writer.write_all(b"retrying in 1s\n").unwrap();
+        writer.flush().unwrap();
+        assert_eq!(writer.buffer, b"WARN watch broken; retrying in 1s\n");
+        // Printed once, whole, through the registered spinner's suspend.
+        drop(writer);
+        set_active(None);
+        assert!(ACTIVE.lock().unwrap().is_none());
+    }
+}
