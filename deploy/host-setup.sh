@@ -15,8 +15,8 @@
 #      `sshd -t` (the drop-in is removed again if sshd rejects the configuration);
 #   6. reload sshd, install the systemd units and enable moshca-host-sync.timer.
 #
-# --root DIR puts every path under DIR (and writes DIR-prefixed paths into the files), so
-# the whole result can be inspected or tested without touching /etc; it implies
+# --root DIR writes every file under DIR but with the real paths (/etc/ssh/..., /etc/moshca/...)
+# inside them, so the tree can be copied into an image (or inspected) as it is; it implies
 # --no-systemd. --no-systemd skips every systemctl call (sshd reload, timer); the unit files
 # are still written. Re-running is safe: every file is rewritten with the same content.
 
@@ -41,14 +41,17 @@ Usage: host-setup.sh --server URL --ca-cert FILE [options]
   --principal ACCT=P     let certificate principal P log in as local account ACCT
                          (adds P to /etc/ssh/auth_principals/ACCT); repeatable
   --sshd-config FILE     sshd configuration to validate (default: /etc/ssh/sshd_config)
-  --root DIR             put every path under DIR instead of /; implies --no-systemd
+  --root DIR             write every file under DIR instead of / (the files name the real
+                         paths, for an image); implies --no-systemd
+  --textfile FILE        have the timer write a node_exporter textfile there, e.g.
+                         /var/lib/node_exporter/textfile_collector/moshca.prom
   --no-systemd           do not call systemctl (no sshd reload, no timer)
   -h, --help             show this help
 USAGE
 }
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-server='' ca_cert='' binary='' sshd_config='' root=/ no_systemd=0
+server='' ca_cert='' binary='' sshd_config='' root=/ no_systemd=0 textfile=''
 principals=()
 
 while [[ $# -gt 0 ]]; do
@@ -60,6 +63,7 @@ while [[ $# -gt 0 ]]; do
 	--sshd-config) sshd_config=${2:?--sshd-config needs a file}; shift 2 ;;
 	--root) root=${2:?--root needs a directory}; shift 2 ;;
 	--no-systemd) no_systemd=1; shift ;;
+	--textfile) textfile=${2:?--textfile needs a file}; shift 2 ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage >&2; die "unknown argument: $1" "see the usage above" ;;
 	esac
@@ -71,6 +75,8 @@ url_re='^https://[][A-Za-z0-9.:-]+/?$' # host or [v6], optional :port
 [[ $server =~ $url_re ]] ||
 	die "--server must look like https://HOST:PORT, got: $server"
 [[ -r $ca_cert ]] || die "cannot read --ca-cert $ca_cert"
+[[ -z $textfile || ($textfile == /* && $textfile =~ ^[A-Za-z0-9._/-]+$) ]] ||
+	die "--textfile must be an absolute path of letters, digits and . _ / -, got: $textfile"
 grep -q -- '-----BEGIN CERTIFICATE-----' "$ca_cert" ||
 	die "$ca_cert holds no PEM certificate" "use the CA server's DATA_DIR/tls/cert.pem"
 
@@ -86,17 +92,15 @@ elif [[ $(id -u) -ne 0 ]]; then
 fi
 mkdir -p "$p/"
 
+# Where files are written ($p/...) and the paths written into them (the real ones, which
+# the tree has once it is the root of a host or an image).
 ssh_dir=$p/etc/ssh
 etc_dir=$p/etc/moshca
 bin=$p/usr/local/bin/moshca
 unit_dir=$p/etc/systemd/system
+real_ssh_dir=/etc/ssh
+real_etc_dir=/etc/moshca
 sshd_config=${sshd_config:-$ssh_dir/sshd_config}
-
-# Prints a template with its installed paths moved under the prefix (one sed pass, so no
-# path is prefixed twice).
-template() {
-	sed -E "s#/etc/ssh|/etc/moshca|/usr/local/bin/moshca#$p&#g" "$1"
-}
 
 # Writes stdin to $1 with mode $2 through a temp file and rename, so readers never see
 # half a file.
@@ -129,7 +133,7 @@ fi
 write_file "$etc_dir/host.env" 0644 <<EOF
 # Written by moshca deploy/host-setup.sh; read by moshca-host-sync.service.
 MOSHCA_SERVER=$server
-MOSHCA_CA_CERT=$etc_dir/ca-tls.pem
+MOSHCA_CA_CERT=$real_etc_dir/ca-tls.pem
 EOF
 say "wrote $etc_dir/host.env (server $server)"
 
@@ -177,7 +181,7 @@ if [[ -f $dropin ]]; then
 	previous=$(mktemp "$ssh_dir/sshd_config.d/.moshca.conf.previous.XXXXXX")
 	cp -p "$dropin" "$previous"
 fi
-template "$here/sshd/moshca.conf" | write_file "$dropin" 0644
+write_file "$dropin" 0644 <"$here/sshd/moshca.conf"
 say "installed $dropin"
 if [[ $validate -eq 1 ]]; then
 	if ! out=$("$sshd" -t -f "$sshd_config" 2>&1); then
@@ -193,7 +197,7 @@ if [[ $validate -eq 1 ]]; then
 	say "sshd -t -f $sshd_config: configuration is valid"
 	# For these keywords the first value wins: make sure ours is the one sshd uses.
 	effective=$("$sshd" -T -f "$sshd_config" -C user=root,host=localhost,addr=127.0.0.1 2>/dev/null || true)
-	for pair in "trustedusercakeys $ssh_dir/moshca_ca.pub" "revokedkeys $ssh_dir/moshca.krl"; do
+	for pair in "trustedusercakeys $real_ssh_dir/moshca_ca.pub" "revokedkeys $real_ssh_dir/moshca.krl"; do
 		grep -qixF -- "$pair" <<<"$effective" ||
 			warn "sshd does not use '$pair': does $sshd_config Include sshd_config.d/*.conf before any other such line? (check: sshd -T | grep -i ${pair%% *})"
 	done
@@ -203,9 +207,21 @@ fi
 # 6. systemd: units, sshd reload, the timer.
 install -d -m 0755 "$unit_dir"
 for unit in moshca-host-sync.service moshca-host-sync.timer; do
-	template "$here/systemd/$unit" | write_file "$unit_dir/$unit" 0644
+	write_file "$unit_dir/$unit" 0644 <"$here/systemd/$unit"
 done
 say "installed moshca-host-sync.service and .timer in $unit_dir"
+if [[ -n $textfile ]]; then
+	install -d -m 0755 "$unit_dir/moshca-host-sync.service.d"
+	write_file "$unit_dir/moshca-host-sync.service.d/textfile.conf" 0644 <<EOF
+# Written by moshca deploy/host-setup.sh --textfile: node_exporter's textfile collector
+# reads moshca_host_sync_last_success_timestamp_seconds from here.
+[Service]
+ExecStart=
+ExecStart=/usr/local/bin/moshca host sync --dir $real_ssh_dir --textfile $textfile
+ReadWritePaths=-$(dirname "$textfile")
+EOF
+	say "moshca-host-sync.service writes $textfile after every successful sync"
+fi
 if [[ $no_systemd -eq 1 ]]; then
 	say "skipping systemctl (--no-systemd or --root): reload sshd and enable moshca-host-sync.timer yourself"
 else

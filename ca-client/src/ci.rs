@@ -159,6 +159,10 @@ async fn request(
 /// The error for a refused `CreateAccessRequest`: the ID token (UNAUTHENTICATED) or the
 /// role (PERMISSION_DENIED), each with the token's claims for the hint.
 fn refusal(status: &tonic::Status, claims: &str) -> Error {
+    // A bad argument (a ttl out of range among them) exits as in `login` and `request`.
+    if let invalid @ Error::Invalid { .. } = crate::error::create_refused(status) {
+        return invalid;
+    }
     match (status.code(), Error::rpc("create request", status)) {
         (Code::Unauthenticated, Error::Rpc { message, .. }) => Error::IdTokenRejected {
             message: format!("create request: {message}"),
@@ -309,6 +313,12 @@ mod tests {
         assert_eq!(err.exit_code(), 3);
 
         let err = refusal(&tonic::Status::invalid_argument("bad ttl"), claims);
-        assert!(matches!(err, Error::Rpc { .. }), "{err:?}");
+        assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
+        assert_eq!(err.exit_code(), 2);
+        let err = refusal(
+            &tonic::Status::permission_denied("ttl 2h exceeds role deploy's max_ttl 1h"),
+            claims,
+        );
+        assert_eq!(err.exit_code(), 2);
     }
 }

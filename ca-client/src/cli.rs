@@ -16,8 +16,10 @@ use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand};
     version,
     after_help = "Settings come from flags, then MOSHCA_SERVER, MOSHCA_CA_CERT, MOSHCA_TOKEN \
                   (or MOSHCA_TOKEN_FILE), then ~/.config/moshca/config.toml (keys server, \
-                  ca_cert, token_file).\n\nExit codes: 0 ok, 1 error, 2 usage, 3 denied, \
-                  4 expired or timed out."
+                  ca_cert, token_file).\n\nExit codes: 0 ok, 1 error, 2 usage or invalid \
+                  request (e.g. a ttl out of range), 3 denied, 4 expired or timed out, 130 \
+                  interrupted (Ctrl-C). With --json, errors are one JSON object on stdout: \
+                  {\"error\", \"hint\", \"exit\"}."
 )]
 pub struct Cli {
     /// Settings shared by every command.
@@ -63,8 +65,9 @@ pub enum Command {
     Setup(SetupArgs),
     /// Request a certificate for an existing public key; prints the request id
     Request(RequestArgs),
-    /// Show one request
-    Status(IdArgs),
+    /// Show one request; without an id, list your live certificates and which are in
+    /// ssh-agent
+    Status(StatusArgs),
     /// Write the certificate of an issued request
     Fetch(FetchArgs),
     /// Cancel your own pending request
@@ -101,14 +104,33 @@ pub enum Command {
     Ci(CiArgs),
     /// Read the audit trail, oldest first (for the policy's auditors, defaults.auditors)
     Audit(AuditArgs),
+    /// Remove moshca's certificates (and their keys) from ssh-agent; other keys stay
+    Logout,
+    /// Print a shell completion script, e.g. `moshca completion bash >
+    /// /etc/bash_completion.d/moshca`
+    Completion(CompletionArgs),
+}
+
+/// Arguments of `moshca status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Request id (default: list your issued, unexpired, unrevoked certificates)
+    pub id: Option<String>,
+}
+
+/// Arguments of `moshca completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete for
+    pub shell: clap_complete::Shell,
 }
 
 /// Arguments of `moshca login`.
 #[derive(Debug, Args)]
 pub struct LoginArgs {
     /// Role to request, e.g. db-oncall
-    #[arg(long)]
-    pub role: String,
+    #[arg(long, required_unless_present = "resume")]
+    pub role: Option<String>,
 
     /// Login to request; repeat for several (default: all of the role's logins)
     #[arg(long = "principal", value_name = "LOGIN")]
@@ -119,8 +141,8 @@ pub struct LoginArgs {
     pub ttl: Option<Duration>,
 
     /// Why you need access, e.g. "INC-4312 replica lag"
-    #[arg(long)]
-    pub reason: String,
+    #[arg(long, required_unless_present = "resume")]
+    pub reason: Option<String>,
 
     /// Stop waiting (and cancel the request) after this long, e.g. 10m (default: until the
     /// request is decided or expires)
@@ -128,10 +150,20 @@ pub struct LoginArgs {
     pub timeout: Option<Duration>,
 
     /// In an incident: get a short certificate at once, without approval, where the role
-    /// allows break-glass; everyone is notified and the request stays flagged until an
-    /// approver reviews it
-    #[arg(long)]
+    /// allows break-glass; the webhooks subscribed to break-glass are notified and the
+    /// request stays flagged until an approver reviews it
+    #[arg(long, conflicts_with = "keep_pending")]
     pub break_glass: bool,
+
+    /// On --timeout or Ctrl-C, leave the request pending instead of cancelling it; its key
+    /// waits in $XDG_RUNTIME_DIR/moshca/pending (memory, 0600) for `--resume`
+    #[arg(long)]
+    pub keep_pending: bool,
+
+    /// Wait again for a request a `login --keep-pending` on this machine left pending, and
+    /// load its certificate once approved
+    #[arg(long, value_name = "ID", conflicts_with_all = ["role", "reason", "principals", "ttl", "break_glass"])]
+    pub resume: Option<String>,
 }
 
 /// Arguments of `moshca ci`.
@@ -453,6 +485,12 @@ pub struct HostSyncArgs {
     /// Do not run `ssh-keygen -Q -l` on the new KRL (its header is still checked)
     #[arg(long)]
     pub no_check: bool,
+
+    /// After a sync that installed both files, write a node_exporter textfile here
+    /// (atomically) with moshca_host_sync_last_success_timestamp_seconds and the KRL
+    /// version, e.g. /var/lib/node_exporter/textfile_collector/moshca.prom
+    #[arg(long, value_name = "FILE")]
+    pub textfile: Option<PathBuf>,
 }
 
 /// Accepts a plain file name: no directory part, not `.` or `..`.
@@ -534,6 +572,57 @@ fn parse_rfc3339(text: &str) -> Result<i64, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn resume_stands_alone_and_keep_pending_excludes_break_glass() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("moshca").chain(args.iter().copied()))
+        };
+        let cli = parse(&["login", "--resume", "01JREQ"]).unwrap();
+        let Command::Login(login) = cli.command else {
+            panic!("not login")
+        };
+        assert_eq!(login.resume.as_deref(), Some("01JREQ"));
+        assert!(login.role.is_none() && login.reason.is_none());
+        let conflict = parse(&["login", "--resume", "01JREQ", "--role", "db"]).unwrap_err();
+        assert_eq!(conflict.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let missing = parse(&["login", "--reason", "x"]).unwrap_err();
+        assert_eq!(
+            missing.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+        let glass = parse(&[
+            "login",
+            "--role",
+            "r",
+            "--reason",
+            "x",
+            "--keep-pending",
+            "--break-glass",
+        ]);
+        assert_eq!(
+            glass.unwrap_err().kind(),
+            clap::error::ErrorKind::ArgumentConflict
+        );
+    }
+
+    #[test]
+    fn status_takes_an_optional_id_and_completion_a_shell() {
+        let cli = Cli::try_parse_from(["moshca", "status"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Status(StatusArgs { id: None })
+        ));
+        let cli = Cli::try_parse_from(["moshca", "completion", "zsh"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Completion(CompletionArgs {
+                shell: clap_complete::Shell::Zsh
+            })
+        ));
+        assert!(Cli::try_parse_from(["moshca", "completion", "tcsh"]).is_err());
+        assert!(Cli::try_parse_from(["moshca", "logout"]).is_ok());
+    }
 
     #[test]
     fn durations_parse() {

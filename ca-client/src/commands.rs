@@ -24,6 +24,7 @@ use crate::clock;
 use crate::error::{self, Error, Result};
 use crate::install::{self, CaKeys, KrlCheck};
 use crate::keys;
+use crate::metrics;
 use crate::output::{self, Output, SyncReport};
 use crate::rpc::Client;
 
@@ -43,14 +44,47 @@ pub async fn request(client: &mut Client, args: &RequestArgs, out: Output) -> Re
             public_key,
             break_glass: args.break_glass,
         })
-        .await
-        .map_err(|status| Error::rpc("create request", &status))?
-        .into_inner();
+        .await;
+    let created = match created {
+        Ok(created) => created.into_inner(),
+        Err(status) => return Err(create_refused(client, &args.role, &status).await),
+    };
     tracing::info!(request_id = %created.id, role = %created.role, "request created");
     if created.break_glass && output::state(&created) == State::Issued {
         output::break_glass_granted(&created);
     }
     out.created(&created)
+}
+
+/// The error for a refused `CreateAccessRequest`. A PERMISSION_DENIED for a role the
+/// caller may not request asks `WhoAmI` for the roles they may, to suggest the closest.
+pub(crate) async fn create_refused(
+    client: &mut Client,
+    role: &str,
+    status: &tonic::Status,
+) -> Error {
+    let err = error::create_refused(status);
+    if !matches!(
+        err,
+        Error::Rpc {
+            code: tonic::Code::PermissionDenied,
+            ..
+        }
+    ) {
+        return err;
+    }
+    let Ok(who) = client.who_am_i(WhoAmIRequest {}).await else {
+        return err;
+    };
+    let requestable = who.into_inner().requestable_roles;
+    if requestable.iter().any(|r| r == role) {
+        return err;
+    }
+    Error::UnknownRole {
+        message: err.to_string(),
+        suggestion: error::closest_role(role, &requestable),
+        requestable,
+    }
 }
 
 /// `moshca status ID`.
@@ -246,11 +280,17 @@ pub async fn host_sync(client: &mut Client, args: &HostSyncArgs, out: Output) ->
     let ca_keys_path = args.dir.join(&args.ca_keys_name);
     let krl_path = args.dir.join(&args.krl_name);
 
+    // What the files held before, to tell (and print) only what changed.
+    let ca_keys_before = std::fs::read(&ca_keys_path).ok();
+    let krl_before = std::fs::read(&krl_path).ok();
     let ca_keys = match fetch_ca_keys(client, Some(&ca_keys_path)).await {
         Ok(keys) => install::install_ca_keys(&ca_keys_path, &keys).map(|()| keys.len()),
         Err(err) => Err(err),
     };
     let krl = sync_krl(client, &krl_path, &KrlCheck::new(args.no_check)).await;
+    let changed = |path: &Path, before: Option<Vec<u8>>| std::fs::read(path).ok() != before;
+    let ca_keys_changed = ca_keys.is_ok() && changed(&ca_keys_path, ca_keys_before);
+    let krl_changed = krl.is_ok() && changed(&krl_path, krl_before);
 
     let mut failed = Vec::new();
     for (path, result) in [
@@ -267,8 +307,14 @@ pub async fn host_sync(client: &mut Client, args: &HostSyncArgs, out: Output) ->
         ca_keys: ca_keys.as_ref().copied(),
         krl_path: &krl_path,
         krl: krl.as_ref().copied(),
+        ca_keys_changed,
+        krl_changed,
     })?;
     if failed.is_empty() {
+        if let (Some(textfile), Ok(keys), Ok((version, _))) = (&args.textfile, &ca_keys, &krl) {
+            let text = metrics::host_sync_text(clock::now_unix(), *version, *keys);
+            metrics::write_textfile(textfile, &text)?;
+        }
         Ok(())
     } else {
         Err(Error::HostSync { failed })

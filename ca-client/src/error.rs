@@ -26,6 +26,8 @@ pub mod exit {
     pub const DENIED: u8 = 3;
     /// The request or certificate expired, or `--timeout` ran out.
     pub const EXPIRED: u8 = 4;
+    /// Ctrl-C (SIGINT) while waiting: 128 + 2, as shells report a process SIGINT ended.
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// The hint for a missing or refused bearer token.
@@ -331,6 +333,48 @@ pub enum Error {
         /// The CA refused (PERMISSION_DENIED or UNAUTHENTICATED): exit code 3.
         denied: bool,
     },
+    /// The server refused the request's arguments (ttl out of range, reason too short,
+    /// unknown login): a validation error, with the usage exit code.
+    #[error("{message}")]
+    Invalid {
+        /// The server's one-line message, with the call.
+        message: String,
+    },
+    /// The server refused a role the caller may not request; `suggestion` is the closest
+    /// role they may request.
+    #[error("{message}")]
+    UnknownRole {
+        /// The server's one-line message, with the call.
+        message: String,
+        /// The closest requestable role, if one is close.
+        suggestion: Option<String>,
+        /// Every role the caller may request.
+        requestable: Vec<String>,
+    },
+    /// `login --keep-pending` stopped waiting; the request stays pending and its key waits
+    /// for `login --resume`.
+    #[error("stopped waiting for request {id}{}; it stays pending until {expires}", after.as_ref().map(|a| format!(" after {a}")).unwrap_or_default())]
+    StillPending {
+        /// The request id.
+        id: String,
+        /// The timeout, human readable; `None` after Ctrl-C.
+        after: Option<String>,
+        /// When the pending request expires, RFC 3339.
+        expires: String,
+    },
+    /// `--keep-pending` needs a per-user runtime directory to keep the key in.
+    #[error(
+        "--keep-pending needs XDG_RUNTIME_DIR, a private directory in memory, to keep the key in until --resume"
+    )]
+    NoRuntimeDir,
+    /// `--resume` found no key kept for the request.
+    #[error("no key kept for request {id} in {}", dir.display())]
+    NothingToResume {
+        /// The request id.
+        id: String,
+        /// Where kept keys live.
+        dir: PathBuf,
+    },
 }
 
 /// `a, b` for the files `host sync` could not update.
@@ -429,6 +473,12 @@ impl Error {
             Error::Expired { .. } | Error::TimedOut { .. } | Error::CertificateExpired { .. } => {
                 exit::EXPIRED
             }
+            Error::Interrupted { .. } | Error::StillPending { after: None, .. } => {
+                exit::INTERRUPTED
+            }
+            Error::StillPending { after: Some(_), .. } => exit::EXPIRED,
+            Error::Invalid { .. } => exit::USAGE,
+            Error::UnknownRole { .. } => exit::DENIED,
             _ => exit::ERROR,
         }
     }
@@ -573,6 +623,39 @@ impl Error {
                 "the files named were kept as they were and sshd keeps using them; fix the \
                  errors above (the host timer retries every minute)"
             }
+            Error::Invalid { .. } => {
+                "change the flag the message names (`moshca whoami` lists your roles; the CA \
+                 operator can tell you a role's limits)"
+            }
+            Error::UnknownRole {
+                suggestion,
+                requestable,
+                ..
+            } => {
+                let roles = if requestable.is_empty() {
+                    "you may request no role; ask the CA operator to add you to one".to_owned()
+                } else {
+                    format!("roles you may request: {}", requestable.join(", "))
+                };
+                return Some(match suggestion {
+                    Some(role) => format!("did you mean --role {role}? {roles}"),
+                    None => roles,
+                });
+            }
+            Error::StillPending { id, .. } => {
+                return Some(format!(
+                    "once it is approved, run `moshca login --resume {id}` on this machine to \
+                     load the certificate; `moshca cancel {id}` withdraws it"
+                ));
+            }
+            Error::NoRuntimeDir => {
+                "run under a login session (systemd sets XDG_RUNTIME_DIR), or wait without \
+                 --keep-pending (a longer --timeout)"
+            }
+            Error::NothingToResume { .. } => {
+                "only a `moshca login --keep-pending` that stopped on this machine, as this user, \
+                 can be resumed, and only until you log out; start a new `moshca login`"
+            }
             Error::ExposedSecret { .. } => {
                 "a file holding a token must belong to you and grant no access to group or \
                  others, as ssh requires of private keys"
@@ -605,10 +688,36 @@ fn rpc_hint(code: Code) -> Option<&'static str> {
 
 /// Prints `err` to stderr as `moshca: error: ...` and, if there is one, `moshca: hint: ...`.
 pub fn report(err: &Error) {
-    eprintln!("moshca: error: {err}");
+    crate::progress::eprint(&format!("moshca: error: {err}\n"));
     if let Some(hint) = err.hint() {
-        eprintln!("moshca: hint: {hint}");
+        crate::progress::eprint(&format!("moshca: hint: {hint}\n"));
     }
+}
+
+/// The error for a refused `CreateAccessRequest`: the server's validation refusals (an
+/// INVALID_ARGUMENT, or a ttl above the role's max_ttl, which it refuses as
+/// PERMISSION_DENIED) become [`Error::Invalid`], so every bad argument exits alike.
+pub fn create_refused(status: &tonic::Status) -> Error {
+    let err = Error::rpc("create request", status);
+    let ttl_over_max =
+        status.code() == Code::PermissionDenied && status.message().contains("max_ttl");
+    if status.code() == Code::InvalidArgument || ttl_over_max {
+        return Error::Invalid {
+            message: err.to_string(),
+        };
+    }
+    err
+}
+
+/// The role in `roles` closest to the mistyped `role`, if one is close enough to be a typo.
+pub fn closest_role(role: &str, roles: &[String]) -> Option<String> {
+    let limit = (role.chars().count() / 3).max(1);
+    roles
+        .iter()
+        .map(|r| (strsim::damerau_levenshtein(role, r), r))
+        .filter(|(distance, _)| *distance <= limit)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, r)| r.clone())
 }
 
 /// `text` with line breaks folded into spaces, so every error stays one line.
@@ -731,6 +840,44 @@ mod tests {
                 Error::Interrupted {
                     id: "r".into(),
                     cancelled: true,
+                },
+                130,
+            ),
+            (
+                Error::StillPending {
+                    id: "r".into(),
+                    after: None,
+                    expires: "t".into(),
+                },
+                130,
+            ),
+            (
+                Error::StillPending {
+                    id: "r".into(),
+                    after: Some("10m".into()),
+                    expires: "t".into(),
+                },
+                4,
+            ),
+            (
+                Error::Invalid {
+                    message: "m".into(),
+                },
+                2,
+            ),
+            (
+                Error::UnknownRole {
+                    message: "m".into(),
+                    suggestion: None,
+                    requestable: vec![],
+                },
+                3,
+            ),
+            (Error::NoRuntimeDir, 1),
+            (
+                Error::NothingToResume {
+                    id: "r".into(),
+                    dir: "d".into(),
                 },
                 1,
             ),
@@ -922,6 +1069,67 @@ mod tests {
             sync.to_string(),
             "not updated: /etc/ssh/moshca_ca.pub, /etc/ssh/moshca.krl"
         );
+    }
+
+    #[test]
+    fn a_ttl_below_the_minimum_and_above_the_maximum_exit_alike() {
+        let low = create_refused(&tonic::Status::invalid_argument(
+            "ttl 30s is below the minimum of 1m",
+        ));
+        let high = create_refused(&tonic::Status::permission_denied(
+            "ttl 2h exceeds role db's max_ttl 1h",
+        ));
+        assert_eq!(low.exit_code(), exit::USAGE);
+        assert_eq!(high.exit_code(), exit::USAGE);
+        assert_eq!(
+            high.to_string(),
+            "create request: ttl 2h exceeds role db's max_ttl 1h"
+        );
+        let other = create_refused(&tonic::Status::permission_denied("not a requester"));
+        assert_eq!(other.exit_code(), exit::DENIED);
+    }
+
+    #[test]
+    fn a_mistyped_role_gets_the_closest_one() {
+        let roles = vec![
+            "db-oncall".to_owned(),
+            "deploy".to_owned(),
+            "web".to_owned(),
+        ];
+        assert_eq!(
+            closest_role("db-oncal", &roles).as_deref(),
+            Some("db-oncall")
+        );
+        assert_eq!(
+            closest_role("dbo-ncall", &roles).as_deref(),
+            Some("db-oncall")
+        );
+        assert_eq!(closest_role("wbe", &roles).as_deref(), Some("web"));
+        assert_eq!(closest_role("payments", &roles), None);
+        let err = Error::UnknownRole {
+            message: "create request: no".into(),
+            suggestion: Some("db-oncall".into()),
+            requestable: roles,
+        };
+        assert_eq!(
+            err.hint().unwrap(),
+            "did you mean --role db-oncall? roles you may request: db-oncall, deploy, web"
+        );
+    }
+
+    #[test]
+    fn a_kept_request_says_how_to_resume() {
+        let err = Error::StillPending {
+            id: "01JREQ".into(),
+            after: Some("10s".into()),
+            expires: "2025-01-01T01:00:00Z".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "stopped waiting for request 01JREQ after 10s; it stays pending until \
+             2025-01-01T01:00:00Z"
+        );
+        assert!(err.hint().unwrap().contains("moshca login --resume 01JREQ"));
     }
 
     #[test]

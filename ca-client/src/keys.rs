@@ -3,7 +3,8 @@
 //!
 //! The ephemeral key lives in memory: this module writes no file, and its `Debug` shows
 //! only the fingerprint. Only `ci --out` asks for the private key in OpenSSH form (in
-//! zeroized memory) to write it to a 0600 file; `login` never does. The private half is
+//! zeroized memory) to write it to a 0600 file; `login` does only with `--keep-pending`, into
+//! the in-memory runtime directory (see `pending`). The private half is
 //! zeroized on drop by `ssh-key`.
 
 use std::fmt;
@@ -30,6 +31,17 @@ impl EphemeralKey {
         let mut key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519)
             .map_err(|err| Error::Key(err.to_string()))?;
         key.set_comment("moshca ephemeral key");
+        Ok(EphemeralKey { key })
+    }
+
+    /// A key `login --keep-pending` kept (see `pending`), from its OpenSSH private key text.
+    pub fn from_private_openssh(text: &str) -> Result<Self> {
+        let key = PrivateKey::from_openssh(text).map_err(|err| Error::Key(err.to_string()))?;
+        if key.algorithm() != Algorithm::Ed25519 || key.is_encrypted() {
+            return Err(Error::Key(
+                "a kept key must be a plain ed25519 key".to_owned(),
+            ));
+        }
         Ok(EphemeralKey { key })
     }
 

@@ -29,6 +29,10 @@
 //! | [`output`] | the only writer of stdout: human text or `--json` |
 //! | [`error`] | the error type, its hints and exit codes |
 //! | [`clock`] | the one reader of the wall clock |
+//! | [`live`] | `status` without an id and `logout`: live certificates, moshca's in the agent |
+//! | [`metrics`] | the node_exporter textfile of `host sync --textfile` |
+//! | [`pending`] | keys `login --keep-pending` keeps in memory for `login --resume` |
+//! | [`progress`] | the stderr writer that keeps notices and logs off the spinner line |
 //!
 //! `main.rs` only parses arguments, sets up logging and calls [`run`].
 
@@ -42,9 +46,13 @@ pub mod error;
 pub mod hosts;
 pub mod install;
 pub mod keys;
+pub mod live;
 pub mod login;
+pub mod metrics;
 pub mod oidc;
 pub mod output;
+pub mod pending;
+pub mod progress;
 pub mod rpc;
 pub mod setup;
 pub mod wait;
@@ -55,6 +63,19 @@ use crate::output::Output;
 
 /// Runs one `moshca` command.
 pub async fn run(cli: Cli) -> Result<()> {
+    // Neither needs a server, a token or the config file.
+    match &cli.command {
+        Command::Completion(args) => {
+            return Output::new(false).completion(&completion_script(args.shell));
+        }
+        Command::Logout => {
+            let socket = config::Env::from_process()
+                .ssh_auth_sock
+                .ok_or(Error::NoAgent)?;
+            return live::logout(&socket, Output::new(cli.global.json)).await;
+        }
+        _ => {}
+    }
     let env = config::Env::from_process();
     let flags = config::Flags {
         server: cli.global.server.clone(),
@@ -95,10 +116,16 @@ pub async fn run(cli: Cli) -> Result<()> {
     drop(token);
 
     match (&cli.command, agent_socket) {
-        (Command::Login(args), Some(socket)) => login::run(&mut client, args, socket, out).await,
+        (Command::Login(args), Some(socket)) => {
+            let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from);
+            login::run(&mut client, args, socket, runtime_dir.as_deref(), out).await
+        }
         (Command::Login(_), None) => Err(Error::NoAgent),
         (Command::Request(args), _) => commands::request(&mut client, args, out).await,
-        (Command::Status(args), _) => commands::status(&mut client, &args.id, out).await,
+        (Command::Status(args), _) => match &args.id {
+            Some(id) => commands::status(&mut client, id, out).await,
+            None => live::status(&mut client, env.ssh_auth_sock.as_deref(), out).await,
+        },
         (Command::Fetch(args), _) => commands::fetch(&mut client, args, out).await,
         (Command::Cancel(args), _) => commands::cancel(&mut client, &args.id, out).await,
         (Command::Requests(args), _) => commands::requests(&mut client, args, out).await,
@@ -120,5 +147,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         (Command::Whoami, _) => commands::whoami(&mut client, out).await,
         (Command::Ci(args), _) => ci::run(&settings, &env, args, out).await,
         (Command::Setup(_), _) => unreachable!("setup returned above"),
+        (Command::Logout | Command::Completion(_), _) => Ok(()),
     }
+}
+
+/// The completion script for `shell`, generated from the clap declarations.
+pub fn completion_script(shell: clap_complete::Shell) -> String {
+    use clap::CommandFactory as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "moshca", &mut script);
+    String::from_utf8_lossy(&script).into_owned()
 }

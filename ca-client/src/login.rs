@@ -2,10 +2,11 @@
 //! certificate and load key and certificate into ssh-agent for exactly its lifetime.
 //!
 //! The private key exists only in this process and in the agent; nothing here writes a
-//! file. Cancelling on timeout or Ctrl-C happens here, because only this flow knows the
-//! request is still wanted. Waiting itself is `wait`, the agent protocol is `agent`.
+//! file, except that `--keep-pending` hands it to `pending` (memory-backed, 0600) when it
+//! stops waiting, for `--resume`. Cancelling on timeout or Ctrl-C happens here, because
+//! only this flow knows the request is still wanted. Waiting itself is `wait`, the agent protocol is `agent`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use moshca_proto::v1::{
@@ -18,36 +19,55 @@ use ssh_key::{Certificate, PublicKey};
 use crate::agent::Agent;
 use crate::cli::LoginArgs;
 use crate::clock;
+use crate::commands;
 use crate::error::{Error, Result};
 use crate::keys::EphemeralKey;
 use crate::output::{self, Output};
+use crate::pending;
 use crate::rpc::Client;
 use crate::wait::{self, Outcome};
 
 /// How long to try cancelling a request we no longer wait for.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs the whole login flow; see the module docs.
-pub async fn run(client: &mut Client, args: &LoginArgs, socket: &Path, out: Output) -> Result<()> {
+/// Runs the whole login flow; see the module docs. `runtime_dir` is `XDG_RUNTIME_DIR`,
+/// where `--keep-pending` keeps the key (see `pending`).
+pub async fn run(
+    client: &mut Client,
+    args: &LoginArgs,
+    socket: &Path,
+    runtime_dir: Option<&Path>,
+    out: Output,
+) -> Result<()> {
     // Fail before anyone is asked to approve anything if the agent is unusable.
     drop(Agent::connect(socket).await?);
+    if let Some(id) = &args.resume {
+        return resume(client, args, id, socket, runtime_dir, out).await;
+    }
+    let keep = if args.keep_pending {
+        Some(pending::dir(runtime_dir)?)
+    } else {
+        None
+    };
+    let role = args.role.clone().unwrap_or_default();
 
     let key = EphemeralKey::generate()?;
     let created = client
         .create_access_request(CreateAccessRequestRequest {
-            role: args.role.clone(),
+            role: role.clone(),
             principals: args.principals.clone(),
             ttl_secs: args.ttl.map_or(0, |ttl| ttl.as_secs()),
-            reason: args.reason.clone(),
+            reason: args.reason.clone().unwrap_or_default(),
             public_key: key.public_openssh()?,
             break_glass: args.break_glass,
         })
-        .await
-        .map_err(|status| Error::rpc("create request", &status))?
-        .into_inner();
-    let id = created.id.clone();
+        .await;
+    let created = match created {
+        Ok(created) => created.into_inner(),
+        Err(status) => return Err(commands::create_refused(client, &role, &status).await),
+    };
     tracing::info!(
-        request_id = %id,
+        request_id = %created.id,
         role = %created.role,
         principals = ?created.principals,
         fingerprint = %key.fingerprint(),
@@ -58,32 +78,125 @@ pub async fn run(client: &mut Client, args: &LoginArgs, socket: &Path, out: Outp
     if created.break_glass && output::state(&created) == State::Issued {
         output::break_glass_granted(&created);
     }
-    let outcome = match Outcome::of(created.clone()) {
+    let waiting = Waiting {
+        timeout: args.timeout,
+        keep,
+        principals: &args.principals,
+    };
+    finish(client, created, key, waiting, socket, out).await
+}
+
+/// `login --resume ID`: the key a `--keep-pending` login kept, the request, and the same
+/// wait. A resumed wait always keeps the request pending when it stops again.
+async fn resume(
+    client: &mut Client,
+    args: &LoginArgs,
+    id: &str,
+    socket: &Path,
+    runtime_dir: Option<&Path>,
+    out: Output,
+) -> Result<()> {
+    let dir = pending::dir(runtime_dir)?;
+    let key = pending::find(&dir, id)?;
+    let request = client
+        .get_access_request(GetAccessRequestRequest {
+            id: id.to_owned(),
+            include_certificate: true,
+        })
+        .await
+        .map_err(|status| Error::rpc("get request", &status))?
+        .into_inner();
+    if request.fingerprint != key.fingerprint() {
+        return Err(Error::CertificateMismatch {
+            id: id.to_owned(),
+            detail: format!(
+                "the request is for key {} but the kept key is {}",
+                request.fingerprint,
+                key.fingerprint()
+            ),
+        });
+    }
+    tracing::info!(request_id = %id, fingerprint = %key.fingerprint(), "resuming");
+    let waiting = Waiting {
+        timeout: args.timeout,
+        keep: Some(dir),
+        principals: &[],
+    };
+    finish(client, request, key, waiting, socket, out).await
+}
+
+/// How a login waits: for how long, whether to keep the request pending (and where its
+/// key goes) when it stops, and the principals asked for.
+struct Waiting<'a> {
+    timeout: Option<Duration>,
+    keep: Option<PathBuf>,
+    principals: &'a [String],
+}
+
+/// Waits for `request` to be decided, then checks the certificate and loads it with `key`.
+async fn finish(
+    client: &mut Client,
+    request: AccessRequest,
+    key: EphemeralKey,
+    waiting: Waiting<'_>,
+    socket: &Path,
+    out: Output,
+) -> Result<()> {
+    let id = request.id.clone();
+    let outcome = match Outcome::of(request.clone()) {
         Some(outcome) => outcome,
         None => {
-            wait::announce(&created);
-            wait::until_decided(client, &created, args.timeout, ctrl_c()).await?
+            wait::announce(&request);
+            if waiting.keep.is_some() {
+                wait::until_decided_keeping(client, &request, waiting.timeout, ctrl_c()).await?
+            } else {
+                wait::until_decided(client, &request, waiting.timeout, ctrl_c()).await?
+            }
+        }
+    };
+    let forget = || {
+        if let Some(dir) = &waiting.keep {
+            pending::forget(dir, &id);
         }
     };
     let issued = match outcome {
         Outcome::Issued(request) => request,
-        Outcome::Denied(request) => return Err(Error::denied(&request)),
-        Outcome::Expired(_) => return Err(Error::Expired { id }),
-        Outcome::Cancelled(_) => return Err(Error::Cancelled { id }),
-        Outcome::TimedOut => {
-            let cancelled = cancel(client, &id).await;
-            let after = args
-                .timeout
-                .map_or_else(String::new, |t| humantime::format_duration(t).to_string());
-            return Err(Error::TimedOut {
-                id,
-                after,
-                cancelled,
-            });
+        Outcome::Denied(request) => {
+            forget();
+            return Err(Error::denied(&request));
         }
-        Outcome::Interrupted => {
+        Outcome::Expired(_) => {
+            forget();
+            return Err(Error::Expired { id });
+        }
+        Outcome::Cancelled(_) => {
+            forget();
+            return Err(Error::Cancelled { id });
+        }
+        Outcome::TimedOut | Outcome::Interrupted => {
+            let after = matches!(outcome, Outcome::TimedOut).then(|| {
+                waiting
+                    .timeout
+                    .map_or_else(String::new, |t| humantime::format_duration(t).to_string())
+            });
+            if let Some(dir) = &waiting.keep {
+                let path = pending::keep(dir, &id, &key)?;
+                tracing::info!(request_id = %id, "key kept in {} for --resume", path.display());
+                return Err(Error::StillPending {
+                    id,
+                    after,
+                    expires: output::rfc3339(request.expires_at),
+                });
+            }
             let cancelled = cancel(client, &id).await;
-            return Err(Error::Interrupted { id, cancelled });
+            return Err(match after {
+                Some(after) => Error::TimedOut {
+                    id,
+                    after,
+                    cancelled,
+                },
+                None => Error::Interrupted { id, cancelled },
+            });
         }
     };
 
@@ -92,18 +205,20 @@ pub async fn run(client: &mut Client, args: &LoginArgs, socket: &Path, out: Outp
         certificate,
         now,
         lifetime,
-    } = certified(client, issued, &key, &args.principals).await?;
+    } = certified(client, issued, &key, waiting.principals).await?;
 
     let mut agent = Agent::connect(socket).await?;
     agent
         .add_certificate(&key, &certificate, lifetime, format!("moshca:{id}"))
         .await?;
+    forget();
     tracing::info!(
         request_id = %id,
         serial = certificate.serial(),
         key_id = %certificate.key_id(),
         "certificate added to ssh-agent for {lifetime}s"
     );
+    output::approver_comments(&issued);
     out.logged_in(&issued, certificate.valid_before(), now)
 }
 

@@ -14,15 +14,42 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(&err),
+    };
+    let json = cli.global.json;
     init_tracing(cli.global.verbose);
     match moshca_client::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            moshca_client::error::report(&err);
+            if json {
+                moshca_client::output::error_json(&err);
+            } else {
+                moshca_client::error::report(&err);
+            }
             ExitCode::from(err.exit_code())
         }
     }
+}
+
+/// A command line clap refused: as JSON on stdout when `--json` is among the arguments
+/// (clap could not parse them, so it cannot say), else clap's own text and exit code.
+fn usage_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let informational = matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !informational && std::env::args_os().any(|a| a == "--json") {
+        let code = u8::try_from(err.exit_code()).unwrap_or(moshca_client::error::exit::USAGE);
+        moshca_client::output::usage_error_json(&err.render().to_string(), code);
+        return ExitCode::from(code);
+    }
+    // Printing help or the error is all that is left to do; clap exits with its code.
+    err.exit()
 }
 
 /// Logs to stderr: warnings only by default, more with each `-v`; `RUST_LOG` wins, except
@@ -41,7 +68,7 @@ fn init_tracing(verbose: u8) {
         !(meta.target().starts_with("ureq") && *meta.level() == tracing::Level::TRACE)
     });
     let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(moshca_client::progress::StderrWriter::new)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(verbose > 1)
         .with_filter(filter)

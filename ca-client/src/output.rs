@@ -221,12 +221,14 @@ impl Output {
             #[derive(Serialize)]
             struct CaKeysView<'a> {
                 path: &'a str,
+                changed: bool,
                 keys: Option<usize>,
                 error: Option<String>,
             }
             #[derive(Serialize)]
             struct KrlSyncView<'a> {
                 path: &'a str,
+                changed: bool,
                 #[serde(serialize_with = "wide::opt")]
                 krl_version: Option<u64>,
                 bytes: Option<usize>,
@@ -242,11 +244,13 @@ impl Output {
             return print_json(&View {
                 ca_keys: CaKeysView {
                     path: &ca_path,
+                    changed: report.ca_keys_changed,
                     keys: report.ca_keys.as_ref().ok().copied(),
                     error: report.ca_keys.as_ref().err().map(ToString::to_string),
                 },
                 krl: KrlSyncView {
                     path: &krl_path,
+                    changed: report.krl_changed,
                     krl_version: report.krl.as_ref().ok().map(|&(v, _)| v),
                     bytes: report.krl.as_ref().ok().map(|&(_, n)| n),
                     error: report.krl.as_ref().err().map(ToString::to_string),
@@ -324,26 +328,226 @@ impl Output {
 
 /// Prints `moshca: {message}` on stderr.
 pub fn notice(message: &str) {
-    eprintln!("moshca: {message}");
+    crate::progress::eprint(&format!("moshca: {message}\n"));
 }
 
-/// Announces on stderr that a break-glass request was issued without approval.
+/// Announces on stderr that a break-glass request was issued without approval, and who
+/// was told; warns when nobody was.
 pub fn break_glass_granted(request: &AccessRequest) {
     notice(&break_glass_line(request));
+    if request.notified.is_empty() {
+        warning(NOBODY_NOTIFIED);
+    }
 }
+
+/// The warning after a break-glass issuance no webhook hears of.
+const NOBODY_NOTIFIED: &str = "nobody was notified: the CA has no webhook subscribed to \
+                               request.break_glass; tell the role's approvers yourself";
 
 /// The loud line `login --break-glass` and `request --break-glass` print on stderr.
 fn break_glass_line(request: &AccessRequest) -> String {
+    let told = if request.notified.is_empty() {
+        "no webhook was notified".to_owned()
+    } else {
+        format!("notified: {}", request.notified.join(", "))
+    };
     format!(
-        "BREAK-GLASS access granted; everyone has been notified and request {} stays flagged \
-         until reviewed",
+        "BREAK-GLASS access granted; {told}; request {} stays flagged until reviewed",
         request.id
     )
 }
 
+/// The approvers' comments on an issued request, one `approved by NAME: COMMENT` line
+/// each, for the requester.
+pub fn approver_comments(request: &AccessRequest) {
+    for line in approval_lines(request) {
+        notice(&line);
+    }
+}
+
+fn approval_lines(request: &AccessRequest) -> Vec<String> {
+    request
+        .reviews
+        .iter()
+        .filter(|r| r.decision == Decision::Approve as i32 && !r.comment.trim().is_empty())
+        .map(|r| {
+            format!(
+                "approved by {}: {}",
+                r.approver,
+                crate::error::one_line(&r.comment)
+            )
+        })
+        .collect()
+}
+
+/// Writes `err` as `{"error": ..., "hint": ..., "exit": N}` on stdout, for `--json`.
+pub fn error_json(err: &Error) {
+    // Nothing is left to report a failed write to.
+    let _ = print_json(&error_view(&err.to_string(), err.hint(), err.exit_code()));
+}
+
+/// The JSON shape of an error: the message, the hint (or null) and the exit code.
+pub fn error_view(error: &str, hint: Option<String>, exit: u8) -> serde_json::Value {
+    serde_json::json!({ "error": error, "hint": hint, "exit": exit })
+}
+
+/// Writes an error clap found in the command line as JSON on stdout.
+pub fn usage_error_json(message: &str, exit: u8) {
+    // clap's text: the error (maybe over several lines), a blank line, then tips and usage.
+    let mut paragraphs = message.split("\n\n");
+    let error = crate::error::one_line(paragraphs.next().unwrap_or_default());
+    let error = match error.trim_start_matches("error: ") {
+        "" => "invalid command line".to_owned(),
+        text => text.to_owned(),
+    };
+    let hint = paragraphs
+        .flat_map(str::lines)
+        .map(str::trim)
+        .find(|l| l.starts_with("tip:") || l.starts_with("Usage:"))
+        .map(|l| format!("{l}; see --help"));
+    let _ = print_json(&error_view(&error, hint, exit));
+}
+
+/// A certificate of the caller's that is live, and whether ssh-agent holds it.
+#[derive(Debug)]
+pub struct LiveCertificate<'a> {
+    /// The issued request.
+    pub request: &'a AccessRequest,
+    /// Whether the agent holds it; `None` without an agent to ask.
+    pub in_agent: Option<bool>,
+}
+
+/// A certificate `logout` removed from the agent.
+#[derive(Debug)]
+pub struct Removed {
+    /// Its key id, `moshca:req=...`.
+    pub key_id: String,
+    /// Its serial.
+    pub serial: u64,
+    /// When it would have expired (Unix seconds).
+    pub valid_before: u64,
+}
+
+impl Output {
+    /// `moshca status` without an id: the caller's live certificates.
+    pub fn live_certificates(&self, live: &[LiveCertificate<'_>], now: i64) -> Result<()> {
+        if self.json {
+            #[derive(Serialize)]
+            struct View<'a> {
+                #[serde(flatten)]
+                request: RequestView<'a>,
+                in_agent: Option<bool>,
+            }
+            let views: Vec<View<'_>> = live
+                .iter()
+                .map(|l| View {
+                    request: RequestView::from(l.request),
+                    in_agent: l.in_agent,
+                })
+                .collect();
+            return print_json(&views);
+        }
+        if live.is_empty() {
+            notice("no live certificates: none issued to you is unexpired and unrevoked");
+            return Ok(());
+        }
+        print_text(&live_table(live, now))
+    }
+
+    /// `moshca logout`: the certificates removed from the agent.
+    pub fn logged_out(&self, removed: &[Removed]) -> Result<()> {
+        if self.json {
+            #[derive(Serialize)]
+            struct View<'a> {
+                key_id: &'a str,
+                #[serde(serialize_with = "wide::one")]
+                serial: u64,
+                valid_before: u64,
+                valid_before_rfc3339: String,
+            }
+            let views: Vec<View<'_>> = removed
+                .iter()
+                .map(|r| View {
+                    key_id: &r.key_id,
+                    serial: r.serial,
+                    valid_before: r.valid_before,
+                    valid_before_rfc3339: rfc3339(
+                        i64::try_from(r.valid_before).unwrap_or(i64::MAX),
+                    ),
+                })
+                .collect();
+            return print_json(&serde_json::json!({ "removed": views }));
+        }
+        if removed.is_empty() {
+            notice("ssh-agent holds no moshca certificate; nothing to remove");
+            return Ok(());
+        }
+        let mut text = String::new();
+        for r in removed {
+            text.push_str(&format!(
+                "removed {} (serial {}) from ssh-agent\n",
+                r.key_id, r.serial
+            ));
+        }
+        print_text(&text)
+    }
+
+    /// `moshca completion SHELL`: the script as clap_complete wrote it.
+    pub fn completion(&self, script: &str) -> Result<()> {
+        print_text(script)
+    }
+}
+
+/// One aligned line per live certificate, with a header.
+fn live_table(live: &[LiveCertificate<'_>], now: i64) -> String {
+    let mut rows = vec![[
+        "REQUEST".to_owned(),
+        "ROLE".to_owned(),
+        "PRINCIPALS".to_owned(),
+        "SERIAL".to_owned(),
+        "VALID UNTIL".to_owned(),
+        "IN AGENT".to_owned(),
+    ]];
+    for l in live {
+        let r = l.request;
+        let left = u64::try_from(r.valid_before.saturating_sub(now)).unwrap_or(0);
+        rows.push([
+            r.id.clone(),
+            r.role.clone(),
+            r.principals.join(","),
+            r.serial.to_string(),
+            format!("{} ({} left)", rfc3339(r.valid_before), human_secs(left)),
+            match l.in_agent {
+                Some(true) => "yes".to_owned(),
+                Some(false) => "no".to_owned(),
+                None => "?".to_owned(),
+            },
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| {
+            rows.iter()
+                .map(|row| row[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut text = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        text.push_str(line.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
 /// Prints `moshca: warning: {message}` on stderr.
 pub fn warning(message: &str) {
-    eprintln!("moshca: warning: {message}");
+    crate::progress::eprint(&format!("moshca: warning: {message}\n"));
 }
 
 /// What `moshca host sync` did with each file: what was installed, or the error.
@@ -357,6 +561,10 @@ pub struct SyncReport<'a> {
     pub krl_path: &'a Path,
     /// The KRL version and size installed.
     pub krl: Result<(u64, usize), &'a Error>,
+    /// Whether the CA keys file now holds something else than before.
+    pub ca_keys_changed: bool,
+    /// Whether the KRL file now holds something else than before.
+    pub krl_changed: bool,
 }
 
 /// 64-bit numbers go out as JSON strings: jq, JavaScript and every reader that parses
@@ -467,16 +675,16 @@ fn revoked_line(revoked: &RevokeCertificatesResponse) -> String {
 }
 
 /// `DIR/moshca_ca.pub: N key(s)` and `DIR/moshca.krl: version V, N bytes`, for the files
-/// installed.
+/// that changed: a timer that runs every minute logs nothing while nothing happens.
 fn host_sync_lines(report: &SyncReport<'_>) -> String {
     let mut text = String::new();
-    if let Ok(keys) = report.ca_keys {
+    if let (Ok(keys), true) = (report.ca_keys, report.ca_keys_changed) {
         text.push_str(&format!(
             "{}: {keys} key(s)\n",
             report.ca_keys_path.display()
         ));
     }
-    if let Ok((version, bytes)) = report.krl {
+    if let (Ok((version, bytes)), true) = (report.krl, report.krl_changed) {
         text.push_str(&format!(
             "{}: version {version}, {bytes} bytes\n",
             report.krl_path.display()
@@ -837,6 +1045,7 @@ pub struct AuditEventView<'a> {
     #[serde(serialize_with = "wide::one")]
     seq: u64,
     at: i64,
+    at_rfc3339: String,
     actor: &'a str,
     action: &'a str,
     request_id: Option<&'a str>,
@@ -849,6 +1058,7 @@ impl<'a> From<&'a AuditEvent> for AuditEventView<'a> {
         AuditEventView {
             seq: e.seq,
             at: e.at,
+            at_rfc3339: rfc3339(e.at),
             actor: &e.actor,
             action: &e.action,
             request_id: (!e.request_id.is_empty()).then_some(e.request_id.as_str()),
@@ -870,13 +1080,16 @@ pub struct RequestView<'a> {
     fingerprint: &'a str,
     state: &'static str,
     created_at: i64,
+    created_at_rfc3339: String,
     expires_at: i64,
+    expires_at_rfc3339: String,
     approvers: &'a [String],
     approvals_required: u32,
     reviews: Vec<ReviewView<'a>>,
     #[serde(serialize_with = "wide::opt")]
     serial: Option<u64>,
     valid_before: Option<i64>,
+    valid_before_rfc3339: Option<String>,
     certificate: Option<CertificateView<'a>>,
     break_glass: bool,
     break_glass_review: Option<GlassReviewView<'a>>,
@@ -888,6 +1101,7 @@ struct GlassReviewView<'a> {
     approver: &'a str,
     comment: &'a str,
     at: i64,
+    at_rfc3339: String,
 }
 
 /// The JSON form of a review.
@@ -897,6 +1111,7 @@ struct ReviewView<'a> {
     decision: &'static str,
     comment: &'a str,
     at: i64,
+    at_rfc3339: String,
 }
 
 /// The JSON form of a certificate.
@@ -908,7 +1123,9 @@ struct CertificateView<'a> {
     key_id: &'a str,
     principals: &'a [String],
     valid_after: i64,
+    valid_after_rfc3339: String,
     valid_before: i64,
+    valid_before_rfc3339: String,
 }
 
 impl<'a> From<&'a AccessRequest> for RequestView<'a> {
@@ -923,7 +1140,9 @@ impl<'a> From<&'a AccessRequest> for RequestView<'a> {
             fingerprint: &r.fingerprint,
             state: state_name(state(r)),
             created_at: r.created_at,
+            created_at_rfc3339: rfc3339(r.created_at),
             expires_at: r.expires_at,
+            expires_at_rfc3339: rfc3339(r.expires_at),
             approvers: &r.approvers,
             approvals_required: r.approvals_required,
             reviews: r
@@ -934,23 +1153,28 @@ impl<'a> From<&'a AccessRequest> for RequestView<'a> {
                     decision: decision_name(v.decision),
                     comment: &v.comment,
                     at: v.at,
+                    at_rfc3339: rfc3339(v.at),
                 })
                 .collect(),
             serial: (r.serial != 0).then_some(r.serial),
             valid_before: (r.valid_before != 0).then_some(r.valid_before),
+            valid_before_rfc3339: (r.valid_before != 0).then(|| rfc3339(r.valid_before)),
             certificate: r.certificate.as_ref().map(|c| CertificateView {
                 openssh: &c.openssh,
                 serial: c.serial,
                 key_id: &c.key_id,
                 principals: &c.principals,
                 valid_after: c.valid_after,
+                valid_after_rfc3339: rfc3339(c.valid_after),
                 valid_before: c.valid_before,
+                valid_before_rfc3339: rfc3339(c.valid_before),
             }),
             break_glass: r.break_glass,
             break_glass_review: r.break_glass_review.as_ref().map(|v| GlassReviewView {
                 approver: &v.approver,
                 comment: &v.comment,
                 at: v.at,
+                at_rfc3339: rfc3339(v.at),
             }),
         }
     }
@@ -1000,6 +1224,8 @@ mod tests {
             valid_before: 0,
             break_glass: false,
             break_glass_review: None,
+            notified: vec![],
+            revoked: false,
         }
     }
 
@@ -1041,12 +1267,15 @@ mod tests {
                 "fingerprint": "SHA256:abc",
                 "state": "pending",
                 "created_at": NOW,
+                "created_at_rfc3339": "2025-06-15T15:06:40Z",
                 "expires_at": NOW + 3600,
+                "expires_at_rfc3339": "2025-06-15T16:06:40Z",
                 "approvers": ["group:sre-leads"],
                 "approvals_required": 1,
                 "reviews": [],
                 "serial": null,
                 "valid_before": null,
+                "valid_before_rfc3339": null,
                 "certificate": null,
                 "break_glass": false,
                 "break_glass_review": null,
@@ -1062,7 +1291,13 @@ mod tests {
         assert_eq!(value["valid_before"], NOW + 1860);
         assert_eq!(
             value["reviews"],
-            json!([{"approver": "bob", "decision": "approve", "comment": "ok", "at": NOW + 60}])
+            json!([{
+                "approver": "bob",
+                "decision": "approve",
+                "comment": "ok",
+                "at": NOW + 60,
+                "at_rfc3339": "2025-06-15T15:07:40Z",
+            }])
         );
         let cert = &value["certificate"];
         assert_eq!(cert["serial"], WIDE_SERIAL.to_string());
@@ -1070,6 +1305,9 @@ mod tests {
         assert_eq!(cert["principals"], json!(["postgres", "ubuntu"]));
         assert_eq!(cert["valid_after"], NOW);
         assert_eq!(cert["valid_before"], NOW + 1860);
+        assert_eq!(cert["valid_before_rfc3339"], "2025-06-15T15:37:40Z");
+        assert_eq!(cert["valid_after_rfc3339"], "2025-06-15T15:06:40Z");
+        assert_eq!(value["valid_before_rfc3339"], "2025-06-15T15:37:40Z");
         assert!(
             cert["openssh"]
                 .as_str()
@@ -1203,6 +1441,8 @@ mod tests {
             ca_keys: Ok(2),
             krl_path: Path::new("/etc/ssh/moshca.krl"),
             krl: Ok((5, 120)),
+            ca_keys_changed: true,
+            krl_changed: true,
         };
         assert_eq!(
             host_sync_lines(&report),
@@ -1211,6 +1451,27 @@ mod tests {
         report.ca_keys = Err(&failure);
         assert_eq!(
             host_sync_lines(&report),
+            "/etc/ssh/moshca.krl: version 5, 120 bytes\n"
+        );
+    }
+
+    #[test]
+    fn host_sync_is_quiet_when_nothing_changed() {
+        let report = SyncReport {
+            ca_keys_path: Path::new("/etc/ssh/moshca_ca.pub"),
+            ca_keys: Ok(2),
+            krl_path: Path::new("/etc/ssh/moshca.krl"),
+            krl: Ok((5, 120)),
+            ca_keys_changed: false,
+            krl_changed: false,
+        };
+        assert_eq!(host_sync_lines(&report), "");
+        let krl_only = SyncReport {
+            krl_changed: true,
+            ..report
+        };
+        assert_eq!(
+            host_sync_lines(&krl_only),
             "/etc/ssh/moshca.krl: version 5, 120 bytes\n"
         );
     }
@@ -1246,7 +1507,12 @@ mod tests {
         assert_eq!(value["break_glass"], true);
         assert_eq!(
             value["break_glass_review"],
-            json!({"approver": "bob", "comment": "INC-4312 was real", "at": NOW + 600})
+            json!({
+                "approver": "bob",
+                "comment": "INC-4312 was real",
+                "at": NOW + 600,
+                "at_rfc3339": "2025-06-15T15:16:40Z",
+            })
         );
         let value = serde_json::to_value(RequestView::from(&issued())).unwrap();
         assert_eq!(value["break_glass"], false);
@@ -1294,8 +1560,60 @@ mod tests {
     fn break_glass_line_follows_the_contract() {
         assert_eq!(
             break_glass_line(&break_glass()),
-            "BREAK-GLASS access granted; everyone has been notified and request 01JGLASS stays \
+            "BREAK-GLASS access granted; no webhook was notified; request 01JGLASS stays \
              flagged until reviewed"
+        );
+        let told = AccessRequest {
+            notified: vec!["oncall-slack".into(), "audit-sink".into()],
+            ..break_glass()
+        };
+        assert_eq!(
+            break_glass_line(&told),
+            "BREAK-GLASS access granted; notified: oncall-slack, audit-sink; request 01JGLASS \
+             stays flagged until reviewed"
+        );
+        assert!(NOBODY_NOTIFIED.contains("nobody was notified"));
+    }
+
+    #[test]
+    fn approver_comments_reach_the_requester() {
+        assert_eq!(approval_lines(&issued()), ["approved by bob: ok"]);
+        assert!(approval_lines(&pending()).is_empty());
+    }
+
+    #[test]
+    fn errors_in_json_have_error_hint_and_exit() {
+        let err = Error::MissingToken;
+        assert_eq!(
+            error_view(&err.to_string(), err.hint(), err.exit_code()),
+            json!({
+                "error": "no bearer token configured",
+                "hint": err.hint().unwrap(),
+                "exit": 1,
+            })
+        );
+        assert_eq!(
+            error_view("x", None, 2),
+            json!({"error": "x", "hint": null, "exit": 2})
+        );
+    }
+
+    #[test]
+    fn live_certificates_are_a_table_with_the_agent_column() {
+        let issued = issued();
+        let text = live_table(
+            &[LiveCertificate {
+                request: &issued,
+                in_agent: Some(true),
+            }],
+            NOW + 60,
+        );
+        assert_eq!(
+            text,
+            format!(
+                "REQUEST  ROLE       PRINCIPALS       SERIAL                VALID UNTIL                      IN AGENT\n\
+                 01JREQ   db-oncall  postgres,ubuntu  {WIDE_SERIAL}  2025-06-15T15:37:40Z (30m left)  yes\n"
+            )
         );
     }
 
@@ -1331,6 +1649,7 @@ mod tests {
                 {
                     "seq": "7",
                     "at": NOW + 7,
+                    "at_rfc3339": "2025-06-15T15:06:47Z",
                     "actor": "alice",
                     "action": "request.break_glass",
                     "request_id": "01JGLASS",
@@ -1340,6 +1659,7 @@ mod tests {
                 {
                     "seq": "8",
                     "at": NOW + 8,
+                    "at_rfc3339": "2025-06-15T15:06:48Z",
                     "actor": "moshca-server",
                     "action": "policy.reloaded",
                     "request_id": null,
@@ -1349,6 +1669,7 @@ mod tests {
                 {
                     "seq": "9",
                     "at": NOW + 9,
+                    "at_rfc3339": "2025-06-15T15:06:49Z",
                     "actor": "bob",
                     "action": "odd",
                     "request_id": null,

@@ -75,11 +75,36 @@ pub async fn until_decided(
     timeout: Option<Duration>,
     interrupt: impl Future<Output = ()>,
 ) -> Result<Outcome> {
+    follow(client, request, timeout, interrupt, CTRL_C_CANCELS).await
+}
+
+/// [`until_decided`] for a caller that keeps the request pending when interrupted
+/// (`login --keep-pending`, `--resume`); only the spinner's note differs.
+pub async fn until_decided_keeping(
+    client: &mut Client,
+    request: &AccessRequest,
+    timeout: Option<Duration>,
+    interrupt: impl Future<Output = ()>,
+) -> Result<Outcome> {
+    follow(client, request, timeout, interrupt, CTRL_C_KEEPS).await
+}
+
+/// What the spinner says Ctrl-C does.
+const CTRL_C_CANCELS: &str = "Ctrl-C cancels";
+const CTRL_C_KEEPS: &str = "Ctrl-C stops waiting; the request stays pending";
+
+async fn follow(
+    client: &mut Client,
+    request: &AccessRequest,
+    timeout: Option<Duration>,
+    interrupt: impl Future<Output = ()>,
+    ctrl_c: &'static str,
+) -> Result<Outcome> {
     if let Some(outcome) = Outcome::of(request.clone()) {
         return Ok(outcome);
     }
     let id = request.id.clone();
-    let spinner = Spinner::start(request);
+    let spinner = Spinner::start(request, ctrl_c);
     let deadline = async move {
         match timeout {
             Some(timeout) => sleep(timeout).await,
@@ -149,6 +174,7 @@ pub async fn until_decided(
             return Err(Error::rpc("watch request", &broken));
         }
         let pause = backoff(failures);
+        // Printed above the spinner (see `progress`), which says the same on its line.
         tracing::warn!(request_id = %id, error = %broken.message(), "watch broken; retrying in {pause:?}");
         spinner.reconnecting(request, pause);
         tokio::select! {
@@ -204,7 +230,13 @@ fn recheck_delay_at(request: &AccessRequest, now: i64) -> Duration {
 
 /// The spinner line while waiting, e.g.
 /// `waiting for approval of 01J... by group:sre-leads (Ctrl-C cancels)`.
+#[cfg(test)]
 fn waiting_message(request: &AccessRequest) -> String {
+    waiting_message_with(request, CTRL_C_CANCELS)
+}
+
+/// [`waiting_message`] with `ctrl_c` saying what Ctrl-C does.
+fn waiting_message_with(request: &AccessRequest, ctrl_c: &str) -> String {
     let approvers = approvers_text(request);
     let approved = request
         .reviews
@@ -214,12 +246,12 @@ fn waiting_message(request: &AccessRequest) -> String {
     if request.approvals_required > 1 {
         format!(
             "waiting for approval of {} by {approvers}, {approved} of {} approvals \
-             (Ctrl-C cancels)",
+             ({ctrl_c})",
             request.id, request.approvals_required
         )
     } else {
         format!(
-            "waiting for approval of {} by {approvers} (Ctrl-C cancels)",
+            "waiting for approval of {} by {approvers} ({ctrl_c})",
             request.id
         )
     }
@@ -235,37 +267,40 @@ pub fn approvers_text(request: &AccessRequest) -> String {
 }
 
 /// A spinner on stderr while waiting; hidden when stderr is not a terminal. Cleared on drop.
-struct Spinner(ProgressBar);
+struct Spinner(ProgressBar, &'static str);
 
 impl Spinner {
-    fn start(request: &AccessRequest) -> Self {
+    fn start(request: &AccessRequest, ctrl_c: &'static str) -> Self {
         if !std::io::stderr().is_terminal() {
-            return Spinner(ProgressBar::hidden());
+            return Spinner(ProgressBar::hidden(), ctrl_c);
         }
         let bar = ProgressBar::new_spinner();
         if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} [{elapsed}]") {
             bar.set_style(style);
         }
-        bar.set_message(waiting_message(request));
+        bar.set_message(waiting_message_with(request, ctrl_c));
         bar.enable_steady_tick(Duration::from_millis(120));
-        Spinner(bar)
+        // Log lines and notices now go above the spinner, not into its line.
+        crate::progress::set_active(Some(bar.clone()));
+        Spinner(bar, ctrl_c)
     }
 
     fn update(&self, request: &AccessRequest) {
-        self.0.set_message(waiting_message(request));
+        self.0.set_message(waiting_message_with(request, self.1));
     }
 
     fn reconnecting(&self, request: &AccessRequest, pause: Duration) {
         self.0.set_message(format!(
             "lost the connection; retrying in {}s ({})",
             pause.as_secs(),
-            waiting_message(request)
+            waiting_message_with(request, self.1)
         ));
     }
 }
 
 impl Drop for Spinner {
     fn drop(&mut self) {
+        crate::progress::set_active(None);
         self.0.finish_and_clear();
     }
 }
@@ -333,6 +368,10 @@ mod tests {
             ..r
         };
         assert!(waiting_message(&two).contains("0 of 2 approvals"));
+        assert!(
+            waiting_message_with(&two, CTRL_C_KEEPS)
+                .ends_with("(Ctrl-C stops waiting; the request stays pending)")
+        );
     }
 
     #[test]

@@ -843,10 +843,23 @@ impl Authority {
             visible_to: Some((caller.name.clone(), approvable)),
             limit,
         };
-        let found = self.store.read(|tx| tx.requests(&filter))?;
+        // Serial, validity and revocation of issued requests are public to whoever may see
+        // the request (as in `get_request`); `moshca status` lists live certificates by them.
+        let found = self.store.read(|tx| {
+            tx.requests(&filter)?
+                .into_iter()
+                .map(|r| {
+                    let cert = match r.state {
+                        State::Issued => tx.certificate_for_request(&r.id)?,
+                        _ => None,
+                    };
+                    Ok::<_, Error>((r, cert))
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
         Ok(found
             .into_iter()
-            .map(|r| self.view(&policy, r, None, false))
+            .map(|(r, cert)| self.view(&policy, r, cert, false))
             .collect())
     }
 

@@ -127,6 +127,10 @@ pub fn new_request(
 pub fn request(v: RequestView) -> pb::AccessRequest {
     let r = v.request;
     let serial = v.certificate.as_ref().map_or(0, |c| c.serial);
+    let revoked = v
+        .certificate
+        .as_ref()
+        .is_some_and(|c| c.revoked_at.is_some());
     let valid_before = v
         .certificate
         .as_ref()
@@ -176,6 +180,8 @@ pub fn request(v: RequestView) -> pb::AccessRequest {
         certificate,
         serial,
         valid_before,
+        notified: Vec::new(),
+        revoked,
     }
 }
 

@@ -374,6 +374,15 @@ impl Notifier {
         })
     }
 
+    /// Names of the webhooks that receive events with `action`, in config order.
+    pub fn subscribers(&self, action: &str) -> Vec<String> {
+        self.hooks
+            .iter()
+            .filter(|h| h.webhook.events.iter().any(|e| e == action))
+            .map(|h| h.webhook.name.clone())
+            .collect()
+    }
+
     /// Creates a delivery per interested webhook for every waiting outbox event, and marks
     /// the events fanned out (those no webhook wants, to nobody). Blocks on the store.
     /// Returns how many deliveries were created.
@@ -817,6 +826,23 @@ mod tests {
 
     fn counts(n: &Notifier) -> Vec<(String, u64)> {
         n.store.read(|tx| tx.delivery_counts()).unwrap()
+    }
+
+    #[test]
+    fn break_glass_subscribers_are_the_hooks_that_want_it() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let n = Notifier::new(
+            store.clone(),
+            &[
+                hook("approvers", &["request.created"], 2),
+                hook("oncall", &["request.break_glass"], 2),
+                hook("all", NOTIFY_ACTIONS, 8),
+            ],
+        )
+        .unwrap();
+        assert_eq!(n.subscribers("request.break_glass"), ["oncall", "all"]);
+        let none = Notifier::new(store, &[hook("approvers", &["request.created"], 2)]).unwrap();
+        assert!(none.subscribers("request.break_glass").is_empty());
     }
 
     #[test]

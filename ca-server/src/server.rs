@@ -51,7 +51,9 @@ pub async fn run(
         .context("building the reflection service")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let jwks = tokio::spawn(refresh_jwks(verifier.clone()));
-    let api = CertificateAuthorityServer::new(Service::new(authority.clone(), verifier, stop_rx))
+    let service = Service::new(authority.clone(), verifier, stop_rx)
+        .with_break_glass_hooks(notifier.subscribers("request.break_glass"));
+    let api = CertificateAuthorityServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
 

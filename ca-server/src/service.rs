@@ -80,6 +80,9 @@ pub struct Service {
     failures: Arc<AuthFailures>,
     refusals: Arc<Refusals>,
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// Names of the webhooks subscribed to `request.break_glass`, told to break-glass
+    /// requesters so they know who hears of it.
+    break_glass_hooks: Vec<String>,
 }
 
 impl Service {
@@ -96,7 +99,15 @@ impl Service {
             failures: Arc::new(AuthFailures::new(MAX_AUTH_FAILURES)),
             refusals: Arc::new(Refusals::new(MAX_REFUSALS)),
             stopping,
+            break_glass_hooks: Vec::new(),
         }
+    }
+
+    /// The same service, telling break-glass requesters that the webhooks named in
+    /// `hooks` (those subscribed to `request.break_glass`) are notified.
+    pub fn with_break_glass_hooks(mut self, hooks: Vec<String>) -> Self {
+        self.break_glass_hooks = hooks;
+        self
     }
 
     /// Runs blocking authority work off the async threads.
@@ -420,7 +431,12 @@ impl CertificateAuthority for Service {
                 |s| tracing::warn!(code = ?s.code(), reason = %log_reason(s), "request refused"),
             )?;
         tracing::Span::current().record("request_id", view.request.id.as_str());
-        Ok(Response::new(convert::request(view)))
+        let break_glass = view.request.break_glass;
+        let mut answer = convert::request(view);
+        if break_glass {
+            answer.notified = self.break_glass_hooks.clone();
+        }
+        Ok(Response::new(answer))
     }
 
     #[tracing::instrument(skip_all, fields(caller, request_id))]

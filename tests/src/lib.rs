@@ -532,6 +532,13 @@ impl Drop for Background {
     }
 }
 
+impl Background {
+    /// The process id, e.g. to send it a signal with [`signal`].
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 /// Runs `cmd` to completion within [`COMMAND_TIMEOUT`].
 pub fn run(cmd: &mut Command) -> Run {
     Background::spawn(cmd).finish(COMMAND_TIMEOUT)

@@ -4,7 +4,7 @@
 //!
 //! Each test builds a [`Host`]: a directory tree standing in for `/`, whose `etc/ssh` holds
 //! the shipped drop-in `deploy/sshd/moshca.conf` (its `/etc/ssh` paths moved under the tree,
-//! exactly as `deploy/host-setup.sh --root` does), `Include`d at the top of the host's
+//! so this sshd reads the tree's files), `Include`d at the top of the host's
 //! `sshd_config` as on Debian, plus `auth_principals/ACCOUNT` files. `moshca_ca.pub` and
 //! `moshca.krl` come from `moshca host sync --dir ETC_SSH` run with only `MOSHCA_SERVER` and
 //! `MOSHCA_CA_CERT`, as `moshca-host-sync.service` runs it, and sshd starts only after the
@@ -252,7 +252,8 @@ impl Host {
             fs::create_dir_all(ssh_dir.join(dir)).expect("create etc/ssh");
         }
         make_host_key(&ssh_dir.join("ssh_host_ed25519_key"));
-        // As deploy/host-setup.sh's template(): every /etc/ssh moves under the host root.
+        // Every /etc/ssh moves under the host root, so this sshd reads the tree's files
+        // (host-setup.sh --root keeps the real paths: its tree is for an image).
         let shipped =
             fs::read_to_string(deploy_dir().join("sshd/moshca.conf")).expect("read the drop-in");
         let rendered = shipped.replace("/etc/ssh", utf8(&ssh_dir));
@@ -298,11 +299,17 @@ impl Host {
     /// `moshca host sync --dir ETC_SSH` as the timer runs it: a clean environment with
     /// `PATH`, `MOSHCA_SERVER` and `MOSHCA_CA_CERT` alone (no HOME, no token).
     fn sync(&self, ca: &Ca) -> Run {
+        self.sync_with(ca, &[])
+    }
+
+    /// [`Host::sync`] with `flags` before the subcommand (e.g. `--json`).
+    fn sync_with(&self, ca: &Ca, flags: &[&str]) -> Run {
         let mut cmd = Command::new(client_bin());
         cmd.env_clear()
             .env("PATH", child_path())
             .env("MOSHCA_SERVER", ca.url())
             .env("MOSHCA_CA_CERT", ca.tls_cert())
+            .args(flags)
             .args(["host", "sync", "--dir"])
             .arg(self.ssh_dir());
         run(&mut cmd)
@@ -312,21 +319,17 @@ impl Host {
     /// version installed.
     #[track_caller]
     fn sync_ok(&self, ca: &Ca) -> u64 {
-        let out = self.sync(ca);
+        // The text form prints only files that changed; the JSON report has both always.
+        let out = self.sync_with(ca, &["--json"]);
         out.assert_ok();
+        let report = out.json();
         let keys = fingerprints(&self.ca_keys()).len();
-        assert!(
-            out.stdout
-                .contains(&format!("{}: {keys} key(s)", self.ca_keys().display())),
+        assert_eq!(
+            report["ca_keys"]["keys"].as_u64(),
+            Some(keys as u64),
             "host sync should report the {keys} key(s) it installed:\n{out}"
         );
-        let prefix = format!("{}: version ", self.krl().display());
-        let version = out
-            .stdout
-            .lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|v| v.parse::<u64>().ok())
+        let version = moshca_e2e::wide(&report["krl"]["krl_version"])
             .unwrap_or_else(|| panic!("host sync should report the KRL version:\n{out}"));
         let check = run(Command::new(program("ssh-keygen"))
             .args(["-Q", "-l", "-f"])

@@ -130,10 +130,14 @@ pub fn policy_file(data: &[u8]) {
         Err(e) => {
             assert!(!e.errors.is_empty(), "refused without a reason");
             for line in &e.errors {
-                assert!(
-                    line.starts_with("fuzz.toml: "),
-                    "error without origin: {line}"
-                );
+                // `fuzz.toml: ...` or, where the key's line is known, `fuzz.toml:N: ...`.
+                let located = line.strip_prefix("fuzz.toml:").is_some_and(|rest| {
+                    rest.starts_with(' ')
+                        || rest
+                            .split_once(": ")
+                            .is_some_and(|(n, _)| n.parse::<usize>().is_ok())
+                });
+                assert!(located, "error without origin: {line}");
             }
             return;
         }
