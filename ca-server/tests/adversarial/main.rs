@@ -361,7 +361,7 @@ mod subject_keys;
 mod ttl;
 mod workload_tokens;
 
-// Findings of the outside review (hardening II): one module per area, one test per
+// Attacks from a security review of the running CA: one module per area, one test per
 // finding, named after it; each performs the original attack first.
 mod review_audit;
 mod review_credentials;

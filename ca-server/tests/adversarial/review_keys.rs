@@ -1,5 +1,5 @@
-//! Review findings 1 and 2: subject keys OpenSSH would refuse, the KRL flood, entries that
-//! cannot be listed.
+//! Attacks from a security review of the running CA (findings 1 and 2): subject keys
+//! OpenSSH would refuse, the KRL flood, entries that cannot be listed.
 
 use std::time::Instant;
 
