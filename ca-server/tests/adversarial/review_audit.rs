@@ -1,7 +1,6 @@
 //! Attacks from a security review of the running CA (findings 5 and 11): the audit trail
 //! checked against what lies outside the database, and bounded audit reads.
 
-#[allow(unused_imports)]
 use super::*;
 
 use moshca_server::audit::{Checkpoint, Event};

@@ -1,7 +1,6 @@
 //! Attacks from a security review of the running CA (findings 6, 8 and 9): the JWKS cache
 //! lifetime, tokens with ids and expiry, and one rule for secret files.
 
-#[allow(unused_imports)]
 use super::*;
 
 use std::io::{BufRead as _, Write as _};

@@ -1,6 +1,6 @@
-//! Attacks from a security review of the running CA (findings 3, 4, 7 and 10): standing re-
-//! checked where certificates are signed, bounded caller strings, invisible characters, and
-//! a panicking writer.
+//! Attacks from a security review of the running CA (findings 3, 4, 7 and 10): standing
+//! re-checked where certificates are signed, bounded caller strings, invisible characters,
+//! and a panicking writer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
