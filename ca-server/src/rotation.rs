@@ -69,24 +69,13 @@ pub fn rotate(
     })?;
     // Signed with the key still in service, so the rotation itself is covered at once.
     crate::authority::checkpoint(&store, &old, Some(&config.checkpoint_file), now)?;
-    let retired_dir = config.data_dir.join("retired");
-    std::fs::create_dir_all(&retired_dir)
-        .with_context(|| format!("creating {}", retired_dir.display()))?;
-    let retired_key = retired_dir.join(format!("ca_key-{now}"));
-    // The retired public key file is what keeps the old key trusted (by hosts, and for
-    // checking the checkpoints it signed): written before the key moves, so some file
-    // holds it at every moment.
-    let retired_pub = retired_key.with_extension("pub");
-    std::fs::write(&retired_pub, format!("{old_text}\n"))
-        .with_context(|| format!("writing {}", retired_pub.display()))?;
-    std::fs::rename(&config.ca_key, &retired_key)
-        .with_context(|| format!("moving the old key to {}", retired_key.display()))?;
-    std::fs::rename(&next, &config.ca_key).context("installing the new key")?;
-    std::fs::rename(
-        next.with_extension("pub"),
-        config.ca_key.with_extension("pub"),
-    )
-    .context("installing the new public key")?;
+    let retired_key = swap_key_files(
+        &config.data_dir.join("retired"),
+        &format!("ca_key-{now}"),
+        &old_text,
+        &config.ca_key,
+        &next,
+    )?;
     Ok(Rotated {
         new_fingerprint: new.fingerprint(),
         old_fingerprint: old.fingerprint(),
@@ -134,26 +123,44 @@ pub fn rotate_host(
             json!({ "ca_fingerprint": new.fingerprint(), "previous": old.fingerprint() }),
         ))
     })?;
-    let retired_dir = crate::ca_keys::retired_host_dir(config);
-    std::fs::create_dir_all(&retired_dir)
-        .with_context(|| format!("creating {}", retired_dir.display()))?;
-    let retired_key = retired_dir.join(format!("host_ca_key-{now}"));
-    let retired_pub = retired_key.with_extension("pub");
-    std::fs::write(&retired_pub, format!("{old_text}\n"))
-        .with_context(|| format!("writing {}", retired_pub.display()))?;
-    std::fs::rename(&config.host_ca_key, &retired_key)
-        .with_context(|| format!("moving the old host key to {}", retired_key.display()))?;
-    std::fs::rename(&next, &config.host_ca_key).context("installing the new host key")?;
-    std::fs::rename(
-        next.with_extension("pub"),
-        config.host_ca_key.with_extension("pub"),
-    )
-    .context("installing the new host public key")?;
+    let retired_key = swap_key_files(
+        &crate::ca_keys::retired_host_dir(config),
+        &format!("host_ca_key-{now}"),
+        &old_text,
+        &config.host_ca_key,
+        &next,
+    )?;
     Ok(Rotated {
         new_fingerprint: new.fingerprint(),
         old_fingerprint: old.fingerprint(),
         retired_key,
     })
+}
+
+/// Moves the key at `current` (public half `old_text`) to `retired_dir/stem` and the
+/// freshly made `next` (and its `.pub`) into its place; the retired key's path. The
+/// retired public key file is what keeps the old key trusted (by hosts, and for checking
+/// the checkpoints it signed), so it is written before the key moves: some file holds it
+/// at every moment.
+fn swap_key_files(
+    retired_dir: &Path,
+    stem: &str,
+    old_text: &str,
+    current: &Path,
+    next: &Path,
+) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(retired_dir)
+        .with_context(|| format!("creating {}", retired_dir.display()))?;
+    let retired_key = retired_dir.join(stem);
+    let retired_pub = retired_key.with_extension("pub");
+    std::fs::write(&retired_pub, format!("{old_text}\n"))
+        .with_context(|| format!("writing {}", retired_pub.display()))?;
+    std::fs::rename(current, &retired_key)
+        .with_context(|| format!("moving the old key to {}", retired_key.display()))?;
+    std::fs::rename(next, current).context("installing the new key")?;
+    std::fs::rename(next.with_extension("pub"), current.with_extension("pub"))
+        .context("installing the new public key")?;
+    Ok(retired_key)
 }
 
 #[cfg(test)]
