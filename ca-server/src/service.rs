@@ -395,6 +395,31 @@ impl CertificateAuthority for Service {
             .map(|c| Response::new(convert::host_certificate(c)))
     }
 
+    async fn get_sign_in_info(
+        &self,
+        _req: Request<pb::GetSignInInfoRequest>,
+    ) -> Result<Response<pb::SignInInfo>, Status> {
+        Ok(Response::new(pb::SignInInfo::default()))
+    }
+
+    async fn create_session(
+        &self,
+        _req: Request<pb::CreateSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        Err(Status::failed_precondition(
+            "this CA has no [sso] section; sign in with a token from the operator",
+        ))
+    }
+
+    async fn delete_session(
+        &self,
+        _req: Request<pb::DeleteSessionRequest>,
+    ) -> Result<Response<pb::DeleteSessionResponse>, Status> {
+        Err(Status::failed_precondition(
+            "this CA has no [sso] section; there is no session to end",
+        ))
+    }
+
     #[tracing::instrument(skip_all, fields(caller, role, request_id))]
     async fn create_access_request(
         &self,
@@ -589,6 +614,8 @@ impl CertificateAuthority for Service {
             groups: caller.groups,
             requestable_roles,
             approvable_roles,
+            credential: "token".into(),
+            ..Default::default()
         }))
     }
 
