@@ -44,20 +44,7 @@ impl From<authority::Error> for Status {
 /// Disk full, read-only or locked database, or a failed commit: the client should retry;
 /// nothing was issued.
 fn is_unavailable(e: &crate::store::Error) -> bool {
-    use rusqlite::ErrorCode as C;
-    match e {
-        crate::store::Error::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
-            f.code,
-            C::DiskFull
-                | C::ReadOnly
-                | C::DatabaseBusy
-                | C::DatabaseLocked
-                | C::CannotOpen
-                | C::SystemIoFailure
-        ),
-        crate::store::Error::CommitFailed(_) => true,
-        _ => false,
-    }
+    e.kind() == crate::store::ErrorKind::Unavailable
 }
 
 /// Unix seconds for the wire.

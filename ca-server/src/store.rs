@@ -39,6 +39,42 @@ pub enum Error {
     TooNew(i64),
 }
 
+/// What a store failure means to the layers above, decided by the backend so nothing above
+/// the store matches a database's error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The database cannot take the write now (disk full, read-only, locked, I/O, a failed
+    /// commit): nothing was stored and the caller may retry.
+    Unavailable,
+    /// The database holds something this version cannot read, or said something it should
+    /// never say: an operator must look.
+    Corrupt,
+}
+
+impl Error {
+    /// Classifies this failure; see [`ErrorKind`].
+    pub fn kind(&self) -> ErrorKind {
+        use rusqlite::ErrorCode as C;
+        match self {
+            Error::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(
+                    f.code,
+                    C::DiskFull
+                        | C::ReadOnly
+                        | C::DatabaseBusy
+                        | C::DatabaseLocked
+                        | C::CannotOpen
+                        | C::SystemIoFailure
+                ) =>
+            {
+                ErrorKind::Unavailable
+            }
+            Error::CommitFailed(_) => ErrorKind::Unavailable,
+            _ => ErrorKind::Corrupt,
+        }
+    }
+}
+
 /// Store result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
