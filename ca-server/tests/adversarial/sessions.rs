@@ -213,7 +213,7 @@ async fn sso_a_good_sign_in_makes_a_session_that_authenticates() {
     assert_eq!(me.credential, "session");
     assert_eq!(me.session_id, s.id);
     assert_eq!(me.session_issuer, idp.base);
-    assert_eq!(me.requestable_roles, ["db", "two", "locked", "glass"]);
+    assert_eq!(me.requestable_roles, ["db", "glass", "locked", "two"]);
     // The session's credential is stored as a hash only, and appears in no audit row.
     let rows = format!("{:?}", h.store.read(|tx| tx.audit_rows()).unwrap());
     assert!(!rows.contains(&s.token[4..]));
