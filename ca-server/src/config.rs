@@ -50,6 +50,8 @@ pub struct Config {
     pub host_ca_key: PathBuf,
     /// Validity of host certificates unless a join token says otherwise (`host_cert_ttl`).
     pub host_cert_ttl: u64,
+    /// Where `GET /metrics` is served over plain HTTP (`metrics_listen`); none when absent.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Validity of host certificates unless config.toml says otherwise: 30 days.
@@ -161,6 +163,7 @@ struct RawConfig {
     oidc: Option<RawOidc>,
     notify: Option<RawNotify>,
     audit: Option<RawAudit>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -290,6 +293,15 @@ impl Config {
                 errors.push(format!("{origin}: listen: expected ADDRESS:PORT"));
                 SocketAddr::from(([127, 0, 0, 1], 7443))
             });
+        let metrics_listen = raw.metrics_listen.as_deref().and_then(|v| {
+            v.parse()
+                .map_err(|_| {
+                    errors.push(format!(
+                        "{origin}: metrics_listen: expected ADDRESS:PORT, e.g. \"127.0.0.1:9464\""
+                    ))
+                })
+                .ok()
+        });
         let max_ttl = match raw.max_ttl.as_deref().map(parse_duration) {
             None => DEFAULT_MAX_TTL,
             Some(Ok(v)) if (60..=30 * 24 * 3600).contains(&v) => v,
@@ -465,6 +477,7 @@ impl Config {
             ca_key: path(raw.ca_key, "ca_key"),
             host_ca_key: path(raw.host_ca_key, "host_ca_key"),
             host_cert_ttl,
+            metrics_listen,
             passphrase_file: raw.passphrase_file.map(|p| path(Some(p), "")),
             tls_cert: path(cert, "tls/cert.pem"),
             tls_key: path(key, "tls/key.pem"),
@@ -500,6 +513,7 @@ ca_key = "ca_key"
 {pass}max_ttl = "24h"        # no policy may grant more
 host_ca_key = "host_ca_key"   # signs host certificates only (`moshca host enroll`)
 host_cert_ttl = "30d"         # validity of host certificates (1m..365d)
+# metrics_listen = "127.0.0.1:9464"   # Prometheus GET /metrics, plain HTTP; absent = off
 
 [tls]
 cert = "tls/cert.pem"
