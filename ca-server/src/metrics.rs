@@ -31,7 +31,7 @@ use crate::policy::Policy;
 
 /// The path that produced a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Path {
+pub(crate) enum Path {
     /// An auto-approved role, issued at once.
     Auto,
     /// Issued when the last required approval came in.
@@ -207,7 +207,7 @@ pub fn global() -> &'static Metrics {
 }
 
 /// The label value for `role`: its name when the policy has it, else [`OTHER_ROLE`].
-pub fn role_label(policy: &Policy, role: &str) -> Cow<'static, str> {
+pub(crate) fn role_label(policy: &Policy, role: &str) -> Cow<'static, str> {
     match policy.role(role) {
         Some(r) => Cow::Owned(r.name.clone()),
         None => Cow::Borrowed(OTHER_ROLE),
@@ -243,14 +243,14 @@ pub(crate) fn in_call<T>(started: Option<Instant>, f: impl FnOnce() -> T) -> T {
 }
 
 /// A certificate was issued and committed: counted, and timed from the call's arrival.
-pub fn issued(role: Cow<'static, str>, path: Path) {
+pub(crate) fn issued(role: Cow<'static, str>, path: Path) {
     let started = BLOCKING_CALL_STARTED.get();
     global().issued(role, path, started);
 }
 
 /// Review decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// An approval (whether or not it was the last one needed).
     Approve,
     /// A denial.
@@ -260,7 +260,7 @@ pub enum Decision {
 }
 
 /// A review was recorded.
-pub fn reviewed(decision: Decision) {
+pub(crate) fn reviewed(decision: Decision) {
     let label = match decision {
         Decision::Approve => "approve",
         Decision::Deny => "deny",
@@ -270,7 +270,7 @@ pub fn reviewed(decision: Decision) {
 }
 
 /// The refusal reason of a gRPC status code: one of a fixed set.
-pub fn refusal_reason(code: tonic::Code) -> &'static str {
+pub(crate) fn refusal_reason(code: tonic::Code) -> &'static str {
     use tonic::Code as C;
     match code {
         C::InvalidArgument | C::OutOfRange => "invalid_argument",
@@ -302,7 +302,7 @@ fn auth_failure_reason(reason: &str) -> &'static str {
 }
 
 /// An authentication failed; `reason` is the audited reason.
-pub fn auth_failed(reason: &str) {
+pub(crate) fn auth_failed(reason: &str) {
     global()
         .auth_failures
         .get_or_create(&[("reason", auth_failure_reason(reason))])
@@ -310,7 +310,7 @@ pub fn auth_failed(reason: &str) {
 }
 
 /// Builds the KRL with `f`, timing it.
-pub fn time_krl_build<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn time_krl_build<T>(f: impl FnOnce() -> T) -> T {
     let started = Instant::now();
     let out = f();
     global()
@@ -320,7 +320,7 @@ pub fn time_krl_build<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// One webhook delivery attempt ended.
-pub fn webhook_delivery(ok: bool) {
+pub(crate) fn webhook_delivery(ok: bool) {
     let outcome = if ok { "ok" } else { "failed" };
     global()
         .webhook_deliveries
@@ -329,12 +329,12 @@ pub fn webhook_delivery(ok: bool) {
 }
 
 /// A notification was dropped after its last attempt.
-pub fn webhook_dropped() {
+pub(crate) fn webhook_dropped() {
     global().webhook_drops.inc();
 }
 
 /// A store batch of `writers` ended; `committed` is false when it could not commit.
-pub fn store_batch(writers: usize, committed: bool) {
+pub(crate) fn store_batch(writers: usize, committed: bool) {
     let m = global();
     m.store_batch_size.observe(writers as f64);
     if !committed {
@@ -343,14 +343,14 @@ pub fn store_batch(writers: usize, committed: bool) {
 }
 
 /// A store batch could not even begin.
-pub fn store_begin_failed() {
+pub(crate) fn store_begin_failed() {
     global().store_commit_errors.inc();
 }
 
 /// Wraps the gRPC service: notes when each call arrived (for the issuance latency) and
 /// counts every error answer by its status code. One place for every handler.
 #[derive(Debug, Clone)]
-pub struct Observed<S>(pub S);
+pub(crate) struct Observed<S>(pub(crate) S);
 
 impl<S: tonic::server::NamedService> tonic::server::NamedService for Observed<S> {
     const NAME: &'static str = S::NAME;
