@@ -25,6 +25,7 @@ use crate::approvals::{self, Approval, Ready, Request, State, Verdict};
 use crate::audit::Event;
 use crate::auth::{self, Caller, Proof, Token, fmt_time};
 use crate::clock::UnixTime;
+use crate::metrics;
 use crate::oidc::WorkloadIdentity;
 use crate::policy::{self, Policy, Refusal, Role};
 use crate::signer::{self, Grant, Signer};
@@ -567,7 +568,15 @@ impl Authority {
         };
         // Logged after the commit, outside the write lock; one line per request.
         match &view.certificate {
-            Some(cert) => log_issued(cert, &caller.name),
+            Some(cert) => {
+                log_issued(cert, &caller.name);
+                let path = if view.request.break_glass {
+                    metrics::Path::BreakGlass
+                } else {
+                    metrics::Path::Auto
+                };
+                metrics::issued(metrics::role_label(&policy, &view.request.role), path);
+            }
             None => tracing::info!(
                 request_id = %view.request.id,
                 caller = %caller.name,
@@ -958,8 +967,16 @@ impl Authority {
         match &result {
             Ok(view) => {
                 tracing::info!(request_id = %id, approver = %caller.name, state = %view.request.state, "request reviewed");
+                metrics::reviewed(match verdict {
+                    Verdict::Approve => metrics::Decision::Approve,
+                    Verdict::Deny => metrics::Decision::Deny,
+                });
                 if let Some(cert) = &view.certificate {
                     log_issued(cert, &caller.name);
+                    metrics::issued(
+                        metrics::role_label(&policy, &view.request.role),
+                        metrics::Path::Approval,
+                    );
                 }
                 self.changed(id);
             }
@@ -1152,12 +1169,14 @@ impl Authority {
             Ok::<_, Error>(self.view(&policy, req, cert, false))
         })?;
         tracing::info!(request_id = %id, approver = %caller.name, "break-glass request reviewed");
+        metrics::reviewed(metrics::Decision::BreakGlassReview);
         self.changed(id);
         Ok(view)
     }
 
     /// Records a failed authentication (bad token or JWT); never the credential itself.
     pub fn record_auth_failure_at(&self, peer: &str, reason: &str, now: UnixTime) -> Result<()> {
+        metrics::auth_failed(reason);
         self.audit(Event::new(
             now,
             "anonymous",
@@ -1165,6 +1184,12 @@ impl Authority {
             None,
             json!({ "peer": peer, "reason": reason }),
         ))
+    }
+
+    /// The pending request count and the KRL version, for the metrics page.
+    pub fn metrics_gauges(&self) -> Result<(u64, u64)> {
+        self.store
+            .read(|tx| Ok::<_, Error>((tx.pending_total()?, tx.krl_version()?)))
     }
 
     /// Roles the caller may request and approve.

@@ -52,6 +52,8 @@ pub struct Config {
     pub host_cert_ttl: u64,
     /// People signing in through an OpenID Connect identity provider (`[sso]`).
     pub sso: Option<Sso>,
+    /// Where `GET /metrics` is served over plain HTTP (`metrics_listen`); none when absent.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Sign-in of people through an OpenID Connect identity provider (`[sso]`).
@@ -196,6 +198,7 @@ struct RawConfig {
     notify: Option<RawNotify>,
     audit: Option<RawAudit>,
     sso: Option<RawSso>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -454,6 +457,15 @@ impl Config {
                 errors.push(format!("{origin}: listen: expected ADDRESS:PORT"));
                 SocketAddr::from(([127, 0, 0, 1], 7443))
             });
+        let metrics_listen = raw.metrics_listen.as_deref().and_then(|v| {
+            v.parse()
+                .map_err(|_| {
+                    errors.push(format!(
+                        "{origin}: metrics_listen: expected ADDRESS:PORT, e.g. \"127.0.0.1:9464\""
+                    ))
+                })
+                .ok()
+        });
         let max_ttl = match raw.max_ttl.as_deref().map(parse_duration) {
             None => DEFAULT_MAX_TTL,
             Some(Ok(v)) if (60..=30 * 24 * 3600).contains(&v) => v,
@@ -630,6 +642,7 @@ impl Config {
             ca_key: path(raw.ca_key, "ca_key"),
             host_ca_key: path(raw.host_ca_key, "host_ca_key"),
             host_cert_ttl,
+            metrics_listen,
             passphrase_file: raw.passphrase_file.map(|p| path(Some(p), "")),
             tls_cert: path(cert, "tls/cert.pem"),
             tls_key: path(key, "tls/key.pem"),
@@ -666,6 +679,7 @@ ca_key = "ca_key"
 {pass}max_ttl = "24h"        # no policy may grant more
 host_ca_key = "host_ca_key"   # signs host certificates only (`moshca host enroll`)
 host_cert_ttl = "30d"         # validity of host certificates (1m..365d)
+# metrics_listen = "127.0.0.1:9464"   # Prometheus GET /metrics, plain HTTP; absent = off
 
 [tls]
 cert = "tls/cert.pem"

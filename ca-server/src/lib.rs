@@ -23,6 +23,7 @@
 //! | [`audit`] | audit events, hash chain, verification |
 //! | [`krl`] | OpenSSH key revocation list encoder (pure) |
 //! | [`notify`] | webhook notifications from the outbox, beside issuance, retried |
+//! | [`metrics`] | the Prometheus registry, every metric's name, the `/metrics` listener |
 //! | [`users`] | user accounts and tokens, for the operator's commands |
 //! | [`init`] | creating a data directory |
 //! | [`files`] | atomic, checked writes of files hosts depend on |
@@ -47,6 +48,7 @@ pub mod files;
 pub mod init;
 pub mod krl;
 pub mod limits;
+pub mod metrics;
 pub mod notify;
 pub mod oidc;
 pub mod policy;

@@ -572,6 +572,7 @@ async fn deliver_due(this: &Arc<Notifier>, hook: &Arc<Hook>, agent: &ureq::Agent
                 }
             };
             let failed = result.is_err();
+            crate::metrics::webhook_delivery(!failed);
             let error = result.as_ref().err().cloned().unwrap_or_default();
             let (n, h, o) = (this.clone(), hook.clone(), out.clone());
             let outcome = blocking(move || n.record_at(&h, &o, result, clock::now())).await;
@@ -586,11 +587,14 @@ async fn deliver_due(this: &Arc<Notifier>, hook: &Arc<Hook>, agent: &ureq::Agent
                     attempts = out.attempts + 1, retry_at = at, %error,
                     "notification not delivered; will retry"
                 ),
-                Ok(Outcome::Dropped) => tracing::warn!(
-                    webhook = %name, host = %hook.webhook.origin(), request_id, seq = out.seq,
-                    attempts = out.attempts + 1, %error,
-                    "notification dropped after its last attempt"
-                ),
+                Ok(Outcome::Dropped) => {
+                    crate::metrics::webhook_dropped();
+                    tracing::warn!(
+                        webhook = %name, host = %hook.webhook.origin(), request_id, seq = out.seq,
+                        attempts = out.attempts + 1, %error,
+                        "notification dropped after its last attempt"
+                    )
+                }
                 Err(e) => {
                     tracing::error!(webhook = %name, error = %e, "recording a notification attempt failed");
                     return;

@@ -81,7 +81,9 @@ pub async fn run(
         .max_frame_size(Some(16 * 1024))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(crate::service::TokenExpiryHeader(api));
+        .add_service(crate::metrics::Observed(crate::service::TokenExpiryHeader(
+            api,
+        )));
     let shutdown = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -396,6 +398,16 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr()?;
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("binding metrics_listen {addr}; pick a free port in config.toml")
+        })?),
+        None => None,
+    };
+    if let Some(metrics) = metrics {
+        tracing::info!(addr = %metrics.local_addr()?, "serving metrics at GET /metrics");
+        tokio::spawn(crate::metrics::serve(metrics, authority.clone()));
+    }
 
     let mut hup = signal(SignalKind::hangup())?;
     let reload_authority = authority.clone();

@@ -117,13 +117,16 @@ impl Service {
     ) -> Result<T, Status> {
         let authority = self.authority.clone();
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| f(&authority)))
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "blocking task failed");
-                Status::internal("internal error")
-            })?
-            .map_err(Status::from)
+        let started = crate::metrics::call_started();
+        tokio::task::spawn_blocking(move || {
+            crate::metrics::in_call(started, || span.in_scope(|| f(&authority)))
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "blocking task failed");
+            Status::internal("internal error")
+        })?
+        .map_err(Status::from)
     }
 
     fn credential<T>(&self, req: &Request<T>) -> Result<(Credential, String), Status> {
@@ -145,6 +148,7 @@ impl Service {
             Ok(c) => Ok((c, peer)),
             Err(msg) => {
                 tracing::warn!(peer = %peer, "authentication failed: {msg}");
+                crate::metrics::auth_failed("malformed credential");
                 self.failed(&peer);
                 Err(Status::unauthenticated(msg))
             }

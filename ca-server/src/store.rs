@@ -676,6 +676,7 @@ impl Store {
         }
         run(&w.conn, "BEGIN IMMEDIATE").map_err(|e| {
             self.commit_failed.store(true, Ordering::Relaxed);
+            crate::metrics::store_begin_failed();
             Error::from(e)
         })?;
         w.open = true;
@@ -879,6 +880,7 @@ impl<'s> Batch<'s> {
             let _ = run(&w.conn, "ROLLBACK");
         }
         let failed = failure.is_some();
+        crate::metrics::store_batch(w.members, !failed);
         if let Some(e) = failure {
             w.failed = Some((id, e));
         }

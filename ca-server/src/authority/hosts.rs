@@ -469,7 +469,7 @@ impl Authority {
             })();
             settle(tx, decided, "host.enroll_refused", peer, now)
         });
-        finish(outcome, "enrolment")
+        finish(outcome, "enrolment").inspect(|_| host_issued())
     }
 
     /// First step of a renewal: a nonce for the key of `certificate`, which must be a
@@ -587,7 +587,7 @@ impl Authority {
             })();
             settle(tx, decided, "host.renew_refused", peer, now)
         });
-        finish(outcome, "renewal")
+        finish(outcome, "renewal").inspect(|_| host_issued())
     }
 
     /// Signs and records one host certificate.
@@ -740,6 +740,11 @@ fn settle<T>(
             Ok(Err(r.error))
         }
     }
+}
+
+/// Counts a committed host certificate; hosts have no role.
+fn host_issued() {
+    crate::metrics::issued(std::borrow::Cow::Borrowed(""), crate::metrics::Path::Host);
 }
 
 fn finish<T>(outcome: Result<std::result::Result<T, Error>>, what: &str) -> Result<T> {

@@ -203,7 +203,9 @@ impl Authority {
             krl,
             version: built,
             skipped,
-        } = build_krl(&self.store, &parse_ca_keys(&ca_keys)?, now)?;
+        } = crate::metrics::time_krl_build(|| {
+            build_krl(&self.store, &parse_ca_keys(&ca_keys)?, now)
+        })?;
         // Audited once per entry while this server runs, not at every rebuild.
         let fresh: Vec<SkippedEntry> = {
             let mut seen = self

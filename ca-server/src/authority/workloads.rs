@@ -131,6 +131,10 @@ impl Authority {
             Ok(view) => {
                 if let Some(cert) = &view.certificate {
                     log_issued(cert, &name);
+                    crate::metrics::issued(
+                        crate::metrics::role_label(&policy, &view.request.role),
+                        crate::metrics::Path::Workload,
+                    );
                 }
                 self.changed(&view.request.id);
                 Ok(view)
