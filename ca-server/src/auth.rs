@@ -14,6 +14,12 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 /// Prefix of every bearer token, so scanners can spot leaked ones.
 pub const TOKEN_PREFIX: &str = "mca_";
 
+/// Prefix of a CA session credential (from `CreateSession`), sent like a token.
+pub const SESSION_PREFIX: &str = "mcs_";
+
+/// Prefix of a session's public id (`ses_` + 16 hex digits).
+pub const SESSION_ID_PREFIX: &str = "ses_";
+
 /// Prefix of a token's public id (`tok_` + 16 hex digits), which names a token in listings
 /// and `user revoke-token` without revealing it.
 pub const TOKEN_ID_PREFIX: &str = "tok_";
@@ -37,6 +43,23 @@ pub fn new_token_id() -> String {
     let mut bytes = [0u8; 8];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     format!("{TOKEN_ID_PREFIX}{}", hex::encode(bytes))
+}
+
+/// A fresh public session id, random like token ids.
+pub fn new_session_id() -> String {
+    let mut bytes = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("{SESSION_ID_PREFIX}{}", hex::encode(bytes))
+}
+
+/// Whether `id` has the shape of a session id.
+pub fn valid_session_id(id: &str) -> bool {
+    id.strip_prefix(SESSION_ID_PREFIX).is_some_and(|hex| {
+        hex.len() == 16
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// Whether `id` has the shape of a token id (checked before it reaches a query or a log).
@@ -71,6 +94,11 @@ pub enum Proof {
     },
     /// A CI job's ID token, verified for this one call; the job has no user row.
     Workload,
+    /// A CA session from an SSO sign-in, by the hash stored for it.
+    Session {
+        /// SHA-256 of the session credential, hex.
+        hash: String,
+    },
     /// Named by code on the CA host (operator commands, tests): stands while the user
     /// exists and is enabled.
     Account,
@@ -81,6 +109,7 @@ impl fmt::Debug for Proof {
         // Not the hash either: it is what the token table is keyed by.
         f.write_str(match self {
             Proof::Token { .. } => "Token",
+            Proof::Session { .. } => "Session",
             Proof::Workload => "Workload",
             Proof::Account => "Account",
         })
@@ -94,10 +123,19 @@ pub struct Token(String);
 impl Token {
     /// A fresh random token.
     pub fn generate() -> Self {
+        Self::generate_with(TOKEN_PREFIX)
+    }
+
+    /// A fresh random session credential (`mcs_...`).
+    pub fn generate_session() -> Self {
+        Self::generate_with(SESSION_PREFIX)
+    }
+
+    fn generate_with(prefix: &str) -> Self {
         let mut bytes = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         let token = format!(
-            "{TOKEN_PREFIX}{}",
+            "{prefix}{}",
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
         );
         bytes.zeroize();
@@ -119,10 +157,16 @@ impl Token {
         hex::encode(Sha256::digest(self.0.as_bytes()))
     }
 
-    /// Whether it has the shape of a moshca token (cheap check before any lookup).
+    /// Whether it is a CA session credential rather than an operator-minted token.
+    pub fn is_session(&self) -> bool {
+        self.0.starts_with(SESSION_PREFIX)
+    }
+
+    /// Whether it has the shape of a moshca token or session credential (cheap check
+    /// before any lookup).
     pub fn well_formed(&self) -> bool {
         self.0.len() == TOKEN_PREFIX.len() + 43
-            && self.0.starts_with(TOKEN_PREFIX)
+            && (self.0.starts_with(TOKEN_PREFIX) || self.0.starts_with(SESSION_PREFIX))
             && self.0[TOKEN_PREFIX.len()..]
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -138,7 +182,7 @@ impl fmt::Debug for Token {
 /// What a caller presented.
 #[derive(Debug)]
 pub enum Credential {
-    /// A moshca bearer token (`mca_...`).
+    /// A moshca bearer token (`mca_...`) or CA session (`mcs_...`).
     Token(Token),
     /// An OIDC ID token of a CI job (a JWT), kept in the same redacting type.
     IdToken(Token),
@@ -152,7 +196,10 @@ pub fn parse_bearer(header: Option<&str>) -> Result<Credential, &'static str> {
         .or_else(|| header.strip_prefix("bearer "))
         .ok_or("authorization must be \"Bearer <token>\"")?
         .trim();
-    if !value.starts_with(TOKEN_PREFIX) && crate::oidc::looks_like_jwt(value) {
+    if !value.starts_with(TOKEN_PREFIX)
+        && !value.starts_with(SESSION_PREFIX)
+        && crate::oidc::looks_like_jwt(value)
+    {
         return Ok(Credential::IdToken(Token::from_presented(value)));
     }
     let token = Token::from_presented(value);
@@ -189,6 +236,18 @@ mod tests {
         ] {
             assert!(!valid_token_id(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn session_credentials_and_ids() {
+        let s = Token::generate_session();
+        assert!(s.well_formed() && s.is_session(), "{}", s.expose().len());
+        assert!(!Token::generate().is_session());
+        let header = format!("Bearer {}", s.expose());
+        assert!(matches!(parse_bearer(Some(&header)), Ok(Credential::Token(t)) if t.is_session()));
+        let id = new_session_id();
+        assert!(valid_session_id(&id) && !valid_token_id(&id), "{id}");
+        assert!(!valid_session_id("ses_0123"));
     }
 
     #[test]

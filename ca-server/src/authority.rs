@@ -34,6 +34,7 @@ use crate::text;
 mod audit_trail;
 mod hosts;
 mod revocation;
+mod sessions;
 mod workloads;
 
 pub use audit_trail::{
@@ -48,6 +49,7 @@ pub use revocation::{
     SELF_KEY_REVOCATION_WINDOW, SkippedEntry, audit_skipped, build_krl, held_trusted_ca_keys,
     krl_from_store, listable_key, trusted_ca_keys,
 };
+pub use sessions::NewSession;
 
 /// Most pending requests one requester may have at once.
 pub const MAX_PENDING_PER_REQUESTER: u64 = 5;
@@ -168,6 +170,8 @@ pub struct Authority {
     checkpoint_file: Option<std::path::PathBuf>,
     /// The host CA, when this server certifies hosts.
     host_ca: Option<HostCa>,
+    /// People's sign-in through the `[sso]` identity provider, when configured.
+    sso: Option<Arc<crate::sso::SsoVerifier>>,
 }
 
 /// Open watches by request id.
@@ -219,6 +223,7 @@ impl Authority {
             ignored_keys: Mutex::new(Vec::new()),
             checkpoint_file: None,
             host_ca: None,
+            sso: None,
         })
     }
 
@@ -389,6 +394,11 @@ impl Authority {
         peer: &str,
         now: UnixTime,
     ) -> Result<(Caller, Option<UnixTime>)> {
+        if token.is_session() {
+            return self
+                .authenticate_session_at(token, peer, now)
+                .map(|(caller, expires_at)| (caller, Some(expires_at)));
+        }
         let hash = token.hash();
         let standing = self.store.read(|tx| tx.token_standing(&hash))?;
         let (reason, message) = match standing {
@@ -932,7 +942,7 @@ impl Authority {
                         Some(id),
                         json!({ "ttl_secs": ttl_secs, "comment": comment.trim() }),
                     ))?;
-                    match self.recheck(tx, outcome, role, &policy)? {
+                    match self.recheck(tx, outcome, role, &policy, now)? {
                         Approval::Waiting(req) => {
                             tx.update_request(&req)?;
                             Ok(self.view(&policy, req, None, false))
@@ -977,19 +987,23 @@ impl Authority {
         outcome: Approval,
         role: &Role,
         policy: &Policy,
+        now: UnixTime,
     ) -> Result<Approval> {
         let Approval::Satisfied(ready) = outcome else {
             return Ok(outcome);
         };
         let req = &ready.request;
-        let requester_ok = tx.user(&req.requester)?.is_some_and(|u| {
-            !u.disabled
-                && role.may_request(&Caller {
+        let requester_ok = match tx.user(&req.requester)? {
+            Some(u) if !u.disabled => {
+                let groups = sessions::standing_groups(tx, &u, now)?;
+                role.may_request(&Caller {
                     name: u.name,
-                    groups: u.groups,
+                    groups,
                     proof: Proof::Account,
                 })
-        });
+            }
+            _ => false,
+        };
         if !requester_ok {
             return Err(Error::FailedPrecondition(format!(
                 "requester {} is disabled or may no longer request role {}",
@@ -1010,15 +1024,17 @@ impl Authority {
         }
         let mut counted = Vec::new();
         for approver in &ready.approvers {
-            let ok = tx.user(approver)?.is_some_and(|u| {
-                !u.disabled
-                    && u.name != req.requester
-                    && role.may_approve(&Caller {
+            let ok = match tx.user(approver)? {
+                Some(u) if !u.disabled && u.name != req.requester => {
+                    let groups = sessions::standing_groups(tx, &u, now)?;
+                    role.may_approve(&Caller {
                         name: u.name.clone(),
-                        groups: u.groups.clone(),
+                        groups,
                         proof: Proof::Account,
                     })
-            });
+                }
+                _ => false,
+            };
             if ok {
                 counted.push(approver.clone());
             }
@@ -1223,6 +1239,9 @@ fn still_standing(tx: &Tx<'_>, caller: &Caller, now: UnixTime) -> Result<()> {
         Proof::Token { hash } => tx
             .caller_by_token(hash, now)?
             .is_some_and(|c| c.name == caller.name),
+        Proof::Session { hash } => tx.session_standing(hash)?.is_some_and(|s| {
+            !s.user_disabled && s.session.live_at(now) && s.session.user == caller.name
+        }),
         Proof::Account => tx.user(&caller.name)?.is_some_and(|u| !u.disabled),
         // Verified for this call; its token id is consumed in this same transaction.
         Proof::Workload => true,
@@ -1231,8 +1250,11 @@ fn still_standing(tx: &Tx<'_>, caller: &Caller, now: UnixTime) -> Result<()> {
         return Ok(());
     }
     Err(Error::Unauthenticated(
-        "your token was revoked or has expired, or your user was disabled; nothing was issued. Ask the CA operator"
-            .into(),
+        match caller.proof {
+            Proof::Session { .. } => "your CA session was ended or has expired, or your user was disabled; nothing was issued. Run `moshca auth login`, or ask the CA operator",
+            _ => "your token was revoked or has expired, or your user was disabled; nothing was issued. Ask the CA operator",
+        }
+        .into(),
     ))
 }
 

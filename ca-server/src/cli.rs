@@ -80,6 +80,9 @@ pub enum Command {
     /// Host certificates: join tokens, issued certificates, revocation.
     #[command(subcommand)]
     Host(HostCommand),
+    /// CA sessions from SSO sign-ins: list and revoke (works while the server runs).
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// Write the key revocation list (for sshd's RevokedKeys) to a file, atomically.
     Krl {
         #[command(flatten)]
@@ -155,6 +158,44 @@ pub enum UserCommand {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Let a token user also sign in through SSO (`moshca auth login`) under the same name.
+    LinkSso {
+        /// User name.
+        name: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+}
+
+/// `moshca-server session ...`
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// List live sessions: id, user, groups, issuer, created, expires (never credentials).
+    List {
+        /// Only this user's sessions.
+        #[arg(long)]
+        user: Option<String>,
+        /// Ended and expired sessions too.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        dir: DataDir,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a session by its id (`ses_...`), or every session of a user: they stop working
+    /// at once.
+    Revoke {
+        /// Session id, as `session list` shows it.
+        #[arg(required_unless_present = "user", conflicts_with = "user")]
+        id: Option<String>,
+        /// Every session of this user.
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        dir: DataDir,
     },
 }
 

@@ -50,7 +50,41 @@ pub struct Config {
     pub host_ca_key: PathBuf,
     /// Validity of host certificates unless a join token says otherwise (`host_cert_ttl`).
     pub host_cert_ttl: u64,
+    /// People signing in through an OpenID Connect identity provider (`[sso]`).
+    pub sso: Option<Sso>,
 }
+
+/// Sign-in of people through an OpenID Connect identity provider (`[sso]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sso {
+    /// The provider's issuer URL, exactly as its ID tokens' `iss`.
+    pub issuer: String,
+    /// The public client id ID tokens must be issued to (`aud`, `azp`).
+    pub client_id: String,
+    /// The claim holding the CA user name.
+    pub username_claim: String,
+    /// The claim holding the caller's groups.
+    pub groups_claim: String,
+    /// Scopes clients ask for.
+    pub scopes: Vec<String>,
+    /// Claims that must be present with exactly these string values.
+    pub required_claims: Vec<(String, String)>,
+    /// Longest session, seconds.
+    pub session_ttl: u64,
+    /// Clock skew tolerated on `exp` and `iat`, seconds.
+    pub clock_leeway: u64,
+    /// How long the provider's keys are trusted before they are refetched, seconds.
+    pub jwks_cache_ttl: u64,
+}
+
+/// Session length unless `[sso] session_ttl` says otherwise.
+pub const DEFAULT_SESSION_TTL: u64 = 8 * 3600;
+/// Longest `[sso] session_ttl`.
+pub const MAX_SESSION_TTL: u64 = 24 * 3600;
+/// Clock leeway unless `[sso] clock_leeway` says otherwise.
+pub const DEFAULT_CLOCK_LEEWAY: u64 = 30;
+/// Longest `[sso] clock_leeway`.
+pub const MAX_CLOCK_LEEWAY: u64 = 300;
 
 /// Validity of host certificates unless config.toml says otherwise: 30 days.
 pub const DEFAULT_HOST_CERT_TTL: u64 = 30 * 24 * 3600;
@@ -161,6 +195,136 @@ struct RawConfig {
     oidc: Option<RawOidc>,
     notify: Option<RawNotify>,
     audit: Option<RawAudit>,
+    sso: Option<RawSso>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSso {
+    issuer: String,
+    client_id: String,
+    username_claim: Option<String>,
+    groups_claim: Option<String>,
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    required_claims: std::collections::BTreeMap<String, String>,
+    session_ttl: Option<String>,
+    clock_leeway: Option<String>,
+    jwks_cache_ttl: Option<String>,
+}
+
+/// A duration within `min..=max`, or `default` when absent.
+fn bounded_duration(
+    value: Option<&str>,
+    (min, max, default): (u64, u64, u64),
+    at: &str,
+    errors: &mut Vec<String>,
+) -> u64 {
+    match value.map(parse_duration) {
+        None => default,
+        Some(Ok(v)) if (min..=max).contains(&v) => v,
+        Some(Ok(v)) => {
+            errors.push(format!(
+                "{at}: {} is outside {}..{}",
+                fmt_secs(v),
+                fmt_secs(min),
+                fmt_secs(max)
+            ));
+            default
+        }
+        Some(Err(e)) => {
+            errors.push(format!("{at}: {e}"));
+            default
+        }
+    }
+}
+
+/// Validates `[sso]`.
+fn sso(raw: RawSso, oidc: &[OidcIssuer], origin: &str, errors: &mut Vec<String>) -> Sso {
+    let at = format!("{origin}: sso");
+    if !acceptable_url(&raw.issuer) || raw.issuer.chars().any(char::is_whitespace) {
+        errors.push(format!(
+            "{at}.issuer: must be an https URL (http only for 127.0.0.1, ::1 or localhost)"
+        ));
+    }
+    let client_ok = (1..=256).contains(&raw.client_id.len())
+        && raw.client_id.bytes().all(|b| b.is_ascii_graphic());
+    if !client_ok {
+        errors.push(format!(
+            "{at}.client_id: use 1 to 256 printable characters without spaces"
+        ));
+    }
+    // People's ID tokens and CI jobs' ID tokens must never be interchangeable: the same
+    // issuer may serve both only with different audiences.
+    if oidc
+        .iter()
+        .any(|o| o.issuer == raw.issuer && o.audience == raw.client_id)
+    {
+        errors.push(format!(
+            "{at}.client_id: the [[oidc.issuer]] for {} uses the same audience; give CI jobs' tokens another audience so a person's ID token can never pass as a workload's",
+            raw.issuer
+        ));
+    }
+    let claim = |v: Option<String>, default: &str, name: &str, errors: &mut Vec<String>| {
+        let v = v.unwrap_or_else(|| default.to_owned());
+        if v.is_empty() || v.len() > 128 || v.chars().any(char::is_control) {
+            errors.push(format!("{at}.{name}: use 1 to 128 characters"));
+        }
+        v
+    };
+    let username_claim = claim(
+        raw.username_claim,
+        "preferred_username",
+        "username_claim",
+        errors,
+    );
+    let groups_claim = claim(raw.groups_claim, "groups", "groups_claim", errors);
+    let mut scopes = raw
+        .scopes
+        .unwrap_or_else(|| vec!["openid".into(), "profile".into(), "groups".into()]);
+    if scopes.iter().any(|s| {
+        s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    }) {
+        errors.push(format!(
+            "{at}.scopes: scopes are non-empty words without spaces"
+        ));
+    }
+    if !scopes.iter().any(|s| s == "openid") {
+        scopes.insert(0, "openid".into());
+    }
+    let required_claims: Vec<(String, String)> = raw.required_claims.into_iter().collect();
+    let session_ttl = bounded_duration(
+        raw.session_ttl.as_deref(),
+        (60, MAX_SESSION_TTL, DEFAULT_SESSION_TTL),
+        &format!("{at}.session_ttl"),
+        errors,
+    );
+    let clock_leeway = bounded_duration(
+        raw.clock_leeway.as_deref(),
+        (0, MAX_CLOCK_LEEWAY, DEFAULT_CLOCK_LEEWAY),
+        &format!("{at}.clock_leeway"),
+        errors,
+    );
+    let jwks_cache_ttl = jwks_cache_ttl(
+        raw.jwks_cache_ttl.as_deref(),
+        crate::oidc::DEFAULT_JWKS_CACHE_TTL_SECS,
+        &format!("{at}.jwks_cache_ttl"),
+        errors,
+    );
+    Sso {
+        issuer: raw.issuer,
+        client_id: raw.client_id,
+        username_claim,
+        groups_claim,
+        scopes,
+        required_claims,
+        session_ttl,
+        clock_leeway,
+        jwks_cache_ttl,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,7 +389,7 @@ fn jwks_cache_ttl(value: Option<&str>, default: u64, at: &str, errors: &mut Vec<
 }
 
 /// Whether a URL is https, or http to a loopback host (for tests and local stand-ins).
-fn acceptable_url(url: &str) -> bool {
+pub(crate) fn acceptable_url(url: &str) -> bool {
     if url.starts_with("https://") {
         return true;
     }
@@ -452,6 +616,7 @@ impl Config {
                 max_attempts,
             });
         }
+        let sso = raw.sso.map(|r| sso(r, &oidc_issuers, &origin, &mut errors));
         if path(raw.ca_key.clone(), "ca_key") == path(raw.host_ca_key.clone(), "host_ca_key") {
             errors.push(format!(
                 "{origin}: host_ca_key: must be another file than ca_key; hosts and users are certified by separate keys"
@@ -475,6 +640,7 @@ impl Config {
                 raw.audit.and_then(|a| a.checkpoint_file),
                 DEFAULT_CHECKPOINT_FILE,
             ),
+            sso,
         };
         if errors.is_empty() {
             Ok(config)
@@ -512,6 +678,17 @@ key = "tls/key.pem"
 # issuer = "https://token.actions.githubusercontent.com"
 # audience = "moshca"
 # jwks_url = "https://token.actions.githubusercontent.com/.well-known/jwks"
+
+# People sign in through an OpenID Connect identity provider (`moshca auth login`).
+# [sso]
+# issuer = "https://login.example.com"     # its discovery document is checked at start
+# client_id = "moshca"                     # public client: PKCE and device grant
+# username_claim = "preferred_username"
+# groups_claim = "groups"
+# scopes = ["openid", "profile", "groups"]
+# required_claims = {{ hd = "example.com" }}
+# session_ttl = "8h"                       # at most 24h
+# clock_leeway = "30s"                     # at most 5m
 
 # Webhooks told about requests and decisions (approvers, requesters, chat channels).
 # [[notify.webhook]]
@@ -589,6 +766,48 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.errors.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn sso_defaults_bounds_and_separation_from_ci_tokens() {
+        let c = Config::parse(
+            "[sso]\nissuer = \"https://login.example.com\"\nclient_id = \"moshca\"\nrequired_claims = { hd = \"example.com\" }\n",
+            Path::new("/d"),
+        )
+        .unwrap();
+        let sso = c.sso.unwrap();
+        assert_eq!(sso.username_claim, "preferred_username");
+        assert_eq!(sso.groups_claim, "groups");
+        assert_eq!(sso.scopes, ["openid", "profile", "groups"]);
+        assert_eq!(sso.required_claims, [("hd".into(), "example.com".into())]);
+        assert_eq!((sso.session_ttl, sso.clock_leeway), (8 * 3600, 30));
+        assert!(Config::parse("", Path::new("/d")).unwrap().sso.is_none());
+        let e = Config::parse(
+            "[sso]\nissuer = \"http://login.example.com\"\nclient_id = \"\"\nsession_ttl = \"25h\"\nclock_leeway = \"6m\"\n",
+            Path::new("/d"),
+        )
+        .unwrap_err();
+        assert_eq!(e.errors.len(), 4, "{e}");
+        assert!(
+            e.errors
+                .iter()
+                .all(|l| l.starts_with("/d/config.toml: sso.")),
+            "{e}"
+        );
+        // The same issuer and audience for CI jobs would let a person's ID token pass as
+        // a workload's.
+        let e = Config::parse(
+            "[sso]\nissuer = \"https://login.example.com\"\nclient_id = \"moshca\"\n[[oidc.issuer]]\nissuer = \"https://login.example.com\"\naudience = \"moshca\"\njwks_file = \"j\"\n",
+            Path::new("/d"),
+        )
+        .unwrap_err();
+        assert!(e.errors[0].contains("same audience"), "{e}");
+        let scoped = Config::parse(
+            "[sso]\nissuer = \"http://127.0.0.1:8080\"\nclient_id = \"moshca\"\nscopes = [\"profile\"]\n",
+            Path::new("/d"),
+        )
+        .unwrap();
+        assert_eq!(scoped.sso.unwrap().scopes, ["openid", "profile"]);
     }
 
     #[test]

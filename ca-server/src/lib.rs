@@ -16,6 +16,8 @@
 //! | [`tls`] | the server's TLS certificate and key, replaced on SIGHUP |
 //! | [`text`] | bounds of caller-supplied strings, the free-text rule, escaping for logs |
 //! | [`oidc`] | CI jobs' OIDC ID tokens -> verified workload identity |
+//! | [`sso`] | people's ID tokens from the `[sso]` identity provider -> verified sign-in |
+//! | [`sessions`] | CA sessions from SSO sign-ins, for the operator's `session` commands |
 //! | [`authority`] | use cases; orchestrates the above with the store and audit |
 //! | [`store`] | all SQL and migrations |
 //! | [`audit`] | audit events, hash chain, verification |
@@ -52,7 +54,9 @@ pub mod rotation;
 pub mod secret_file;
 pub mod server;
 pub mod service;
+pub mod sessions;
 pub mod signer;
+pub mod sso;
 pub mod store;
 pub mod text;
 pub mod tls;

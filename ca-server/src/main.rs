@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use moshca_server::cli::{
     AuditCommand, CaCommand, Cli, Command, HostCommand, HostTokenCommand, LogFormat, PolicyCommand,
-    UserCommand,
+    SessionCommand, UserCommand,
 };
 use moshca_server::config::Config;
 use moshca_server::store::Store;
@@ -427,20 +427,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             UserCommand::List { dir, json } => {
                 let store = open_store(&Config::load(&dir.data_dir)?)?;
                 let list = users::list(&store)?;
+                let sources = moshca_server::sessions::sources(&store)?;
+                let source = |name: &str| {
+                    sources
+                        .iter()
+                        .find(|s| s.name == name)
+                        .map_or("token", |s| s.label())
+                };
                 if json {
                     let v: Vec<_> = list
                         .iter()
-                        .map(|u| serde_json::json!({"name": u.name, "groups": u.groups, "disabled": u.disabled, "created_at": u.created_at}))
+                        .map(|u| serde_json::json!({"name": u.name, "groups": u.groups, "disabled": u.disabled, "created_at": u.created_at, "source": source(&u.name)}))
                         .collect();
                     println!("{}", serde_json::Value::Array(v));
                 } else {
                     for u in list {
                         let state = if u.disabled { "disabled" } else { "enabled" };
-                        println!("{}\t{}\t{}", u.name, state, u.groups.join(","));
+                        println!(
+                            "{}\t{}\t{}\t{}",
+                            u.name,
+                            state,
+                            u.groups.join(","),
+                            source(&u.name)
+                        );
                     }
                 }
             }
+            UserCommand::LinkSso { name, dir } => {
+                let store = open_store(&Config::load(&dir.data_dir)?)?;
+                moshca_server::sessions::link_sso(&store, &name, clock::now())?;
+                eprintln!(
+                    "moshca-server: user {name} may now also sign in through SSO (`moshca auth login`); their tokens keep working"
+                );
+            }
         },
+        Command::Session(cmd) => session_command(cmd)?,
         Command::Ca(CaCommand::PublicKeys { dir, host: true }) => {
             let config = Config::load(&dir.data_dir)?;
             for key in host_keys(&config)? {
@@ -595,4 +616,69 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `moshca-server session ...`
+fn session_command(cmd: SessionCommand) -> anyhow::Result<()> {
+    use moshca_server::sessions;
+    match cmd {
+        SessionCommand::List {
+            user,
+            all,
+            dir,
+            json,
+        } => {
+            let store = open_store(&Config::load(&dir.data_dir)?)?;
+            let now = clock::now();
+            let list = sessions::list(&store, user.as_deref(), all, now)?;
+            let state = |s: &moshca_server::store::SessionRecord| {
+                if s.ended_at.is_some() {
+                    "ended"
+                } else if s.expires_at <= now {
+                    "expired"
+                } else {
+                    "live"
+                }
+            };
+            if json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|s| serde_json::json!({"id": s.id, "user": s.user, "groups": s.groups, "issuer": s.issuer, "created_at": s.created_at, "expires_at": s.expires_at, "ended_at": s.ended_at, "state": state(s)}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!("ID\tUSER\tGROUPS\tISSUER\tCREATED\tEXPIRES\tSTATE");
+                for s in &list {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        s.id,
+                        s.user,
+                        s.groups.join(","),
+                        s.issuer,
+                        auth::fmt_time(s.created_at),
+                        auth::fmt_time(s.expires_at),
+                        state(s)
+                    );
+                }
+            }
+        }
+        SessionCommand::Revoke { id, user, dir } => {
+            let store = open_store(&Config::load(&dir.data_dir)?)?;
+            let target = match (id, user) {
+                (Some(id), None) => sessions::RevokeTarget::Id(id),
+                (None, Some(user)) => sessions::RevokeTarget::User(user),
+                _ => anyhow::bail!("name what to revoke: a session id, or --user NAME"),
+            };
+            let n = sessions::revoke(&store, &target, clock::now())?;
+            match target {
+                sessions::RevokeTarget::Id(id) => {
+                    eprintln!("moshca-server: session {id} revoked; it no longer works");
+                }
+                sessions::RevokeTarget::User(user) => eprintln!(
+                    "moshca-server: {n} session(s) of {user} revoked; they sign in again with `moshca auth login`"
+                ),
+            }
+        }
+    }
+    Ok(())
 }

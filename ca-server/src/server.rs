@@ -51,6 +51,10 @@ pub async fn run(
         .context("building the reflection service")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let jwks = tokio::spawn(refresh_jwks(verifier.clone()));
+    let sso_jwks = authority
+        .sso()
+        .cloned()
+        .map(|sso| tokio::spawn(refresh_sso_jwks(sso)));
     let service = Service::new(authority.clone(), verifier, stop_rx)
         .with_break_glass_hooks(notifier.subscribers("request.break_glass"));
     let api = CertificateAuthorityServer::new(service)
@@ -108,6 +112,9 @@ pub async fn run(
     sweeper.abort();
     notifications.abort();
     jwks.abort();
+    if let Some(task) = sso_jwks {
+        task.abort();
+    }
     // Sign the final head so a tail cut after shutdown is detected.
     let a = authority.clone();
     match tokio::task::spawn_blocking(move || a.checkpoint_at(clock::now())).await {
@@ -127,6 +134,19 @@ async fn refresh_jwks(verifier: Arc<Verifier>) {
         let v = verifier.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || v.refresh_due_at(clock::now())).await {
             tracing::error!(error = %e, "JWKS refresh task failed");
+        }
+    }
+}
+
+/// Keeps the `[sso]` identity provider's keys fresh, as [`refresh_jwks`] does for CI
+/// issuers; a separate verifier, so people's and CI jobs' tokens never share one.
+async fn refresh_sso_jwks(sso: Arc<crate::sso::SsoVerifier>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let v = sso.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || v.refresh_due_at(clock::now())).await {
+            tracing::error!(error = %e, "SSO JWKS refresh task failed");
         }
     }
 }
@@ -227,10 +247,19 @@ pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<L
         Some(crate::ca_keys::HostKeyFiles::of(config)),
         config.host_cert_ttl,
     );
-    let authority = Authority::new(store, signer, policy, clock::now())?
+    let mut authority = Authority::new(store, signer, policy, clock::now())?
         .with_key_files(key_files)
         .with_checkpoint_file(config.checkpoint_file.clone())
         .with_host_ca(host_ca);
+    if let Some(sso) = &config.sso {
+        // Checked before serving: a CA that cannot verify sign-ins says so at start,
+        // not at the first person's login.
+        let verifier = crate::sso::SsoVerifier::start(sso, clock::now()).map_err(|e| {
+            anyhow::anyhow!("[sso] identity provider {} is not usable: {e}", sso.issuer)
+        })?;
+        tracing::info!(issuer = %sso.issuer, jwks_uri = %verifier.jwks_uri(), "SSO identity provider discovered");
+        authority = authority.with_sso(Arc::new(verifier));
+    }
     Ok(Loaded {
         authority: Arc::new(authority),
         verifier: Arc::new(Verifier::new(&config.oidc_issuers)),

@@ -265,6 +265,22 @@ impl Service {
         Ok(peer)
     }
 
+    /// The peer of a sign-in (no bearer token yet), refused while it has failed to
+    /// authenticate too often within a minute.
+    fn sign_in_peer<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let ip = req.remote_addr().map(|a| a.ip());
+        let peer = ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+        if let Some(ip) = ip
+            && !self.failures.allowed_at(&ip, Instant::now())
+        {
+            tracing::warn!(peer = %peer, "sign-in refused: too many failures");
+            return Err(Status::resource_exhausted(format!(
+                "limit reached: more than {MAX_AUTH_FAILURES} failed authentications from {peer} within a minute; wait a minute, then sign in again"
+            )));
+        }
+        Ok(peer)
+    }
+
     /// Every refused host call counts against its peer: each one writes an audit row, and
     /// nobody is authenticated before it.
     fn host_outcome<T>(&self, outcome: Result<T, Status>, peer: &str) -> Result<T, Status> {
@@ -399,25 +415,71 @@ impl CertificateAuthority for Service {
         &self,
         _req: Request<pb::GetSignInInfoRequest>,
     ) -> Result<Response<pb::SignInInfo>, Status> {
-        Ok(Response::new(pb::SignInInfo::default()))
+        let Some(sso) = self.authority.sso() else {
+            return Ok(Response::new(pb::SignInInfo::default()));
+        };
+        let c = sso.config();
+        Ok(Response::new(pb::SignInInfo {
+            enabled: true,
+            issuer: c.issuer.clone(),
+            client_id: c.client_id.clone(),
+            scopes: c.scopes.clone(),
+            session_ttl_seconds: c.session_ttl,
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(caller))]
     async fn create_session(
         &self,
-        _req: Request<pb::CreateSessionRequest>,
+        req: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        Err(Status::failed_precondition(
-            "this CA has no [sso] section; sign in with a token from the operator",
-        ))
+        // Refused sign-ins count against the peer like failed authentications.
+        let peer = self.sign_in_peer(&req)?;
+        let m = req.into_inner();
+        let id_token = Token::from_presented(&m.id_token);
+        if m.id_token.is_empty() || m.id_token.len() > crate::oidc::MAX_TOKEN_LEN {
+            self.failed(&peer);
+            return Err(Status::invalid_argument(format!(
+                "id_token must be 1 to {} bytes: the ID token from the identity provider",
+                crate::oidc::MAX_TOKEN_LEN
+            )));
+        }
+        text::bounded("nonce", &m.nonce, crate::sso::MAX_NONCE_LEN)
+            .map_err(Status::invalid_argument)?;
+        let p = peer.clone();
+        let created = self
+            .blocking(move |a| a.create_session_at(&id_token, &m.nonce, &p, clock::now()))
+            .await;
+        if let Err(s) = &created
+            && s.code() == tonic::Code::Unauthenticated
+        {
+            self.failed(&peer);
+        }
+        let created = created?;
+        tracing::Span::current().record("caller", created.session.user.as_str());
+        let s = created.session;
+        Ok(Response::new(pb::Session {
+            token: created.token.expose().to_owned(),
+            id: s.id,
+            user: s.user,
+            groups: s.groups,
+            expires_at: i64::try_from(s.expires_at).unwrap_or(i64::MAX),
+            issuer: s.issuer,
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(caller))]
     async fn delete_session(
         &self,
-        _req: Request<pb::DeleteSessionRequest>,
+        req: Request<pb::DeleteSessionRequest>,
     ) -> Result<Response<pb::DeleteSessionResponse>, Status> {
-        Err(Status::failed_precondition(
-            "this CA has no [sso] section; there is no session to end",
-        ))
+        let credential = self.user_token(&req)?;
+        let id = self
+            .as_caller(credential, |a, caller| {
+                a.end_session_at(caller, clock::now())
+            })
+            .await?;
+        Ok(Response::new(pb::DeleteSessionResponse { id }))
     }
 
     #[tracing::instrument(skip_all, fields(caller, role, request_id))]
@@ -607,16 +669,28 @@ impl CertificateAuthority for Service {
         &self,
         req: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
-        let caller = self.caller(&req).await?;
+        let credential = self.user_token(&req)?;
+        let (caller, session) = self
+            .as_caller(credential, |a, caller| {
+                Ok((caller.clone(), a.session_of(caller)?))
+            })
+            .await?;
         let (requestable_roles, approvable_roles) = self.authority.roles_of(&caller);
-        Ok(Response::new(pb::WhoAmIResponse {
+        let mut answer = pb::WhoAmIResponse {
             name: caller.name,
             groups: caller.groups,
             requestable_roles,
             approvable_roles,
             credential: "token".into(),
             ..Default::default()
-        }))
+        };
+        if let Some(s) = session {
+            answer.credential = "session".into();
+            answer.session_id = s.id;
+            answer.session_expires_at = i64::try_from(s.expires_at).unwrap_or(i64::MAX);
+            answer.session_issuer = s.issuer;
+        }
+        Ok(Response::new(answer))
     }
 
     #[tracing::instrument(skip_all, fields(caller))]

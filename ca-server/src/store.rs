@@ -19,8 +19,10 @@ use crate::audit::{self, Event};
 use crate::auth::Caller;
 
 mod hosts;
+mod sessions;
 
 pub use hosts::{HostCertRecord, HostTokenRecord};
+pub use sessions::{SessionRecord, SessionStanding, UserSource};
 
 /// Store failures. Callers log these whole and tell clients "internal error".
 #[derive(Debug, thiserror::Error)]
@@ -419,6 +421,29 @@ CREATE TABLE host_challenges (
 ) STRICT;
 CREATE INDEX host_challenges_by_key ON host_challenges(fingerprint, expires_at);
 CREATE INDEX host_challenges_by_expiry ON host_challenges(expires_at);
+"#,
+    // SSO sign-ins: CA sessions (only the credential's SHA-256 kept, with the IdP's groups
+    // as of the sign-in), the ID tokens already traded for one (until their exp), and
+    // which users may sign in through SSO.
+    r#"
+CREATE TABLE sessions (
+    hash TEXT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    user TEXT NOT NULL REFERENCES users(name),
+    groups TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    ended_at INTEGER
+) STRICT;
+CREATE INDEX sessions_by_user ON sessions(user, created_at);
+CREATE INDEX sessions_by_expiry ON sessions(expires_at);
+CREATE TABLE consumed_id_tokens (
+    hash TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX consumed_id_tokens_by_expiry ON consumed_id_tokens(expires_at);
+ALTER TABLE users ADD COLUMN sso INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
 

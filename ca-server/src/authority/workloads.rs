@@ -143,6 +143,8 @@ impl Authority {
     /// Forgets consumed token ids whose tokens expired.
     pub fn purge_jti_at(&self, now: UnixTime) -> Result<usize> {
         self.store.transact(|tx| {
+            // ID tokens traded for CA sessions go at the same pace, once past any leeway.
+            tx.forget_consumed_id_tokens(now.saturating_sub(crate::config::MAX_CLOCK_LEEWAY))?;
             tx.purge_jti(now, crate::oidc::LEEWAY_SECS)
                 .map_err(Error::from)
         })

@@ -367,6 +367,7 @@ mod review_audit;
 mod review_credentials;
 mod review_issuance;
 mod review_keys;
+mod sessions;
 
 #[tokio::test]
 async fn database_path_is_the_one_the_server_uses() {
