@@ -319,7 +319,12 @@ fn browser_sign_in_with_pkce_keeps_a_private_session_that_status_shows_and_logou
     let Some((idp, ca)) = setup("", &[]) else {
         return;
     };
+    let started = Instant::now();
     let out = browser_login(alice(&ca));
+    eprintln!(
+        "browser flow: `moshca auth login` through browser.mjs to a CA session took {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     let signed_in = out.json();
     assert_eq!(signed_in["user"], "alice", "{out}");
     assert_eq!(signed_in["groups"], json!(["eng"]), "{out}");
