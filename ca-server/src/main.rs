@@ -619,6 +619,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `moshca-server session ...`
+#[allow(clippy::print_stdout)] // listings are the command's output
 fn session_command(cmd: SessionCommand) -> anyhow::Result<()> {
     use moshca_server::sessions;
     match cmd {

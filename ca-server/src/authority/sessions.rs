@@ -259,3 +259,167 @@ pub(super) fn standing_groups(
     }
     Ok(groups)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: UnixTime = 1_790_000_000;
+    const POLICY: &str = r#"
+[[role]]
+name = "db"
+requesters = ["group:oncall"]
+approvers = ["group:leads"]
+logins = ["postgres"]
+max_ttl = "1h"
+
+[[role]]
+name = "auto"
+requesters = ["group:oncall"]
+approval = "auto"
+logins = ["deploy"]
+max_ttl = "10m"
+"#;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        auth: Authority,
+        store: Arc<Store>,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::generate(&dir.path().join("ca"), None, "t").unwrap();
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        store
+            .transact(|tx| tx.insert_user("bob", &["leads".into()], 0).map(|_| ()))
+            .unwrap();
+        let policy = Policy::parse(POLICY, "p", 86_400).unwrap();
+        Fixture {
+            auth: Authority::new(store.clone(), signer, policy, 0).unwrap(),
+            store,
+            _dir: dir,
+        }
+    }
+
+    /// A session of the SSO user `sam` in group oncall, authenticated: its caller.
+    fn signed_in(f: &Fixture) -> (Caller, String) {
+        let token = Token::generate_session();
+        let id = auth::new_session_id();
+        f.store
+            .transact(|tx| {
+                tx.insert_sso_user("sam", T0)?;
+                tx.insert_session(
+                    &token.hash(),
+                    &SessionRecord {
+                        id: id.clone(),
+                        user: "sam".into(),
+                        groups: vec!["oncall".into()],
+                        issuer: "https://login.example.com".into(),
+                        created_at: T0,
+                        expires_at: T0 + 3600,
+                        ended_at: None,
+                    },
+                )
+            })
+            .unwrap();
+        let (caller, expires_at) = f.auth.authenticate_token_at(&token, "p", T0).unwrap();
+        assert_eq!(expires_at, Some(T0 + 3600));
+        assert_eq!(caller.groups, ["oncall"]);
+        (caller, id)
+    }
+
+    fn new_request(role: &str, login: &str) -> NewRequest {
+        NewRequest {
+            role: role.into(),
+            principals: vec![login.into()],
+            ttl_secs: Some(300),
+            reason: "INC-1 disk full".into(),
+            public_key: ssh_key::PrivateKey::random(
+                &mut rand::rngs::OsRng,
+                ssh_key::Algorithm::Ed25519,
+            )
+            .unwrap()
+            .public_key()
+            .to_openssh()
+            .unwrap(),
+            break_glass: false,
+        }
+    }
+
+    fn bob() -> Caller {
+        Caller {
+            name: "bob".into(),
+            groups: vec!["leads".into()],
+            proof: Proof::Account,
+        }
+    }
+
+    #[test]
+    fn a_session_ended_after_authentication_issues_nothing() {
+        let f = fixture();
+        let (caller, id) = signed_in(&f);
+        // Authenticated; then the operator revokes the session before the call issues.
+        f.store.transact(|tx| tx.end_session(&id, T0 + 1)).unwrap();
+        let e = f
+            .auth
+            .create_request_at(&caller, new_request("auto", "deploy"), T0 + 2)
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::Unauthenticated(ref m) if m.contains("CA session")),
+            "{e}"
+        );
+        let issued = f
+            .store
+            .read(|tx| tx.live_certificates_of("sam", T0 + 2))
+            .unwrap();
+        assert!(issued.is_empty());
+    }
+
+    #[test]
+    fn a_pending_request_is_approved_on_the_session_groups_and_not_once_they_are_gone() {
+        let f = fixture();
+        let (caller, id) = signed_in(&f);
+        let req = f
+            .auth
+            .create_request_at(&caller, new_request("db", "postgres"), T0 + 1)
+            .unwrap();
+        // Approved while the session (and its groups) stand: issued.
+        let view = f
+            .auth
+            .review_at(
+                &bob(),
+                &req.request.id,
+                Verdict::Approve,
+                None,
+                "ok",
+                T0 + 2,
+            )
+            .unwrap();
+        assert_eq!(view.request.state, State::Issued);
+        // A second request, then the session ends: sam no longer stands in group oncall.
+        let req = f
+            .auth
+            .create_request_at(&caller, new_request("db", "postgres"), T0 + 3)
+            .unwrap();
+        f.store.transact(|tx| tx.end_session(&id, T0 + 4)).unwrap();
+        let e = f
+            .auth
+            .review_at(
+                &bob(),
+                &req.request.id,
+                Verdict::Approve,
+                None,
+                "ok",
+                T0 + 5,
+            )
+            .unwrap_err();
+        assert!(matches!(e, Error::FailedPrecondition(_)), "{e}");
+        let stored = f
+            .store
+            .read(|tx| tx.request(&req.request.id))
+            .unwrap()
+            .unwrap();
+        assert_ne!(stored.state, State::Issued);
+    }
+}
