@@ -567,6 +567,9 @@ impl Error {
                  a different certificate can mean you are not talking to your CA"
             }
             Error::NoConfigDir => "set HOME (or XDG_CONFIG_HOME), then run `moshca setup` again",
+            // A refused session's message already says to sign in again; the token hint
+            // would send a person after a token they do not need.
+            Error::Rpc { message, .. } if message.contains("moshca auth login") => return None,
             Error::Rpc { code, .. } => return rpc_hint(*code).map(str::to_owned),
             Error::NoAgent => {
                 "start an agent with `eval \"$(ssh-agent)\"`, then run `moshca login` again"
