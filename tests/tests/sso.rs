@@ -597,3 +597,40 @@ fn bob_removed_from_the_approver_group_at_the_idp_cannot_approve_after_signing_i
     state.assert_ok();
     assert_eq!(state.json()["state"], "pending", "{state}");
 }
+
+#[test]
+fn without_a_browser_the_client_falls_back_to_the_device_grant() {
+    let Some((idp, ca)) = setup("", &[]) else {
+        return;
+    };
+    let mut cmd = alice(&ca);
+    cmd.env("BROWSER", ca.scratch().join("no-such-browser"));
+    let mut login = Background::spawn(cmd.args(["auth", "login"]));
+    let uri = login.wait_for_stderr(Duration::from_secs(30), |line| {
+        line.trim()
+            .strip_prefix("moshca: to sign in, open ")
+            .map(str::to_owned)
+    });
+    idp.complete_device("alice", ALICE_PW, &uri).assert_ok();
+    let out = login.finish(Duration::from_secs(60));
+    out.assert_ok();
+    assert_mentions_all(&out, &["no browser could be started"]);
+    assert!(session_file(&ca, "alice").exists());
+}
+
+#[test]
+fn logout_without_the_ca_deletes_the_session_file_and_warns() {
+    let Some((_idp, mut ca)) = setup("", &[]) else {
+        return;
+    };
+    browser_login(alice(&ca));
+    let file = session_file(&ca, "alice");
+    // The client must still find its settings: the URL stays, nothing listens on it.
+    let mut cmd = alice(&ca);
+    ca.stop();
+    let out = run(cmd.args(["auth", "logout"]));
+    assert_no_panic(&out);
+    out.assert_ok();
+    assert!(!file.exists(), "the session file should be gone:\n{out}");
+    assert_mentions_all(&out, &["warning", "session revoke"]);
+}
