@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# A tour of moshca on one machine: a CA, a private sshd that trusts it, a private
-# ssh-agent; alice asks for access to role db-oncall, bob approves, alice logs in over ssh
-# with the short-lived certificate. Everything lives in a temporary directory that is
+# A tour of moshca on one machine: a local OpenID Connect identity provider (tests/idp,
+# Node.js 20+), a CA that signs people in through it, a private sshd that trusts the CA, a
+# private ssh-agent; alice signs in with a code (the device grant), asks for access to role
+# db-oncall, bob signs in through the browser flow and approves, alice logs in over ssh
+# with the short-lived certificate. The identity provider's groups decide who may do what. Everything lives in a temporary directory that is
 # removed (and every process stopped) on exit. Exits non-zero if any step fails.
 #
 # Run as root to get a dedicated demo account (moshca-demo); otherwise the certificate is
@@ -43,7 +45,7 @@ cleanup() {
         echo >&2
         echo "demo: FAILED during: ${step:-setup}" >&2
         if [ -n "$work" ]; then
-            for log in server.log sshd.log login.err login.out; do
+            for log in server.log idp.log sshd.log signin.err login.err login.out; do
                 if [ -s "$work/$log" ]; then
                     echo "--- $log ---" >&2
                     tail -n 30 "$work/$log" >&2
@@ -85,6 +87,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+say "checking for Node.js 20+ and the test identity provider's packages"
+if ! have node || [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+    echo "demo: the local identity provider needs Node.js 20 or later (node is $(node --version 2>/dev/null || echo missing))" >&2
+    exit 1
+fi
+if [ ! -d "$repo/tests/idp/node_modules" ]; then
+    (cd "$repo/tests/idp" && npm ci --no-audit --no-fund)
+fi
+idp_dir="$repo/tests/idp"
+
 say "building moshca-server and moshca (cargo build --bins)"
 . "$repo/scripts/built.sh"
 built_bins
@@ -125,10 +137,26 @@ max_ttl = "1h"
 POLICY
 echo "policy: role db-oncall, requested by group oncall, approved by group sre-leads, login $login"
 
-say "adding users alice (oncall) and bob (sre-leads)"
-alice_token=$(server user add alice --group oncall --data-dir "$data")
-bob_token=$(server user add bob --group sre-leads --data-dir "$data")
-server user list --data-dir "$data"
+say "starting the identity provider: alice is in group oncall, bob in sre-leads"
+cat >"$work/accounts.json" <<'ACCOUNTS'
+{"alice": {"password": "alice-demo-pw", "groups": ["oncall"]},
+ "bob": {"password": "bob-demo-pw", "groups": ["sre-leads"]}}
+ACCOUNTS
+node "$idp_dir/server.mjs" --port 0 --accounts "$work/accounts.json" >"$work/idp.out" 2>"$work/idp.log" &
+pids+=($!)
+idp_pid=$!
+idp_ready() { grep -q '^ready http://' "$work/idp.out" || ! alive "$idp_pid"; }
+wait_until 30 idp_ready
+issuer=$(sed -n 's/^ready \(http:\/\/[^ ]*\)$/\1/p' "$work/idp.out" | head -n 1)
+[ -n "$issuer" ]
+echo "identity provider at $issuer"
+cat >>"$data/config.toml" <<SSO
+
+[sso]
+issuer = "$issuer"
+client_id = "moshca"
+SSO
+echo "CA config.toml: [sso] issuer = \"$issuer\", client_id = \"moshca\" (no user is added by hand)"
 
 say "starting moshca-server on a free loopback port"
 # Background jobs run the binaries directly (not through a shell function), so that the pid
@@ -145,14 +173,18 @@ echo "CA listening on $url"
 # Every moshca call below talks to this CA only, with a throwaway HOME.
 export MOSHCA_SERVER="$url" MOSHCA_CA_CERT="$data/tls/cert.pem"
 unset MOSHCA_TOKEN_FILE
+unset MOSHCA_TOKEN
+# Each person has their own config directory, where `moshca auth login` keeps the session.
+# Their "browser" is tests/idp/browser.mjs, which fills in the provider's pages for them.
 as() {
-    local user=$1 token
+    local user=$1 password
     shift
     case "$user" in
-        alice) token=$alice_token ;;
-        bob) token=$bob_token ;;
+        alice) password=alice-demo-pw ;;
+        bob) password=bob-demo-pw ;;
     esac
-    HOME="$work/home" XDG_CONFIG_HOME="$work/home/.config" MOSHCA_TOKEN="$token" "$MOSHCA_CLIENT_BIN" "$@"
+    HOME="$work/home" XDG_CONFIG_HOME="$work/$user-config" BROWSER="$idp_dir/browser.mjs" \
+        MOSHCA_IDP_USER="$user" MOSHCA_IDP_PASSWORD="$password" "$MOSHCA_CLIENT_BIN" "$@"
 }
 
 
@@ -200,14 +232,37 @@ ssh-agent -D -a "$SSH_AUTH_SOCK" >/dev/null &
 pids+=($!)
 wait_until 10 test -S "$SSH_AUTH_SOCK"
 
+# --- signing in --------------------------------------------------------------------------
+say "alice: moshca auth login --device (she enters the code on her phone: device.mjs)"
+as alice auth login --device >"$work/signin.out" 2>"$work/signin.err" &
+signin_pid=$!
+pids+=("$signin_pid")
+code_shown() { grep -qs '^moshca: to sign in, open ' "$work/signin.err" || ! alive "$signin_pid"; }
+wait_until 30 code_shown
+sed 's/^/    /' "$work/signin.err"
+verification=$(sed -n 's/^moshca: to sign in, open \(.*\)$/\1/p' "$work/signin.err" | head -n 1)
+[ -n "$verification" ]
+node "$idp_dir/device.mjs" --user alice --password alice-demo-pw --uri "$verification"
+wait "$signin_pid"
+sed 's/^/    /' "$work/signin.out"
+
+say "bob: moshca auth login (the browser flow with PKCE; his browser is browser.mjs)"
+as bob auth login 2>&1 | grep -v '^browser.mjs' | sed 's/^/    /'
+
+say "alice: moshca auth status"
+as alice auth status
+
+say "the CA's users and sessions (moshca-server user list; session list)"
+server user list --data-dir "$data"
+server session list --data-dir "$data"
+
 # --- the access request ----------------------------------------------------------------
 say "alice: moshca login --role db-oncall --reason \"INC-4312 replica lag\""
-HOME="$work/home" XDG_CONFIG_HOME="$work/home/.config" MOSHCA_TOKEN="$alice_token" \
-    "$MOSHCA_CLIENT_BIN" login --role db-oncall --reason "INC-4312 replica lag" --timeout 2m \
+as alice login --role db-oncall --reason "INC-4312 replica lag" --timeout 2m \
     >"$work/login.out" 2>"$work/login.err" &
 login_pid=$!
 pids+=("$login_pid")
-announced() { grep -q '^moshca: request .* is waiting' "$work/login.err" || ! alive "$login_pid"; }
+announced() { grep -qs '^moshca: request .* is waiting' "$work/login.err" || ! alive "$login_pid"; }
 wait_until 30 announced
 sed 's/^/    /' "$work/login.err"
 id=$(sed -n 's/^moshca: request \([^ ]*\) is waiting.*/\1/p' "$work/login.err" | head -n 1)
@@ -234,5 +289,8 @@ grep -m 1 'Accepted certificate ID' "$work/sshd.log" | sed 's/^/    /'
 say "the certificate in the agent (ssh-add -L | ssh-keygen -L -f -)"
 ssh-add -L | grep -- '-cert-v01@openssh.com ' | ssh-keygen -L -f -
 
+say "alice: moshca auth logout"
+as alice auth logout
+
 step=""
-printf '\ndemo finished: request %s approved by bob, certificate valid for %s only.\n' "$id" "$login"
+printf '\ndemo finished: alice and bob signed in through %s; request %s approved by bob, certificate valid for %s only.\n' "$issuer" "$id" "$login"

@@ -40,6 +40,22 @@ if [ "${#missing[@]}" -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The SSO end-to-end tests (tests/tests/sso.rs) sign in at a local OpenID Connect provider,
+# tests/idp/server.mjs, which needs Node.js 20 or later and its npm packages.
+if ! command -v node >/dev/null 2>&1; then
+    echo "test.sh: node is missing; the SSO tests need Node.js 20 or later (e.g. from nodejs.org or nvm)" >&2
+    exit 1
+fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+    echo "test.sh: node $(node --version) is too old; the SSO tests need Node.js 20 or later" >&2
+    exit 1
+fi
+if [ ! -d tests/idp/node_modules ]; then
+    echo "test.sh: installing the test identity provider's packages (npm ci in tests/idp)" >&2
+    (cd tests/idp && npm ci --no-audit --no-fund)
+fi
+
 cargo build --workspace --bins
 # The scripts' own contract (binaries wherever cargo puts them); it runs cargo, which
 # cannot happen inside `cargo test`.

@@ -104,11 +104,34 @@ pub enum Command {
     Ci(CiArgs),
     /// Read the audit trail, oldest first (for the policy's auditors, defaults.auditors)
     Audit(AuditArgs),
+    /// Sign in to the CA through your identity provider (SSO), show or end the session
+    #[command(subcommand)]
+    Auth(AuthCommand),
     /// Remove moshca's certificates (and their keys) from ssh-agent; other keys stay
     Logout,
     /// Print a shell completion script, e.g. `moshca completion bash >
     /// /etc/bash_completion.d/moshca`
     Completion(CompletionArgs),
+}
+
+/// `moshca auth ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Sign in at the CA's identity provider (browser, else a code for another device) and
+    /// keep the CA session in ~/.config/moshca/session.json
+    Login(AuthLoginArgs),
+    /// Show who the CA thinks you are, your groups, the provider and when the session ends
+    Status,
+    /// End the CA session and delete the session file
+    Logout,
+}
+
+/// Arguments of `moshca auth login`.
+#[derive(Debug, Args)]
+pub struct AuthLoginArgs {
+    /// Sign in on another device with a code (the device grant) instead of a browser here
+    #[arg(long)]
+    pub device: bool,
 }
 
 /// Arguments of `moshca status`.

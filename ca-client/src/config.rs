@@ -52,6 +52,8 @@ pub struct Env {
     pub actions_id_token_request_url: Option<String>,
     /// `ACTIONS_ID_TOKEN_REQUEST_TOKEN`: the bearer token for that endpoint.
     pub actions_id_token_request_token: Option<Zeroizing<String>>,
+    /// `BROWSER`: the command `auth login` opens the sign-in page with (else `xdg-open`).
+    pub browser: Option<String>,
 }
 
 impl std::fmt::Debug for Env {
@@ -77,6 +79,7 @@ impl std::fmt::Debug for Env {
                     .as_ref()
                     .map(|_| "<redacted>"),
             )
+            .field("browser", &self.browser)
             .finish()
     }
 }
@@ -103,6 +106,7 @@ impl Env {
             actions_id_token_request_url: text("ACTIONS_ID_TOKEN_REQUEST_URL"),
             actions_id_token_request_token: text("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
                 .map(Zeroizing::new),
+            browser: text("BROWSER"),
         }
     }
 

@@ -375,6 +375,46 @@ pub enum Error {
         /// Where kept keys live.
         dir: PathBuf,
     },
+    /// `moshca auth login` against a CA that has no `[sso]` section.
+    #[error("the CA at {server} does not offer sign-in through an identity provider")]
+    SsoDisabled {
+        /// The server URL.
+        server: String,
+    },
+    /// Talking to the identity provider failed (unreachable, unexpected answer).
+    #[error("signing in: {detail}")]
+    SignIn {
+        /// What went wrong, without any code or token.
+        detail: String,
+    },
+    /// The sign-in was refused: by the person, by the identity provider, or by this
+    /// client's checks (`state`, `nonce`).
+    #[error("sign-in refused: {detail}")]
+    SignInRefused {
+        /// Why.
+        detail: String,
+    },
+    /// Nobody finished signing in in time.
+    #[error("the sign-in was not finished within {after}")]
+    SignInTimedOut {
+        /// How long was waited, human readable.
+        after: String,
+    },
+    /// `moshca auth status` without a token or a session file.
+    #[error("you are not signed in to the CA (no token configured, no session)")]
+    NotSignedIn,
+    /// The CA no longer accepts the session (expired, ended or revoked).
+    #[error("{message}")]
+    SessionEnded {
+        /// The CA's one-line reason.
+        message: String,
+    },
+    /// The CA refused the ID token (`CreateSession` answered UNAUTHENTICATED).
+    #[error("the CA refused the sign-in: {message}")]
+    SessionRefused {
+        /// The CA's one-line reason.
+        message: String,
+    },
 }
 
 /// `a, b` for the files `host sync` could not update.
@@ -479,6 +519,8 @@ impl Error {
             Error::StillPending { after: Some(_), .. } => exit::EXPIRED,
             Error::Invalid { .. } => exit::USAGE,
             Error::UnknownRole { .. } => exit::DENIED,
+            Error::SignInRefused { .. } | Error::SessionRefused { .. } => exit::DENIED,
+            Error::SignInTimedOut { .. } => exit::EXPIRED,
             _ => exit::ERROR,
         }
     }
@@ -525,6 +567,9 @@ impl Error {
                  a different certificate can mean you are not talking to your CA"
             }
             Error::NoConfigDir => "set HOME (or XDG_CONFIG_HOME), then run `moshca setup` again",
+            // A refused session's message already says to sign in again; the token hint
+            // would send a person after a token they do not need.
+            Error::Rpc { message, .. } if message.contains("moshca auth login") => return None,
             Error::Rpc { code, .. } => return rpc_hint(*code).map(str::to_owned),
             Error::NoAgent => {
                 "start an agent with `eval \"$(ssh-agent)\"`, then run `moshca login` again"
@@ -655,6 +700,31 @@ impl Error {
             Error::NothingToResume { .. } => {
                 "only a `moshca login --keep-pending` that stopped on this machine, as this user, \
                  can be resumed, and only until you log out; start a new `moshca login`"
+            }
+            Error::SsoDisabled { .. } => {
+                "people sign in to this CA with a token: set MOSHCA_TOKEN or MOSHCA_TOKEN_FILE \
+                 (ask the CA operator for one with `moshca-server user token NAME`); the \
+                 operator enables SSO with an [sso] section in the CA's config.toml"
+            }
+            Error::SignIn { .. } => {
+                "check that the identity provider is reachable from here, then run `moshca \
+                 auth login` again (`moshca auth login --device` signs in from another device)"
+            }
+            Error::SignInRefused { .. } => {
+                "nothing was saved; run `moshca auth login` again, and sign in only from the \
+                 page moshca opened or printed"
+            }
+            Error::SignInTimedOut { .. } => {
+                "run `moshca auth login` again and finish signing in within the time shown \
+                 (`--device` prints a code to enter on any device)"
+            }
+            Error::NotSignedIn | Error::SessionEnded { .. } => {
+                "sign in with `moshca auth login` (`--device` to sign in from another device); \
+                 service accounts use a token (MOSHCA_TOKEN or MOSHCA_TOKEN_FILE)"
+            }
+            Error::SessionRefused { .. } => {
+                "nothing was saved; run `moshca auth login` again, and if the CA still refuses, \
+                 show this message to the CA operator"
             }
             Error::ExposedSecret { .. } => {
                 "a file holding a token must belong to you and grant no access to group or \

@@ -33,10 +33,14 @@
 //! | [`metrics`] | the node_exporter textfile of `host sync --textfile` |
 //! | [`pending`] | keys `login --keep-pending` keeps in memory for `login --resume` |
 //! | [`progress`] | the stderr writer that keeps notices and logs off the spinner line |
+//! | [`auth`] | `auth login/status/logout`, and which credential commands send |
+//! | [`sso`] | signing in at the identity provider: browser with PKCE, or device grant |
+//! | [`session`] | the CA session file, 0600 |
 //!
 //! `main.rs` only parses arguments, sets up logging and calls [`run`].
 
 pub mod agent;
+pub mod auth;
 pub mod ci;
 pub mod cli;
 pub mod clock;
@@ -54,7 +58,9 @@ pub mod output;
 pub mod pending;
 pub mod progress;
 pub mod rpc;
+pub mod session;
 pub mod setup;
+pub mod sso;
 pub mod wait;
 
 use crate::cli::{Cli, Command, HostCommand};
@@ -95,6 +101,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         return out.set_up(&written);
     }
     let settings = config::load(&flags, &env)?;
+    if let Command::Auth(command) = &cli.command {
+        return auth::run(command, &settings, &env, out).await;
+    }
 
     // A CI job authenticates with its OIDC ID token; a moshca token is neither needed nor
     // sent.
@@ -108,12 +117,13 @@ pub async fn run(cli: Cli) -> Result<()> {
     };
     // The CA public keys and the KRL are public: hosts have no token, and the token is not
     // sent where it is not needed.
-    let token = match &cli.command {
-        Command::CaKeys(_) | Command::Krl(_) | Command::Host(_) | Command::KnownHosts(_) => None,
-        _ => Some(settings.token()?),
+    let mut client = match &cli.command {
+        Command::CaKeys(_) | Command::Krl(_) | Command::Host(_) | Command::KnownHosts(_) => {
+            rpc::connect(&settings.server, &settings.ca_cert, None).await?
+        }
+        // A configured token, else the SSO session (signing in first when needed).
+        _ => auth::connect(&settings, &env).await?,
     };
-    let mut client = rpc::connect(&settings.server, &settings.ca_cert, token.as_ref()).await?;
-    drop(token);
 
     match (&cli.command, agent_socket) {
         (Command::Login(args), Some(socket)) => {
@@ -147,6 +157,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         (Command::Whoami, _) => commands::whoami(&mut client, out).await,
         (Command::Ci(args), _) => ci::run(&settings, &env, args, out).await,
         (Command::Setup(_), _) => unreachable!("setup returned above"),
+        (Command::Auth(_), _) => unreachable!("auth returned above"),
         (Command::Logout | Command::Completion(_), _) => Ok(()),
     }
 }

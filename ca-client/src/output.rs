@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::ci::IdentityFiles;
 use crate::error::{Error, Result};
 use crate::install::CaKeys;
+use crate::session::SessionFile;
 
 /// Where results go, and in which form.
 #[derive(Debug, Clone, Copy)]
@@ -284,6 +285,101 @@ impl Output {
             list_or_none(&who.requestable_roles),
             list_or_none(&who.approvable_roles),
         ))
+    }
+
+    /// `moshca auth login` succeeded: who the CA signed in, and until when.
+    pub fn signed_in(&self, file: &SessionFile, now: i64) -> Result<()> {
+        if self.json {
+            #[derive(Serialize)]
+            struct View<'a> {
+                user: &'a str,
+                groups: &'a [String],
+                provider: &'a str,
+                session_id: &'a str,
+                expires_at: String,
+                expires_at_unix: i64,
+            }
+            return print_json(&View {
+                user: &file.user,
+                groups: &file.groups,
+                provider: &file.issuer,
+                session_id: &file.id,
+                expires_at: rfc3339(file.expires_at),
+                expires_at_unix: file.expires_at,
+            });
+        }
+        print_text(&format!(
+            "signed in as {} (groups: {}) through {}; session {} ends {} (in {})\n",
+            file.user,
+            list_or_none(&file.groups),
+            file.issuer,
+            file.id,
+            rfc3339(file.expires_at),
+            human_secs(u64::try_from(file.expires_at - now).unwrap_or(0)),
+        ))
+    }
+
+    /// `moshca auth status`: the CA's view of the credential this client sends.
+    pub fn auth_status(&self, who: &WhoAmIResponse, now: i64) -> Result<()> {
+        let session = who.credential == "session";
+        if self.json {
+            #[derive(Serialize)]
+            struct View<'a> {
+                user: &'a str,
+                groups: &'a [String],
+                credential: &'a str,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                provider: Option<&'a str>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                session_id: Option<&'a str>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                expires_at: Option<String>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                expires_at_unix: Option<i64>,
+            }
+            return print_json(&View {
+                user: &who.name,
+                groups: &who.groups,
+                credential: &who.credential,
+                provider: session.then_some(who.session_issuer.as_str()),
+                session_id: session.then_some(who.session_id.as_str()),
+                expires_at: session.then(|| rfc3339(who.session_expires_at)),
+                expires_at_unix: session.then_some(who.session_expires_at),
+            });
+        }
+        let mut text = format!(
+            "user:       {}\ngroups:     {}\ncredential: {}\n",
+            who.name,
+            list_or_none(&who.groups),
+            if who.credential.is_empty() {
+                "token"
+            } else {
+                &who.credential
+            }
+        );
+        if session {
+            text.push_str(&format!(
+                "provider:   {}\nsession:    {}\nexpires:    {} (in {})\n",
+                who.session_issuer,
+                who.session_id,
+                rfc3339(who.session_expires_at),
+                human_secs(u64::try_from(who.session_expires_at - now).unwrap_or(0)),
+            ));
+        }
+        print_text(&text)
+    }
+
+    /// `moshca auth logout`: which session ended (`None`: there was none).
+    pub fn signed_out(&self, id: Option<&str>) -> Result<()> {
+        if self.json {
+            return print_json(
+                &serde_json::json!({ "signed_out": id.is_some(), "session_id": id }),
+            );
+        }
+        match id {
+            Some(id) => print_text(&format!("signed out: session {id} ended\n")),
+            None => print_text("not signed in; nothing to do\n"),
+        }
     }
 
     /// `moshca ci` succeeded: the certificate is in the agent (`files` is `None`) or in the

@@ -55,7 +55,12 @@ fn expiry_warning(expires_at: i64, now: i64) -> Option<String> {
 /// once per run on stderr when it is within a week. No call of its own: it reads a header
 /// of the calls the command makes anyway.
 #[derive(Debug, Clone)]
-pub struct ExpiryWarning(Channel);
+pub struct ExpiryWarning {
+    channel: Channel,
+    /// False for an SSO session: it is meant to expire within hours, and the cure is
+    /// `moshca auth login`, not a new token.
+    warn: bool,
+}
 
 impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for ExpiryWarning {
     type Response = tonic::codegen::http::Response<tonic::body::Body>;
@@ -66,12 +71,13 @@ impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> f
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.channel.poll_ready(cx)
     }
 
     fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
         static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        let inner = self.0.call(req);
+        let inner = self.channel.call(req);
+        let warn = self.warn;
         Box::pin(async move {
             let response = inner.await?;
             let expires_at = response
@@ -79,8 +85,9 @@ impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> f
                 .get(TOKEN_EXPIRES_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i64>().ok());
-            if let Some(warning) =
-                expires_at.and_then(|at| expiry_warning(at, crate::clock::now_unix()))
+            if warn
+                && let Some(warning) =
+                    expires_at.and_then(|at| expiry_warning(at, crate::clock::now_unix()))
                 && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
             {
                 eprintln!("{warning}");
@@ -121,6 +128,11 @@ impl Token {
     #[cfg(test)]
     pub(crate) fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Whether this is a CA session credential (`mcs_...`) rather than a token.
+    pub fn is_session(&self) -> bool {
+        self.0.starts_with("mcs_")
     }
 
     /// The `authorization` header value, marked sensitive.
@@ -243,8 +255,9 @@ pub async fn connect(server: &str, ca_cert: &Path, token: Option<&Token>) -> Res
     let auth = BearerAuth {
         header: token.map(Token::header),
     };
+    let warn = token.is_some_and(|t| !t.is_session());
     Ok(CertificateAuthorityClient::with_interceptor(
-        ExpiryWarning(channel),
+        ExpiryWarning { channel, warn },
         auth,
     ))
 }

@@ -1395,3 +1395,197 @@ mod tests {
         assert_eq!(info.extensions, ["permit-pty"]);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The test identity provider
+
+/// The directory of the test identity provider, `tests/idp` (Node.js, oidc-provider).
+pub fn idp_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("idp")
+}
+
+/// `node tests/idp/SCRIPT`, after checking that node and the IdP's packages are there: a
+/// missing one fails the test with what to do, never skips it.
+pub fn idp_script(script: &str) -> Command {
+    static CHECKED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let node = CHECKED.get_or_init(|| {
+        let node = find_program("node").ok_or_else(|| {
+            "node is not installed: the SSO tests run a local OpenID Connect provider \
+             (tests/idp) on Node.js 20 or later"
+                .to_owned()
+        })?;
+        let version = Command::new(&node)
+            .args(["-p", "process.versions.node"])
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", node.display()))?;
+        let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
+        let major: u32 = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if major < 20 {
+            return Err(format!(
+                "node {version} is too old: the test identity provider needs Node.js 20 or later"
+            ));
+        }
+        if !idp_dir()
+            .join("node_modules")
+            .join("oidc-provider")
+            .is_dir()
+        {
+            return Err(format!(
+                "the test identity provider's packages are missing: run `npm ci` in {} \
+                 (scripts/test.sh does it)",
+                idp_dir().display()
+            ));
+        }
+        Ok(node)
+    });
+    let node = node.as_ref().unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = Command::new(node);
+    cmd.arg(idp_dir().join(script)).current_dir(idp_dir());
+    cmd
+}
+
+/// A local OpenID Connect provider, `node tests/idp/server.mjs`, on a free loopback port,
+/// with accounts from a JSON file the test can rewrite between sign-ins. Killed on drop;
+/// its log is printed if the test is failing.
+#[derive(Debug)]
+pub struct Idp {
+    child: Child,
+    issuer: String,
+    dir: TempDir,
+    log: Arc<Mutex<String>>,
+}
+
+impl Idp {
+    /// Starts a provider with `accounts` (`{"alice": {"password": ..., "groups": [...]}}`)
+    /// and more `server.mjs` arguments (e.g. `--id-token-ttl 1`).
+    pub fn start(accounts: &serde_json::Value, args: &[&str]) -> Idp {
+        let dir = tempfile::Builder::new()
+            .prefix("moshca-e2e-idp")
+            .tempdir()
+            .expect("temp dir");
+        let accounts_path = dir.path().join("accounts.json");
+        fs::write(&accounts_path, accounts.to_string()).expect("write accounts.json");
+        let mut cmd = idp_script("server.mjs");
+        cmd.args(["--port", "0", "--accounts"])
+            .arg(&accounts_path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", describe(&cmd)));
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(mut log) = sink.lock() {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let issuer = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(line) if line.starts_with("ready http://127.0.0.1:") => {
+                line["ready ".len()..].trim().to_owned()
+            }
+            other => {
+                kill_child(&mut child);
+                panic!(
+                    "tests/idp/server.mjs did not print `ready http://127.0.0.1:PORT` ({other:?}); \
+                     its log:\n{}",
+                    log.lock().map(|l| l.clone()).unwrap_or_default()
+                );
+            }
+        };
+        Idp {
+            child,
+            issuer,
+            dir,
+            log,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Replaces the accounts; the provider reads them at each sign-in.
+    pub fn set_accounts(&self, accounts: &serde_json::Value) {
+        fs::write(self.dir.path().join("accounts.json"), accounts.to_string())
+            .expect("write accounts.json");
+    }
+
+    /// What the provider has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// A raw ID token for `user` issued to `client`, with `nonce` when given
+    /// (`tests/idp/token.mjs`).
+    pub fn id_token(
+        &self,
+        user: &str,
+        password: &str,
+        client: &str,
+        nonce: Option<&str>,
+    ) -> String {
+        let mut cmd = idp_script("token.mjs");
+        cmd.args([
+            "--issuer",
+            &self.issuer,
+            "--user",
+            user,
+            "--password",
+            password,
+        ])
+        .args(["--client", client]);
+        if let Some(nonce) = nonce {
+            cmd.args(["--nonce", nonce]);
+        }
+        let out = run(&mut cmd);
+        out.assert_ok();
+        let token = out.stdout.trim().to_owned();
+        assert_eq!(
+            token.split('.').count(),
+            3,
+            "token.mjs should print a JWT:\n{out}"
+        );
+        token
+    }
+
+    /// Completes a device sign-in as `user` at `uri` (verification_uri_complete), as a
+    /// person would on another device (`tests/idp/device.mjs`).
+    pub fn complete_device(&self, user: &str, password: &str, uri: &str) -> Run {
+        run(idp_script("device.mjs").args(["--user", user, "--password", password, "--uri", uri]))
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+        if thread::panicking() {
+            eprintln!(
+                "--- test identity provider log ---\n{}\n--- end of identity provider log ---",
+                self.log()
+            );
+        }
+    }
+}
