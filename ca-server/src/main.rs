@@ -632,11 +632,19 @@ fn session_command(cmd: SessionCommand) -> anyhow::Result<()> {
             let store = open_store(&Config::load(&dir.data_dir)?)?;
             let now = clock::now();
             let list = sessions::list(&store, user.as_deref(), all, now)?;
+            let disabled: std::collections::HashSet<String> = store
+                .read(|tx| tx.users())?
+                .into_iter()
+                .filter(|u| u.disabled)
+                .map(|u| u.name)
+                .collect();
             let state = |s: &moshca_server::store::SessionRecord| {
                 if s.ended_at.is_some() {
                     "ended"
                 } else if s.expires_at <= now {
                     "expired"
+                } else if disabled.contains(&s.user) {
+                    "user disabled"
                 } else {
                     "live"
                 }

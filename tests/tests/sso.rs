@@ -475,10 +475,22 @@ fn a_user_disabled_on_the_ca_cannot_sign_in() {
     assert_no_panic(&out);
     assert!(!out.ok(), "a disabled user signed in:\n{out}");
     out.assert_stderr_mentions(&["disabled"]);
+    let sessions = all_sessions(&ca);
     assert_eq!(
-        all_sessions(&ca).len(),
+        sessions.len(),
         1,
         "only the session from before alice was disabled exists"
+    );
+    assert_eq!(
+        sessions[0]["state"], "user disabled",
+        "the listing says the CA refuses it: {sessions:?}"
+    );
+    let live = ca.admin(&["session", "list", "--json"]);
+    live.assert_ok();
+    assert_eq!(
+        live.json(),
+        json!([]),
+        "a disabled user's session is not live"
     );
     assert_eq!(
         stored_token(&ca, "alice"),

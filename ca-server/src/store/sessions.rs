@@ -126,7 +126,8 @@ impl Tx<'_> {
         .transpose()
     }
 
-    /// Sessions, newest first: of one user or all, live at `now` only or every one.
+    /// Sessions, newest first: of one user or all, live at `now` only or every one. A
+    /// session of a disabled user is not live: the CA refuses it.
     pub fn sessions(
         &self,
         user: Option<&str>,
@@ -136,7 +137,8 @@ impl Tx<'_> {
         let mut stmt = self.tx.prepare_cached(&format!(
             "SELECT {SESSION_COLUMNS} FROM sessions
              WHERE (?1 IS NULL OR user = ?1)
-               AND (?2 = 0 OR (ended_at IS NULL AND expires_at > ?3))
+               AND (?2 = 0 OR (ended_at IS NULL AND expires_at > ?3
+                    AND NOT EXISTS (SELECT 1 FROM users WHERE users.name = sessions.user AND users.disabled = 1)))
              ORDER BY created_at DESC, id"
         ))?;
         let rows: Vec<_> = stmt
