@@ -297,6 +297,9 @@ fn auth_failure_reason(reason: &str) -> &'static str {
         "disabled user" => "disabled_user",
         "expired token" => "expired_token",
         "malformed credential" => "malformed_credential",
+        "unknown session" => "unknown_session",
+        "ended session" => "ended_session",
+        "expired session" => "expired_session",
         _ => "id_token_refused",
     }
 }
@@ -538,6 +541,9 @@ mod tests {
             "id_token_refused"
         );
         assert_eq!(auth_failure_reason("revoked token"), "revoked_token");
+        assert_eq!(auth_failure_reason("ended session"), "ended_session");
+        assert_eq!(auth_failure_reason("expired session"), "expired_session");
+        assert_eq!(auth_failure_reason("unknown session"), "unknown_session");
     }
 
     #[test]
