@@ -1,0 +1,442 @@
+//! SQL of the audit trail: the hash chain (appended with its outbox row), signed
+//! checkpoints of its head, and the listing and export reads. Decides nothing.
+
+use rusqlite::{OptionalExtension as _, params};
+
+use super::outbox::NOTIFY_ACTIONS;
+use super::{Error, Result, Tx, to_i64, to_u64};
+use crate::audit::{self, Event};
+
+/// Which audit events to list ([`Tx::audit_page`]).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Events at or after this time (Unix seconds).
+    pub since: u64,
+    /// Events by this user, about their requests, or naming them in `details.user`.
+    pub user: Option<String>,
+    /// Events of this request.
+    pub request_id: Option<String>,
+    /// The newest this many.
+    pub limit: u32,
+}
+
+/// The user expression `audit_by_user` indexes; queries must spell it exactly so.
+const AUDIT_USER: &str = "(CASE WHEN json_valid(details) THEN details ->> '$.user' END)";
+
+/// The columns of an audit row, in the order [`audit_row_from`] reads them.
+const AUDIT_COLUMNS: &str = "seq, at, actor, action, request_id, details, prev_hash, hash";
+
+/// The seq of the first event at or after time `?1`, from `audit_by_at`; past the end when
+/// there is none. Reads start there instead of filtering the whole trail by time: event
+/// times grow with seq (each is stamped from the clock as it commits), so only events
+/// written right after the clock was stepped back could be missed.
+const AUDIT_START: &str = "COALESCE((SELECT seq FROM audit WHERE at >= ?1 ORDER BY at, seq LIMIT 1), 9223372036854775807)";
+
+impl Tx<'_> {
+    /// Appends an event to the hash chain.
+    pub fn append_audit(&self, event: &Event) -> Result<()> {
+        let (seq, prev): (i64, String) = self
+            .tx
+            .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .unwrap_or((0, audit::GENESIS.to_owned()));
+        let hash = event.chain_hash(&prev);
+        self.tx
+            .prepare_cached(
+                "INSERT INTO audit (seq, at, actor, action, request_id, details, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                seq + 1,
+                to_i64(event.at),
+                event.actor,
+                event.action,
+                event.request_id,
+                event.details.to_string(),
+                prev,
+                hash
+            ])?;
+        if self.outbox && NOTIFY_ACTIONS.contains(&event.action.as_str()) {
+            self.tx.prepare_cached(
+                "INSERT INTO outbox (audit_seq, action, request_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(
+                params![seq + 1, event.action, event.request_id, to_i64(event.at)],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The last audit event's sequence number and hash.
+    pub fn audit_head(&self) -> Result<Option<(u64, String)>> {
+        Ok(self
+            .row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((to_u64(r.get(0)?), r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Stores a signed checkpoint of the audit chain's head.
+    pub fn insert_checkpoint(&self, c: &audit::Checkpoint) -> Result<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, ca_fingerprint, signature, at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                to_i64(c.seq),
+                c.hash,
+                c.ca_fingerprint,
+                c.signature,
+                to_i64(c.at)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// One audit row by sequence number.
+    pub fn audit_row(&self, seq: u64) -> Result<Option<audit::Row>> {
+        Ok(self
+            .query_audit("WHERE seq = ?1", params![to_i64(seq)])?
+            .pop())
+    }
+
+    /// Every audit row, in order.
+    pub fn audit_rows(&self) -> Result<Vec<audit::Row>> {
+        self.query_audit("ORDER BY seq", [])
+    }
+
+    /// Audit rows at or after `since`, in order.
+    pub fn audit_rows_since(&self, since: u64) -> Result<Vec<audit::Row>> {
+        self.query_audit("WHERE at >= ?1 ORDER BY seq", params![to_i64(since)])
+    }
+
+    /// Calls `f` with every audit row at or after `since`, in order, one at a time from a
+    /// cursor: memory stays flat however long the trail. Stops at `f`'s first error.
+    pub fn for_each_audit_row<E: From<Error>>(
+        &self,
+        since: u64,
+        mut f: impl FnMut(audit::Row) -> Result<(), E>,
+    ) -> Result<(), E> {
+        // Everything: by seq alone, so an event whose time is out of order is still read.
+        let sql = if since == 0 {
+            format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE ?1 = 0 ORDER BY seq")
+        } else {
+            format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit
+                 WHERE seq >= {AUDIT_START} AND at >= ?1 ORDER BY seq"
+            )
+        };
+        let mut stmt = self.tx.prepare(&sql).map_err(Error::from)?;
+        let mut rows = stmt.query(params![to_i64(since)]).map_err(Error::from)?;
+        while let Some(r) = rows.next().map_err(Error::from)? {
+            f(audit_row_from(r).map_err(Error::from)?)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every stored checkpoint, by sequence number, from a cursor.
+    pub fn for_each_checkpoint<E: From<Error>>(
+        &self,
+        mut f: impl FnMut(audit::Checkpoint) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut stmt = self
+            .tx
+            .prepare(
+                "SELECT seq, hash, ca_fingerprint, signature, at FROM audit_checkpoints ORDER BY seq",
+            )
+            .map_err(Error::from)?;
+        let mut rows = stmt.query([]).map_err(Error::from)?;
+        while let Some(r) = rows.next().map_err(Error::from)? {
+            f(audit::Checkpoint {
+                seq: to_u64(r.get(0).map_err(Error::from)?),
+                hash: r.get(1).map_err(Error::from)?,
+                ca_fingerprint: r.get(2).map_err(Error::from)?,
+                signature: r.get(3).map_err(Error::from)?,
+                at: to_u64(r.get(4).map_err(Error::from)?),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The newest checkpoint's sequence number.
+    pub fn last_checkpoint_seq(&self) -> Result<Option<u64>> {
+        Ok(self
+            .row("SELECT max(seq) FROM audit_checkpoints", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })?
+            .map(to_u64))
+    }
+
+    /// The newest `limit` events matching `f`, oldest first. Filtered and limited in SQL on
+    /// the audit indexes: the work is bounded by the matching events, not the trail.
+    pub fn audit_page(&self, f: &AuditFilter) -> Result<Vec<audit::Row>> {
+        let sql = audit_page_sql(f);
+        let mut stmt = self.tx.prepare_cached(&sql)?;
+        let mut rows = stmt
+            .query_map(
+                params![to_i64(f.since), f.user, f.request_id, f.limit],
+                audit_row_from,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    fn query_audit(&self, clause: &str, args: impl rusqlite::Params) -> Result<Vec<audit::Row>> {
+        let mut stmt = self.tx.prepare_cached(&format!(
+            "SELECT seq, at, actor, action, request_id, details, prev_hash, hash
+             FROM audit {clause}"
+        ))?;
+        let rows = stmt
+            .query_map(args, |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(audit::Row {
+                    seq: to_u64(r.0),
+                    event: Event {
+                        at: to_u64(r.1),
+                        actor: r.2,
+                        action: r.3,
+                        request_id: r.4,
+                        // A row whose details are not JSON was tampered with: keep the raw
+                        // text so `audit::verify` reports that very event as edited.
+                        details: serde_json::from_str(&r.5)
+                            .unwrap_or(serde_json::Value::String(r.5)),
+                    },
+                    prev_hash: r.6,
+                    hash: r.7,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The query of [`Tx::audit_page`]: `?1` since, `?2` user, `?3` request, `?4` limit.
+fn audit_page_sql(f: &AuditFilter) -> String {
+    let mut clauses = vec![format!("seq >= {AUDIT_START}"), "at >= ?1".to_owned()];
+    if f.request_id.is_some() {
+        clauses.push("request_id = ?3".into());
+    }
+    if f.user.is_some() {
+        // A user's requests are those whose `request.created` event they are the actor
+        // of: found on `audit_by_actor`, without reading the requests table.
+        clauses.push(format!(
+            "(actor = ?2
+              OR request_id IN (SELECT request_id FROM audit
+                                WHERE actor = ?2 AND action = 'request.created')
+              OR {AUDIT_USER} = ?2)"
+        ));
+    }
+    format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit WHERE {} ORDER BY seq DESC LIMIT ?4",
+        clauses.join(" AND ")
+    )
+}
+
+/// An audit row from a cursor over [`AUDIT_COLUMNS`].
+fn audit_row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<audit::Row> {
+    let details: String = r.get(5)?;
+    Ok(audit::Row {
+        seq: to_u64(r.get(0)?),
+        event: Event {
+            at: to_u64(r.get(1)?),
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            request_id: r.get(4)?,
+            // Not JSON: tampered with; kept raw so `audit::verify` names this event.
+            details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
+        },
+        prev_hash: r.get(6)?,
+        hash: r.get(7)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::tests::plan;
+
+    #[test]
+    fn audit_chain_in_store_verifies_and_detects_edits() {
+        let s = Store::open_in_memory().unwrap();
+        for i in 0..4 {
+            s.transact(|tx| {
+                tx.append_audit(&Event::new(
+                    i,
+                    "a",
+                    "x.y",
+                    None,
+                    serde_json::json!({"i": i}),
+                ))
+            })
+            .unwrap();
+        }
+        assert_eq!(
+            audit::verify(s.read(|tx| tx.audit_rows()).unwrap()).unwrap(),
+            4
+        );
+        s.raw_execute("UPDATE audit SET actor = 'mallory' WHERE seq = 2")
+            .unwrap();
+        let err = audit::verify(s.read(|tx| tx.audit_rows()).unwrap()).unwrap_err();
+        assert_eq!(err.seq, 2);
+    }
+
+    /// SQLite's plan for the query [`Tx::audit_page`] runs for `f`.
+    fn audit_page_plan(s: &Store, f: &AuditFilter) -> String {
+        plan(s, &audit_page_sql(f))
+    }
+
+    #[test]
+    fn finding_11_audit_listing_filters_and_limits_in_sql_on_indexes() {
+        let s = Store::open_in_memory().unwrap();
+        // 3,000 events: alice's requests (created by her, approved by bob), user events
+        // naming carol, and noise by a bot.
+        s.transact(|tx| {
+            for i in 0..1000u64 {
+                let id = format!("R{i:04}");
+                let (who, action) = if i % 10 == 0 {
+                    ("alice", "request.created")
+                } else {
+                    ("bot", "request.created")
+                };
+                tx.append_audit(&Event::new(
+                    i,
+                    who,
+                    action,
+                    Some(&id),
+                    serde_json::json!({}),
+                ))?;
+                tx.append_audit(&Event::new(
+                    i,
+                    "bob",
+                    "request.approved",
+                    Some(&id),
+                    serde_json::json!({}),
+                ))?;
+                let user = if i % 100 == 0 { "carol" } else { "dan" };
+                tx.append_audit(&Event::new(
+                    i,
+                    "operator",
+                    "user.token_issued",
+                    None,
+                    serde_json::json!({ "user": user }),
+                ))?;
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let page = |f: AuditFilter| s.read(|tx| tx.audit_page(&f)).unwrap();
+
+        // The attack: "the newest 5 events" used to load all 3,000 and keep 5.
+        let newest = page(AuditFilter {
+            limit: 5,
+            ..Default::default()
+        });
+        assert_eq!(
+            newest.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [2996, 2997, 2998, 2999, 3000]
+        );
+        let since = page(AuditFilter {
+            since: 998,
+            limit: 100,
+            ..Default::default()
+        });
+        assert_eq!(since.len(), 6);
+        assert!(since.iter().all(|r| r.event.at >= 998));
+        let alice = page(AuditFilter {
+            user: Some("alice".into()),
+            limit: 1000,
+            ..Default::default()
+        });
+        // Her 100 requests and their 100 approvals.
+        assert_eq!(alice.len(), 200);
+        assert!(alice.windows(2).all(|w| w[0].seq < w[1].seq));
+        let alice_recent = page(AuditFilter {
+            user: Some("alice".into()),
+            since: 900,
+            limit: 3,
+            ..Default::default()
+        });
+        assert_eq!(alice_recent.len(), 3);
+        assert_eq!(alice_recent[2].event.request_id.as_deref(), Some("R0990"));
+        let carol = page(AuditFilter {
+            user: Some("carol".into()),
+            limit: 1000,
+            ..Default::default()
+        });
+        assert_eq!(carol.len(), 10);
+        let one = page(AuditFilter {
+            request_id: Some("R0500".into()),
+            limit: 10,
+            ..Default::default()
+        });
+        assert_eq!(one.len(), 2);
+        assert!(
+            page(AuditFilter {
+                since: 5000,
+                limit: 10,
+                ..Default::default()
+            })
+            .is_empty()
+        );
+
+        // Each shape reads an index, never the whole table, and needs no sort of it.
+        for (what, f, index) in [
+            ("newest", AuditFilter::default(), "INTEGER PRIMARY KEY"),
+            (
+                "request",
+                AuditFilter {
+                    request_id: Some("R".into()),
+                    ..Default::default()
+                },
+                "audit_by_request",
+            ),
+            (
+                "user",
+                AuditFilter {
+                    user: Some("u".into()),
+                    ..Default::default()
+                },
+                "audit_by_actor",
+            ),
+        ] {
+            let p = audit_page_plan(&s, &f);
+            assert!(p.contains(index), "{what}: {p}");
+            assert!(
+                p.contains("audit_by_at"),
+                "{what}: since is not a seek: {p}"
+            );
+            assert!(
+                !p.split("; ").any(|step| step == "SCAN audit"),
+                "{what} scans the table: {p}"
+            );
+        }
+        let p = audit_page_plan(
+            &s,
+            &AuditFilter {
+                user: Some("u".into()),
+                ..Default::default()
+            },
+        );
+        assert!(p.contains("audit_by_user"), "user: {p}");
+        assert!(
+            !audit_page_plan(&s, &AuditFilter::default()).contains("TEMP B-TREE"),
+            "the newest events come straight from the key, unsorted"
+        );
+    }
+}

@@ -1,0 +1,400 @@
+//! SQL of certificate requests and their reviews, and the listing queries over them.
+//! Typed reads and writes; decides nothing.
+
+use rusqlite::params;
+
+use super::{Error, Result, Tx, json_list, parse_list, to_i64, to_u64};
+use crate::approvals::{Request, Review, State, Verdict};
+
+/// Which requests to list.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFilter {
+    /// Only pending ones.
+    pub pending_only: bool,
+    /// Only break-glass requests not reviewed yet.
+    pub unreviewed_only: bool,
+    /// Only this requester's.
+    pub requester: Option<String>,
+    /// Only requests this caller may see: their own, or of these roles (None = all).
+    pub visible_to: Option<(String, Vec<String>)>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+/// The listing filter on all requests: newest first, read backwards from
+/// `requests_by_created` until the page is full.
+const LIST_ALL: &str = "WHERE (?1 = 0 OR state = 'pending') AND (?2 IS NULL OR requester = ?2)
+       AND (?3 = 0 OR (break_glass = 1 AND glass_reviewed_at IS NULL))
+       AND (?4 IS NULL OR requester = ?4 OR role IN (SELECT value FROM json_each(?5)))
+     ORDER BY created_at DESC, id DESC
+     LIMIT ?6";
+
+/// The same for pending requests only: read just those from their partial index (left
+/// to itself, SQLite would rather walk every request newest first than sort a few).
+const LIST_PENDING: &str = "INDEXED BY requests_pending WHERE state = 'pending' AND ?1 = 1 AND (?2 IS NULL OR requester = ?2)
+       AND (?3 = 0 OR (break_glass = 1 AND glass_reviewed_at IS NULL))
+       AND (?4 IS NULL OR requester = ?4 OR role IN (SELECT value FROM json_each(?5)))
+     ORDER BY created_at DESC, id DESC
+     LIMIT ?6";
+
+impl Tx<'_> {
+    /// Stores a new request.
+    pub fn insert_request(&self, r: &Request) -> Result<()> {
+        self.tx.prepare_cached(
+            "INSERT INTO requests (id, requester, role, principals, ttl_secs, reason, public_key,
+                 fingerprint, state, created_at, expires_at, decided_at, approvals_required,
+                 break_glass)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )?
+        .execute(
+            params![
+                r.id,
+                r.requester,
+                r.role,
+                json_list(&r.principals),
+                to_i64(r.ttl_secs),
+                r.reason,
+                r.public_key,
+                r.fingerprint,
+                r.state.as_str(),
+                to_i64(r.created_at),
+                to_i64(r.expires_at),
+                r.decided_at.map(to_i64),
+                r.approvals_required,
+                i64::from(r.break_glass),
+            ],
+        )?;
+        self.write_reviews(r)
+    }
+
+    /// Writes a request's state, ttl and reviews.
+    pub fn update_request(&self, r: &Request) -> Result<()> {
+        self.tx.prepare_cached(
+            "UPDATE requests SET state = ?2, ttl_secs = ?3, decided_at = ?4, glass_reviewer = ?5,
+                 glass_comment = ?6, glass_reviewed_at = ?7 WHERE id = ?1",
+        )?
+        .execute(
+            params![
+                r.id,
+                r.state.as_str(),
+                to_i64(r.ttl_secs),
+                r.decided_at.map(to_i64),
+                r.break_glass_review.as_ref().map(|g| g.approver.clone()),
+                r.break_glass_review.as_ref().map(|g| g.comment.clone()),
+                r.break_glass_review.as_ref().map(|g| to_i64(g.at)),
+            ],
+        )?;
+        self.write_reviews(r)
+    }
+
+    fn write_reviews(&self, r: &Request) -> Result<()> {
+        self.exec("DELETE FROM reviews WHERE request_id = ?1", [&r.id])?;
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO reviews (request_id, position, approver, verdict, ttl_secs, comment, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for (i, rev) in r.reviews.iter().enumerate() {
+            stmt.execute(params![
+                r.id,
+                i as i64,
+                rev.approver,
+                rev.verdict.as_str(),
+                rev.ttl_secs.map(to_i64),
+                rev.comment,
+                to_i64(rev.at)
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// A request with its reviews.
+    pub fn request(&self, id: &str) -> Result<Option<Request>> {
+        let mut found = self.query_requests("WHERE id = ?1", params![id])?;
+        Ok(found.pop())
+    }
+
+    /// Requests matching the filter, newest first.
+    pub fn requests(&self, f: &RequestFilter) -> Result<Vec<Request>> {
+        let (viewer, roles) = match &f.visible_to {
+            Some((user, roles)) => (Some(user.as_str()), Some(json_list(roles))),
+            None => (None, None),
+        };
+        // Filtered and limited in SQL, so a long history is never loaded to list a page.
+        let clause = if f.pending_only {
+            LIST_PENDING
+        } else {
+            LIST_ALL
+        };
+        self.query_requests(
+            clause,
+            params![
+                i64::from(f.pending_only),
+                f.requester,
+                i64::from(f.unreviewed_only),
+                viewer,
+                roles,
+                i64::from(f.limit),
+            ],
+        )
+    }
+
+    /// Pending requests whose time is up at `now`.
+    pub fn expired_pending(&self, now: u64) -> Result<Vec<Request>> {
+        self.query_requests(
+            "WHERE state = 'pending' AND expires_at <= ?1",
+            params![to_i64(now)],
+        )
+    }
+
+    /// How many requests are pending overall.
+    pub fn pending_total(&self) -> Result<u64> {
+        let n: i64 = self.row(
+            "SELECT COUNT(*) FROM requests WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(to_u64(n))
+    }
+
+    /// How many requests of `requester` are pending.
+    pub fn pending_count(&self, requester: &str) -> Result<u64> {
+        let n: i64 = self.row(
+            "SELECT COUNT(*) FROM requests WHERE requester = ?1 AND state = 'pending'",
+            [requester],
+            |r| r.get(0),
+        )?;
+        Ok(to_u64(n))
+    }
+
+    fn query_requests(&self, clause: &str, args: impl rusqlite::Params) -> Result<Vec<Request>> {
+        let sql = format!(
+            "SELECT id, requester, role, principals, ttl_secs, reason, public_key, fingerprint,
+                    state, created_at, expires_at, decided_at, approvals_required,
+                    break_glass, glass_reviewer, glass_comment, glass_reviewed_at
+             FROM requests {clause}"
+        );
+        let mut stmt = self.tx.prepare_cached(&sql)?;
+        let rows = stmt
+            .query_map(args, |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, i64>(9)?,
+                    r.get::<_, i64>(10)?,
+                    r.get::<_, Option<i64>>(11)?,
+                    r.get::<_, u32>(12)?,
+                    (
+                        r.get::<_, i64>(13)?,
+                        r.get::<_, Option<String>>(14)?,
+                        r.get::<_, Option<String>>(15)?,
+                        r.get::<_, Option<i64>>(16)?,
+                    ),
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|row| {
+                let state = State::parse(&row.8)
+                    .ok_or_else(|| Error::Corrupt(format!("request state {:?}", row.8)))?;
+                Ok(Request {
+                    reviews: self.reviews(&row.0)?,
+                    id: row.0,
+                    requester: row.1,
+                    role: row.2,
+                    principals: parse_list(&row.3)?,
+                    ttl_secs: to_u64(row.4),
+                    reason: row.5,
+                    public_key: row.6,
+                    fingerprint: row.7,
+                    state,
+                    created_at: to_u64(row.9),
+                    expires_at: to_u64(row.10),
+                    decided_at: row.11.map(to_u64),
+                    approvals_required: row.12,
+                    break_glass: row.13.0 != 0,
+                    break_glass_review: match (row.13.1, row.13.3) {
+                        (Some(approver), Some(at)) => Some(Review {
+                            approver,
+                            verdict: Verdict::Approve,
+                            ttl_secs: None,
+                            comment: row.13.2.unwrap_or_default(),
+                            at: to_u64(at),
+                        }),
+                        _ => None,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    fn reviews(&self, request_id: &str) -> Result<Vec<Review>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT approver, verdict, ttl_secs, comment, at FROM reviews
+             WHERE request_id = ?1 ORDER BY position",
+        )?;
+        let rows = stmt
+            .query_map([request_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(approver, verdict, ttl, comment, at)| {
+                Ok(Review {
+                    verdict: Verdict::parse(&verdict)
+                        .ok_or_else(|| Error::Corrupt(format!("verdict {verdict:?}")))?,
+                    approver,
+                    ttl_secs: ttl.map(to_u64),
+                    comment,
+                    at: to_u64(at),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::tests::{plan, req};
+
+    #[test]
+    fn lookups_read_indexes_never_the_whole_table() {
+        let s = Store::open_in_memory().unwrap();
+        let select = "SELECT id FROM requests ";
+        for (what, sql, index) in [
+            (
+                "pending total",
+                "SELECT COUNT(*) FROM requests WHERE state = 'pending'".to_owned(),
+                "requests_pending",
+            ),
+            (
+                "pending per requester",
+                "SELECT COUNT(*) FROM requests WHERE requester = ?1 AND state = 'pending'"
+                    .to_owned(),
+                "requests_pending_by_requester",
+            ),
+            (
+                "expired pending",
+                format!("{select} WHERE state = 'pending' AND expires_at <= ?1"),
+                "requests_pending",
+            ),
+            (
+                "listing",
+                format!("{select} {LIST_ALL}"),
+                "requests_by_created",
+            ),
+            (
+                "listing pending",
+                format!("{select} {LIST_PENDING}"),
+                "requests_pending",
+            ),
+        ] {
+            let p = plan(&s, &sql);
+            assert!(p.contains(index), "{what}: {p}");
+            assert!(
+                !p.split("; ").any(|step| step == "SCAN requests"),
+                "{what} scans the table: {p}"
+            );
+        }
+        // Revoking by user or by key reads only the live certificates.
+        let certs = "SELECT serial FROM certificates WHERE";
+        for (what, sql) in [
+            (
+                "live certificates of a user",
+                format!("{certs} requester = ?1 AND valid_before > ?2 AND revoked_at IS NULL"),
+            ),
+            (
+                "live certificates of a key",
+                format!("{certs} fingerprint = ?1 AND valid_before > ?2 AND revoked_at IS NULL"),
+            ),
+        ] {
+            let p = plan(&s, &sql);
+            assert!(p.contains("certificates_live"), "{what}: {p}");
+        }
+        // Newest first straight from the index: no sort of the whole table.
+        let p = plan(&s, &format!("{select} {LIST_ALL}"));
+        assert!(!p.contains("TEMP B-TREE"), "listing sorts: {p}");
+    }
+
+    #[test]
+    fn listing_filters_visibility_and_limit_in_sql() {
+        let s = Store::open_in_memory().unwrap();
+        s.transact(|tx| {
+            for (i, (who, role)) in [
+                ("alice", "db"),
+                ("bob", "web"),
+                ("carol", "db"),
+                ("dave", "ops"),
+            ]
+            .iter()
+            .enumerate()
+            {
+                let mut r = req(&format!("R{i}"), i as u64);
+                r.requester = (*who).into();
+                r.role = (*role).into();
+                tx.insert_request(&r)?;
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let ids = |f: RequestFilter| -> Vec<String> {
+            s.read(|tx| tx.requests(&f))
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect()
+        };
+        // bob sees his own and the db role's, newest first.
+        let visible = RequestFilter {
+            visible_to: Some(("bob".into(), vec!["db".into()])),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(ids(visible.clone()), ["R2", "R1", "R0"]);
+        assert_eq!(
+            ids(RequestFilter {
+                limit: 2,
+                ..visible
+            }),
+            ["R2", "R1"]
+        );
+        let nobody = RequestFilter {
+            visible_to: Some(("eve".into(), vec![])),
+            limit: 10,
+            ..Default::default()
+        };
+        assert!(ids(nobody).is_empty());
+    }
+
+    #[test]
+    fn request_roundtrip_with_reviews() {
+        let s = Store::open_in_memory().unwrap();
+        let mut r = req("A", 10);
+        s.transact(|tx| tx.insert_request(&r)).unwrap();
+        r.reviews.push(Review {
+            approver: "bob".into(),
+            verdict: Verdict::Deny,
+            ttl_secs: None,
+            comment: "no".into(),
+            at: 11,
+        });
+        r.state = State::Denied;
+        r.decided_at = Some(11);
+        s.transact(|tx| tx.update_request(&r)).unwrap();
+        assert_eq!(s.read(|tx| tx.request("A")).unwrap().unwrap(), r);
+    }
+}
