@@ -100,6 +100,13 @@ pub fn audience(flag: Option<&str>, env: &Env) -> String {
         .to_owned()
 }
 
+/// Everything but RFC 3986 unreserved characters is percent-encoded in a query value.
+const UNRESERVED_KEPT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// GitHub's token endpoint URL with `audience` appended as a query parameter (`&`, or `?`
 /// when the URL has no query yet), percent-encoded.
 pub fn request_url(url: &str, audience: &str) -> String {
@@ -110,20 +117,10 @@ pub fn request_url(url: &str, audience: &str) -> String {
     } else {
         "?"
     };
-    format!("{url}{separator}audience={}", percent_encode(audience))
-}
-
-/// `text` with everything but RFC 3986 unreserved characters percent-encoded.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    format!(
+        "{url}{separator}audience={}",
+        percent_encoding::utf8_percent_encode(audience, UNRESERVED_KEPT)
+    )
 }
 
 /// An ID token ready to send, with the summary of its public claims.
