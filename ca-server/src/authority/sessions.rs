@@ -184,6 +184,19 @@ impl Authority {
                     fmt_time(s.session.expires_at)
                 ),
             ),
+            // Removing `[sso]`, or pointing it at another provider, ends the sessions the old
+            // provider vouched for: the operator's change must not wait for `session_ttl`.
+            Some(s)
+                if self
+                    .sso
+                    .as_ref()
+                    .is_none_or(|sso| sso.config().issuer != s.session.issuer) =>
+            {
+                (
+                    "ended session",
+                    "your CA session came from an identity provider this CA no longer trusts; run `moshca auth login`, or ask the CA operator".to_owned(),
+                )
+            }
             Some(s) => {
                 return Ok((
                     Caller {
@@ -295,10 +308,32 @@ max_ttl = "10m"
             .transact(|tx| tx.insert_user("bob", &["leads".into()], 0).map(|_| ()))
             .unwrap();
         let policy = Policy::parse(POLICY, "p", 86_400).unwrap();
+        let sso = crate::sso::SsoVerifier::with_jwks(
+            &sso_config(ISSUER),
+            crate::config::JwksSource::File(dir.path().join("jwks.json")),
+        );
         Fixture {
-            auth: Authority::new(store.clone(), signer, policy, 0).unwrap(),
+            auth: Authority::new(store.clone(), signer, policy, 0)
+                .unwrap()
+                .with_sso(Arc::new(sso)),
             store,
             _dir: dir,
+        }
+    }
+
+    const ISSUER: &str = "https://login.example.com";
+
+    fn sso_config(issuer: &str) -> crate::config::Sso {
+        crate::config::Sso {
+            issuer: issuer.into(),
+            client_id: "moshca".into(),
+            username_claim: "preferred_username".into(),
+            groups_claim: "groups".into(),
+            scopes: vec!["openid".into()],
+            required_claims: Vec::new(),
+            session_ttl: 8 * 3600,
+            clock_leeway: 30,
+            jwks_cache_ttl: 300,
         }
     }
 
@@ -315,7 +350,7 @@ max_ttl = "10m"
                         id: id.clone(),
                         user: "sam".into(),
                         groups: vec!["oncall".into()],
-                        issuer: "https://login.example.com".into(),
+                        issuer: ISSUER.into(),
                         created_at: T0,
                         expires_at: T0 + 3600,
                         ended_at: None,
@@ -352,6 +387,48 @@ max_ttl = "10m"
             name: "bob".into(),
             groups: vec!["leads".into()],
             proof: Proof::Account,
+        }
+    }
+
+    #[test]
+    fn sessions_end_when_the_ca_stops_trusting_their_identity_provider() {
+        let f = fixture();
+        let token = Token::generate_session();
+        f.store
+            .transact(|tx| {
+                tx.insert_sso_user("sam", T0)?;
+                tx.insert_session(
+                    &token.hash(),
+                    &SessionRecord {
+                        id: auth::new_session_id(),
+                        user: "sam".into(),
+                        groups: vec!["oncall".into()],
+                        issuer: ISSUER.into(),
+                        created_at: T0,
+                        expires_at: T0 + 3600,
+                        ended_at: None,
+                    },
+                )
+            })
+            .unwrap();
+        assert!(f.auth.authenticate_token_at(&token, "p", T0).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy::parse(POLICY, "p", 86_400).unwrap();
+        let signer = Signer::generate(&dir.path().join("ca"), None, "t").unwrap();
+        let without = Authority::new(f.store.clone(), signer, policy.clone(), 0).unwrap();
+        let signer = Signer::generate(&dir.path().join("ca2"), None, "t").unwrap();
+        let elsewhere = Authority::new(f.store.clone(), signer, policy, 0)
+            .unwrap()
+            .with_sso(Arc::new(crate::sso::SsoVerifier::with_jwks(
+                &sso_config("https://other.example.com"),
+                crate::config::JwksSource::File(dir.path().join("jwks.json")),
+            )));
+        for a in [&without, &elsewhere] {
+            let e = a.authenticate_token_at(&token, "p", T0 + 1).unwrap_err();
+            assert!(
+                matches!(e, Error::Unauthenticated(ref m) if m.contains("no longer trusts")),
+                "{e}"
+            );
         }
     }
 
