@@ -490,6 +490,48 @@ fn fetch(source: &JwksSource) -> Result<Fetched, String> {
     Ok(Fetched { keys, max_age })
 }
 
+/// Ed25519 signing keys and their JWKS for tests that sign ID tokens (`oidc`, `sso`).
+#[cfg(test)]
+pub(crate) mod test_keys {
+    use base64::Engine as _;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use serde_json::json;
+
+    /// A signing key: its PKCS#8 DER and its public `x` for a JWK.
+    pub(crate) struct Key {
+        pub(crate) der: Vec<u8>,
+        pub(crate) x: String,
+    }
+
+    pub(crate) fn key() -> Key {
+        let sk = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        // PKCS#8 v1 wrapping of an Ed25519 seed (RFC 8410).
+        let mut der = hex::decode("302e020100300506032b657004220420").expect("constant hex");
+        der.extend_from_slice(&sk.to_bytes());
+        Key {
+            der,
+            x: base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sk.verifying_key().to_bytes()),
+        }
+    }
+
+    /// A JWKS document holding `keys` by kid.
+    pub(crate) fn jwks(keys: &[(&str, &Key)]) -> String {
+        let keys: Vec<_> = keys
+            .iter()
+            .map(|(kid, k)| json!({"kty": "OKP", "crv": "Ed25519", "x": k.x, "kid": kid, "alg": "EdDSA", "use": "sig"}))
+            .collect();
+        json!({ "keys": keys }).to_string()
+    }
+
+    /// `claims` signed by `key` under `kid` (EdDSA).
+    pub(crate) fn sign(kid: &str, key: &Key, claims: &serde_json::Value) -> String {
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(&h, claims, &EncodingKey::from_ed_der(&key.der)).expect("signs")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,30 +541,7 @@ mod tests {
     const NOW: u64 = 1_790_000_000;
     const ISS: &str = "https://token.example";
 
-    struct Key {
-        der: Vec<u8>,
-        x: String,
-    }
-
-    fn key() -> Key {
-        let sk = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-        // PKCS#8 v1 wrapping of an Ed25519 seed (RFC 8410).
-        let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
-        der.extend_from_slice(&sk.to_bytes());
-        Key {
-            der,
-            x: base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(sk.verifying_key().to_bytes()),
-        }
-    }
-
-    fn jwks(keys: &[(&str, &Key)]) -> String {
-        let keys: Vec<_> = keys
-            .iter()
-            .map(|(kid, k)| json!({"kty": "OKP", "crv": "Ed25519", "x": k.x, "kid": kid, "alg": "EdDSA", "use": "sig"}))
-            .collect();
-        json!({ "keys": keys }).to_string()
-    }
+    use super::test_keys::{Key, jwks, key, sign};
 
     struct Fixture {
         _dir: tempfile::TempDir,
@@ -556,12 +575,6 @@ mod tests {
             "repository": "acme/app", "ref": "refs/heads/main", "run_id": "42",
             "iat": NOW - 5, "nbf": NOW - 5, "exp": NOW + 300, "jti": "j-1",
         })
-    }
-
-    fn sign(kid: &str, key: &Key, claims: &serde_json::Value) -> String {
-        let mut h = Header::new(Algorithm::EdDSA);
-        h.kid = Some(kid.into());
-        jsonwebtoken::encode(&h, claims, &EncodingKey::from_ed_der(&key.der)).unwrap()
     }
 
     fn b64(v: &serde_json::Value) -> String {

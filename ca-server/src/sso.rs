@@ -326,28 +326,12 @@ impl SsoVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine as _;
-    use jsonwebtoken::{Algorithm, EncodingKey, Header};
     use serde_json::json;
 
     const NOW: u64 = 1_790_000_000;
     const ISS: &str = "https://login.example.com";
 
-    struct Key {
-        der: Vec<u8>,
-        x: String,
-    }
-
-    fn key() -> Key {
-        let sk = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-        let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
-        der.extend_from_slice(&sk.to_bytes());
-        Key {
-            der,
-            x: base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(sk.verifying_key().to_bytes()),
-        }
-    }
+    use crate::oidc::test_keys::{Key, jwks, key};
 
     fn config() -> Sso {
         Sso {
@@ -373,8 +357,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jwks.json");
         let key = key();
-        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": key.x, "kid": "k1", "alg": "EdDSA"}]});
-        std::fs::write(&path, jwks.to_string()).unwrap();
+        std::fs::write(&path, jwks(&[("k1", &key)])).unwrap();
         Fixture {
             v: SsoVerifier::with_jwks(&config(), JwksSource::File(path)),
             _dir: dir,
@@ -391,9 +374,7 @@ mod tests {
     }
 
     fn sign(key: &Key, claims: &serde_json::Value) -> String {
-        let mut h = Header::new(Algorithm::EdDSA);
-        h.kid = Some("k1".into());
-        jsonwebtoken::encode(&h, claims, &EncodingKey::from_ed_der(&key.der)).unwrap()
+        crate::oidc::test_keys::sign("k1", key, claims)
     }
 
     fn refused_with(f: &Fixture, c: &serde_json::Value, nonce: &str) -> String {
