@@ -442,7 +442,7 @@ mod tests {
     }
 
     #[test]
-    fn a_save_over_a_stale_version_is_refused_and_changes_nothing() {
+    fn finding_1_a_save_over_a_stale_version_is_refused_and_changes_nothing() {
         let s = Store::open_in_memory().unwrap();
         s.transact(|tx| tx.insert_request(&req("A", 10))).unwrap();
         let mut current = s.read(|tx| tx.request("A")).unwrap().unwrap();
@@ -465,7 +465,7 @@ mod tests {
     }
 
     #[test]
-    fn two_saves_from_the_same_read_the_second_is_a_conflict() {
+    fn finding_1_two_saves_from_the_same_read_the_second_is_a_conflict() {
         let s = Store::open_in_memory().unwrap();
         s.transact(|tx| tx.insert_request(&req("A", 10))).unwrap();
         let read = s.read(|tx| tx.request("A")).unwrap().unwrap();
@@ -493,7 +493,7 @@ mod tests {
     }
 
     #[test]
-    fn a_review_row_stays_put_when_a_later_review_is_appended() {
+    fn finding_2_a_review_row_stays_put_when_a_later_review_is_appended() {
         let s = Store::open_in_memory().unwrap();
         s.transact(|tx| {
             tx.insert_request(&req("A", 10))?;

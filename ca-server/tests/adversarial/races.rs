@@ -112,3 +112,52 @@ async fn second_approvals_racing_on_a_two_approval_role_issue_once() {
     }
     h.audit_verifies();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_3_creations_racing_past_the_pending_cap_leave_exactly_the_cap_pending() {
+    let h = start().await;
+    let cap = authority::MAX_PENDING_PER_REQUESTER;
+    // Three times the cap, three rounds: the refusals stay under the per-caller limit on
+    // refused calls (60 a minute), so each one is the pending cap speaking.
+    let tasks = 3 * cap as usize;
+    let stored_pending = || {
+        h.store
+            .read(|tx| tx.pending_count("alice"))
+            .expect("pending count")
+    };
+    for round in 0..3 {
+        // Every creation starts together, each on its own task and connection.
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(tasks));
+        let mut handles = Vec::new();
+        for _ in 0..tasks {
+            let mut client = h.client();
+            let msg = h.req("alice", ask("db", &[], 600));
+            let start = start.clone();
+            handles.push(tokio::spawn(async move {
+                start.wait().await;
+                client
+                    .create_access_request(msg)
+                    .await
+                    .map(|r| r.into_inner().id)
+            }));
+        }
+        let mut created = Vec::new();
+        for handle in handles {
+            match handle.await.unwrap() {
+                Ok(id) => created.push(id),
+                Err(s) => assert_eq!(s.code(), Code::ResourceExhausted, "round {round}: {s:?}"),
+            }
+        }
+        assert_eq!(
+            created.len() as u64,
+            cap,
+            "round {round}: creations accepted"
+        );
+        assert_eq!(stored_pending(), cap, "round {round}: pending rows stored");
+        for id in &created {
+            h.cancel("alice", id).await.unwrap();
+        }
+        assert_eq!(stored_pending(), 0, "round {round}");
+    }
+    h.audit_verifies();
+}
