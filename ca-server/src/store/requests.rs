@@ -511,6 +511,13 @@ mod tests {
             .unwrap()
         };
         let first = rowid(0);
+        // Another request's review takes the highest rowid, so a row deleted and inserted
+        // again could not come back under its old one.
+        s.transact(|tx| {
+            tx.insert_request(&req("B", 10))?;
+            tx.append_review("B", 0, &review("dave", 11))
+        })
+        .unwrap();
         s.transact(|tx| tx.append_review("A", 1, &review("carol", 12)))
             .unwrap();
         assert_eq!(

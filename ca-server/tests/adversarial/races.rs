@@ -161,3 +161,44 @@ async fn finding_3_creations_racing_past_the_pending_cap_leave_exactly_the_cap_p
     }
     h.audit_verifies();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_2_a_later_review_is_appended_and_the_earlier_rows_stay_put() {
+    let h = start().await;
+    let db = rusqlite::Connection::open(&h.data.config.database).unwrap();
+    // (rowid per position, the request row's version)
+    let stored = |id: &str| -> (Vec<i64>, i64) {
+        let mut stmt = db
+            .prepare("SELECT rowid FROM reviews WHERE request_id = ?1 ORDER BY position")
+            .unwrap();
+        let rowids = stmt
+            .query_map([id], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<Vec<i64>, _>>()
+            .unwrap();
+        let version = db
+            .query_row("SELECT version FROM requests WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        (rowids, version)
+    };
+    let created = h.create("alice", ask("two", &[], 600)).await.unwrap();
+    assert_eq!(stored(&created.id), (vec![], 0));
+    h.approve("bob", &created.id).await.unwrap();
+    let (first, version) = stored(&created.id);
+    assert_eq!((first.len(), version), (1, 1), "one review, one save");
+    // Another request's review takes the highest rowid, so rows deleted and inserted again
+    // could not come back under their old ones.
+    let other = h.create("alice", ask("two", &[], 600)).await.unwrap();
+    h.approve("dave", &other.id).await.unwrap();
+    assert!(stored(&other.id).0[0] > first[0]);
+    let issued = h.approve("carol", &created.id).await.unwrap();
+    assert_eq!(issued.state, pb::State::Issued as i32);
+    let (after, version) = stored(&created.id);
+    assert_eq!(after.len(), 2);
+    assert_eq!(after[0], first[0], "the first review was rewritten");
+    assert_eq!(version, 2, "each decision saves the request once");
+    assert_eq!(h.get("alice", &created.id, false).await.reviews.len(), 2);
+    h.audit_verifies();
+}
