@@ -689,6 +689,7 @@ fn request_row(id: &str, requester: &str, keys: &Keys, k: usize, now: u64) -> St
         reviews: Vec::new(),
         break_glass: false,
         break_glass_review: None,
+        version: 0,
     }
 }
 

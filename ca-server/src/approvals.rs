@@ -140,6 +140,9 @@ pub struct Request {
     pub break_glass: bool,
     /// The after-the-fact review of a break-glass request.
     pub break_glass_review: Option<Review>,
+    /// The stored row's version when this was read (0 for a new request): a save names it
+    /// so that a request changed meanwhile by another writer is refused, not overwritten.
+    pub version: u64,
 }
 
 /// Why a transition was refused.
@@ -405,6 +408,7 @@ mod tests {
             reviews: vec![],
             break_glass: false,
             break_glass_review: None,
+            version: 0,
         }
     }
 

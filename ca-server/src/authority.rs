@@ -466,6 +466,13 @@ impl Authority {
     }
 
     /// Creates an access request; an auto-approved role issues at once.
+    ///
+    /// The pending caps (per requester, and on the whole CA) are counted and the request
+    /// inserted in one transaction, so concurrent creations never leave more than the cap
+    /// pending. A backend with several writers must keep that count-then-insert atomic
+    /// (for PostgreSQL: count the requester's pending requests under a row lock on the
+    /// requester's user row, and the CA-wide total under a lock of its own, or serializable
+    /// isolation).
     pub fn create_request_at(
         &self,
         caller: &Caller,
@@ -498,6 +505,7 @@ impl Authority {
             reviews: Vec::new(),
             break_glass: new.break_glass,
             break_glass_review: None,
+            version: 0,
         };
         let issue_now = request.break_glass || role.approval == policy::Approval::Auto;
         let ready = Ready::without_approval(request.clone());
@@ -750,10 +758,10 @@ impl Authority {
         row: Row,
     ) -> Result<(Request, CertRecord)> {
         let Signed { grant, record } = signed;
-        let request = ready.issued(record.issued_at);
+        let mut request = ready.issued(record.issued_at);
         match row {
             Row::Insert => tx.insert_request(&request)?,
-            Row::Update => tx.update_request(&request)?,
+            Row::Update => tx.save_request(&mut request)?,
         }
         tx.insert_certificate(&record)?;
         tx.append_audit(&Event::new(
@@ -927,10 +935,11 @@ impl Authority {
             let pending = req.pending_at(now).map_err(transition_error)?;
             match verdict {
                 Verdict::Deny => {
-                    let req = pending
+                    let mut req = pending
                         .deny_at(&caller.name, comment.trim(), now)
                         .map_err(transition_error)?;
-                    tx.update_request(&req)?;
+                    append_new_review(tx, &req)?;
+                    tx.save_request(&mut req)?;
                     tx.append_audit(&Event::new(
                         now,
                         &caller.name,
@@ -944,6 +953,13 @@ impl Authority {
                     let outcome = pending
                         .approve_at(&caller.name, ttl_secs, comment.trim(), now)
                         .map_err(transition_error)?;
+                    append_new_review(
+                        tx,
+                        match &outcome {
+                            Approval::Waiting(req) => req,
+                            Approval::Satisfied(ready) => &ready.request,
+                        },
+                    )?;
                     tx.append_audit(&Event::new(
                         now,
                         &caller.name,
@@ -952,8 +968,8 @@ impl Authority {
                         json!({ "ttl_secs": ttl_secs, "comment": comment.trim() }),
                     ))?;
                     match self.recheck(tx, outcome, role, &policy, now)? {
-                        Approval::Waiting(req) => {
-                            tx.update_request(&req)?;
+                        Approval::Waiting(mut req) => {
+                            tx.save_request(&mut req)?;
                             Ok(self.view(&policy, req, None, false))
                         }
                         Approval::Satisfied(ready) => {
@@ -1075,12 +1091,12 @@ impl Authority {
         let policy = self.policy();
         let view = self.store.transact(|tx| {
             let req = Self::visible_request(tx, &policy, caller, id)?;
-            let req = req
+            let mut req = req
                 .pending_at(now)
                 .map_err(transition_error)?
                 .cancel_at(&caller.name, now)
                 .map_err(transition_error)?;
-            tx.update_request(&req)?;
+            tx.save_request(&mut req)?;
             tx.append_audit(&Event::new(
                 now,
                 &caller.name,
@@ -1101,9 +1117,9 @@ impl Authority {
             let due = tx.expired_pending(now)?;
             let mut ids = Vec::new();
             for req in due {
-                let (req, changed) = req.expire_at(now);
+                let (mut req, changed) = req.expire_at(now);
                 if changed {
-                    tx.update_request(&req)?;
+                    tx.save_request(&mut req)?;
                     tx.append_audit(&Event::new(
                         now,
                         "moshca-server",
@@ -1151,13 +1167,13 @@ impl Authority {
                     req.role
                 )));
             }
-            let req = req
+            let mut req = req
                 .review_break_glass_at(&caller.name, comment, now)
                 .map_err(|e| match e {
                     approvals::GlassError::SelfReview(_) => Error::PermissionDenied(e.to_string()),
                     _ => Error::FailedPrecondition(e.to_string()),
                 })?;
-            tx.update_request(&req)?;
+            tx.save_request(&mut req)?;
             tx.append_audit(&Event::new(
                 now,
                 &caller.name,
@@ -1335,6 +1351,15 @@ fn not_found(id: &str) -> Error {
     Error::NotFound(format!(
         "no request {id} that you can see; `moshca requests` lists yours"
     ))
+}
+
+/// Stores the review a transition just added to `req` (its last), leaving the earlier ones
+/// as they are.
+fn append_new_review(tx: &Tx<'_>, req: &Request) -> Result<()> {
+    if let Some(review) = req.reviews.last() {
+        tx.append_review(&req.id, req.reviews.len() - 1, review)?;
+    }
+    Ok(())
 }
 
 fn transition_error(e: approvals::Error) -> Error {

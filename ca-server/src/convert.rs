@@ -19,6 +19,11 @@ impl From<authority::Error> for Status {
             E::FailedPrecondition(m) => Status::failed_precondition(m),
             E::NotFound(m) => Status::not_found(m),
             E::ResourceExhausted(m) => Status::resource_exhausted(m),
+            E::Store(ref inner) if inner.kind() == crate::store::ErrorKind::Conflict => {
+                // Another writer saved the request first; nothing of this call was stored.
+                tracing::warn!(error = %inner, "write conflict");
+                Status::aborted("the request changed while this call ran; try again")
+            }
             E::Store(ref inner) => {
                 tracing::error!(error = %inner, "store failure");
                 if is_unavailable(inner) {
@@ -261,5 +266,13 @@ mod tests {
         let s = Status::from(sqlite(rusqlite::ffi::SQLITE_CORRUPT));
         assert_eq!(s.code(), tonic::Code::Internal);
         assert_eq!(s.message(), "internal error");
+    }
+
+    #[test]
+    fn a_write_conflict_is_aborted_and_says_to_try_again() {
+        let e = authority::Error::Store(crate::store::Error::Conflict("request 01J".into()));
+        let s = Status::from(e);
+        assert_eq!(s.code(), tonic::Code::Aborted);
+        assert!(s.message().contains("try again"), "{}", s.message());
     }
 }

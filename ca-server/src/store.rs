@@ -67,6 +67,10 @@ pub enum Error {
     /// The database was made by a newer moshca.
     #[error("database schema version {0} is newer than this moshca-server understands")]
     TooNew(i64),
+    /// The row changed since it was read (another writer saved it first); nothing was
+    /// written. Names what changed, e.g. "request 01J...".
+    #[error("{0} changed since it was read")]
+    Conflict(String),
 }
 
 /// What a store failure means to the layers above, decided by the backend so nothing above
@@ -79,6 +83,9 @@ pub enum ErrorKind {
     /// The database holds something this version cannot read, or said something it should
     /// never say: an operator must look.
     Corrupt,
+    /// Another writer changed the row between this call's read and its write: nothing was
+    /// stored and the caller may read again and retry.
+    Conflict,
 }
 
 impl Error {
@@ -100,6 +107,7 @@ impl Error {
                 ErrorKind::Unavailable
             }
             Error::CommitFailed(_) => ErrorKind::Unavailable,
+            Error::Conflict(_) => ErrorKind::Conflict,
             _ => ErrorKind::Corrupt,
         }
     }
@@ -366,6 +374,7 @@ mod tests {
             reviews: vec![],
             break_glass: false,
             break_glass_review: None,
+            version: 0,
         }
     }
 

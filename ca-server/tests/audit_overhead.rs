@@ -30,6 +30,7 @@ fn request(id: &str) -> Request {
         reviews: vec![],
         break_glass: false,
         break_glass_review: None,
+        version: 0,
     }
 }
 

@@ -46,6 +46,7 @@ fn krl_for_100k_revoked_serials() {
                     reviews: vec![],
                     break_glass: false,
                     break_glass_review: None,
+                    version: 0,
                 })?;
                 let serial = rng.r#gen::<u64>() | 1;
                 tx.insert_certificate(&CertRecord {

@@ -966,6 +966,7 @@ fn a_presigned_certificate_whose_serial_was_taken_is_signed_again_with_a_free_on
         reviews: Vec::new(),
         break_glass: false,
         break_glass_review: None,
+        version: 0,
     };
     let ready = Ready::without_approval(request);
     let signed = f.auth.sign(&ready, role, &policy, T0, "", taken).unwrap();

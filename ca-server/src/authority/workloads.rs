@@ -77,6 +77,7 @@ impl Authority {
             reviews: Vec::new(),
             break_glass: false,
             break_glass_review: None,
+            version: 0,
         };
         let extra = format!(
             ":iss={}:repo={}:run={}",

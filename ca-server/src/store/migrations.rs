@@ -254,6 +254,12 @@ CREATE TABLE consumed_id_tokens (
 CREATE INDEX consumed_id_tokens_by_expiry ON consumed_id_tokens(expires_at);
 ALTER TABLE users ADD COLUMN sso INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Request versions: a request is saved only over the version it was read at, so two
+    // writers cannot both decide it (reviews are appended under their PRIMARY KEY
+    // (request_id, position), never rewritten).
+    r#"
+ALTER TABLE requests ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Applies the migrations `conn`'s database lacks, in one immediate transaction; refuses a
@@ -327,6 +333,8 @@ mod tests {
                 listed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
                 ["02OLD", "01OLD"]
             );
+            // Requests stored before versions existed start at version 0.
+            assert!(listed.iter().all(|r| r.version == 0));
             Ok::<_, Error>(())
         })
         .unwrap();

@@ -38,13 +38,13 @@ const LIST_PENDING: &str = "INDEXED BY requests_pending WHERE state = 'pending' 
      LIMIT ?6";
 
 impl Tx<'_> {
-    /// Stores a new request.
+    /// Stores a new request, at its `version`, with the reviews it already has.
     pub fn insert_request(&self, r: &Request) -> Result<()> {
         self.tx.prepare_cached(
             "INSERT INTO requests (id, requester, role, principals, ttl_secs, reason, public_key,
                  fingerprint, state, created_at, expires_at, decided_at, approvals_required,
-                 break_glass)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 break_glass, version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )?
         .execute(
             params![
@@ -62,19 +62,29 @@ impl Tx<'_> {
                 r.decided_at.map(to_i64),
                 r.approvals_required,
                 i64::from(r.break_glass),
+                to_i64(r.version),
             ],
         )?;
-        self.write_reviews(r)
+        for (position, review) in r.reviews.iter().enumerate() {
+            self.append_review(&r.id, position, review)?;
+        }
+        Ok(())
     }
 
-    /// Writes a request's state, ttl and reviews.
-    pub fn update_request(&self, r: &Request) -> Result<()> {
-        self.tx.prepare_cached(
-            "UPDATE requests SET state = ?2, ttl_secs = ?3, decided_at = ?4, glass_reviewer = ?5,
-                 glass_comment = ?6, glass_reviewed_at = ?7 WHERE id = ?1",
-        )?
-        .execute(
-            params![
+    /// Writes a request's state, ttl and break-glass review over the version it was read at
+    /// (`r.version`), and moves `r.version` to the stored one. A request some other writer
+    /// saved since is refused with [`Error::Conflict`] and nothing is written. Reviews are
+    /// not written here: add them with [`Tx::append_review`].
+    pub fn save_request(&self, r: &mut Request) -> Result<()> {
+        let saved = self
+            .tx
+            .prepare_cached(
+                "UPDATE requests SET state = ?2, ttl_secs = ?3, decided_at = ?4,
+                     glass_reviewer = ?5, glass_comment = ?6, glass_reviewed_at = ?7,
+                     version = version + 1
+                 WHERE id = ?1 AND version = ?8",
+            )?
+            .execute(params![
                 r.id,
                 r.state.as_str(),
                 to_i64(r.ttl_secs),
@@ -82,29 +92,45 @@ impl Tx<'_> {
                 r.break_glass_review.as_ref().map(|g| g.approver.clone()),
                 r.break_glass_review.as_ref().map(|g| g.comment.clone()),
                 r.break_glass_review.as_ref().map(|g| to_i64(g.at)),
-            ],
-        )?;
-        self.write_reviews(r)
+                to_i64(r.version),
+            ])?;
+        if saved == 0 {
+            return Err(Error::Conflict(format!("request {}", r.id)));
+        }
+        r.version += 1;
+        Ok(())
     }
 
-    fn write_reviews(&self, r: &Request) -> Result<()> {
-        self.exec("DELETE FROM reviews WHERE request_id = ?1", [&r.id])?;
-        let mut stmt = self.tx.prepare_cached(
-            "INSERT INTO reviews (request_id, position, approver, verdict, ttl_secs, comment, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        for (i, rev) in r.reviews.iter().enumerate() {
-            stmt.execute(params![
-                r.id,
-                i as i64,
+    /// Adds one review of a request at `position` (its index among the request's reviews,
+    /// oldest first); the reviews before it are left as they are. A review already stored
+    /// at that position (another writer got there first) is [`Error::Conflict`].
+    pub fn append_review(&self, request_id: &str, position: usize, rev: &Review) -> Result<()> {
+        let inserted = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO reviews (request_id, position, approver, verdict, ttl_secs, comment, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                request_id,
+                i64::try_from(position).unwrap_or(i64::MAX),
                 rev.approver,
                 rev.verdict.as_str(),
                 rev.ttl_secs.map(to_i64),
                 rev.comment,
                 to_i64(rev.at)
-            ])?;
+            ]);
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+            {
+                Err(Error::Conflict(format!(
+                    "review {position} of request {request_id}"
+                )))
+            }
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 
     /// A request with its reviews.
@@ -170,7 +196,7 @@ impl Tx<'_> {
         let sql = format!(
             "SELECT id, requester, role, principals, ttl_secs, reason, public_key, fingerprint,
                     state, created_at, expires_at, decided_at, approvals_required,
-                    break_glass, glass_reviewer, glass_comment, glass_reviewed_at
+                    break_glass, glass_reviewer, glass_comment, glass_reviewed_at, version
              FROM requests {clause}"
         );
         let mut stmt = self.tx.prepare_cached(&sql)?;
@@ -195,6 +221,7 @@ impl Tx<'_> {
                         r.get::<_, Option<String>>(14)?,
                         r.get::<_, Option<String>>(15)?,
                         r.get::<_, Option<i64>>(16)?,
+                        r.get::<_, i64>(17)?,
                     ),
                 ))
             })?
@@ -229,6 +256,7 @@ impl Tx<'_> {
                         }),
                         _ => None,
                     },
+                    version: to_u64(row.13.4),
                 })
             })
             .collect()
@@ -394,7 +422,117 @@ mod tests {
         });
         r.state = State::Denied;
         r.decided_at = Some(11);
-        s.transact(|tx| tx.update_request(&r)).unwrap();
+        s.transact(|tx| {
+            tx.append_review("A", 0, &r.reviews[0])?;
+            tx.save_request(&mut r)
+        })
+        .unwrap();
+        assert_eq!(r.version, 1);
         assert_eq!(s.read(|tx| tx.request("A")).unwrap().unwrap(), r);
+    }
+
+    fn review(approver: &str, at: u64) -> Review {
+        Review {
+            approver: approver.into(),
+            verdict: Verdict::Approve,
+            ttl_secs: None,
+            comment: "ok".into(),
+            at,
+        }
+    }
+
+    #[test]
+    fn finding_1_a_save_over_a_stale_version_is_refused_and_changes_nothing() {
+        let s = Store::open_in_memory().unwrap();
+        s.transact(|tx| tx.insert_request(&req("A", 10))).unwrap();
+        let mut current = s.read(|tx| tx.request("A")).unwrap().unwrap();
+        let mut stale = current.clone();
+        stale.version = 0;
+        current.state = State::Cancelled;
+        current.decided_at = Some(11);
+        s.transact(|tx| tx.save_request(&mut current)).unwrap();
+        let before = s.read(|tx| tx.request("A")).unwrap().unwrap();
+        assert_eq!(before.version, 1);
+
+        stale.state = State::Denied;
+        stale.decided_at = Some(12);
+        stale.ttl_secs = 60;
+        let err = s.transact(|tx| tx.save_request(&mut stale)).unwrap_err();
+        assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+        assert_eq!(err.kind(), crate::store::ErrorKind::Conflict);
+        assert_eq!(stale.version, 0, "a refused save leaves the version read");
+        assert_eq!(s.read(|tx| tx.request("A")).unwrap().unwrap(), before);
+    }
+
+    #[test]
+    fn finding_1_two_saves_from_the_same_read_the_second_is_a_conflict() {
+        let s = Store::open_in_memory().unwrap();
+        s.transact(|tx| tx.insert_request(&req("A", 10))).unwrap();
+        let read = s.read(|tx| tx.request("A")).unwrap().unwrap();
+        let (mut first, mut second) = (read.clone(), read);
+        first.state = State::Cancelled;
+        first.decided_at = Some(11);
+        second.state = State::Denied;
+        second.decided_at = Some(11);
+        s.transact(|tx| tx.save_request(&mut first)).unwrap();
+        let err = s.transact(|tx| tx.save_request(&mut second)).unwrap_err();
+        assert_eq!(err.kind(), crate::store::ErrorKind::Conflict);
+        let stored = s.read(|tx| tx.request("A")).unwrap().unwrap();
+        assert_eq!(stored.state, State::Cancelled);
+        assert_eq!(stored, first);
+        // Inside one transaction as well.
+        let read = s.read(|tx| tx.request("A")).unwrap().unwrap();
+        let err = s
+            .transact(|tx| {
+                tx.save_request(&mut read.clone())?;
+                tx.save_request(&mut read.clone())
+            })
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::store::ErrorKind::Conflict);
+        assert_eq!(s.read(|tx| tx.request("A")).unwrap().unwrap(), first);
+    }
+
+    #[test]
+    fn finding_2_a_review_row_stays_put_when_a_later_review_is_appended() {
+        let s = Store::open_in_memory().unwrap();
+        s.transact(|tx| {
+            tx.insert_request(&req("A", 10))?;
+            tx.append_review("A", 0, &review("bob", 11))
+        })
+        .unwrap();
+        let rowid = |position: i64| -> i64 {
+            s.read(|tx| {
+                Ok::<_, Error>(tx.row(
+                    "SELECT rowid FROM reviews WHERE request_id = 'A' AND position = ?1",
+                    [position],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap()
+        };
+        let first = rowid(0);
+        // Another request's review takes the highest rowid, so a row deleted and inserted
+        // again could not come back under its old one.
+        s.transact(|tx| {
+            tx.insert_request(&req("B", 10))?;
+            tx.append_review("B", 0, &review("dave", 11))
+        })
+        .unwrap();
+        s.transact(|tx| tx.append_review("A", 1, &review("carol", 12)))
+            .unwrap();
+        assert_eq!(
+            rowid(0),
+            first,
+            "the first review was deleted and re-inserted"
+        );
+        assert_ne!(rowid(1), first);
+        let reviews = s.read(|tx| tx.request("A")).unwrap().unwrap().reviews;
+        assert_eq!(reviews, [review("bob", 11), review("carol", 12)]);
+        // A second writer appending at a taken position is a conflict, not a second row.
+        let err = s
+            .transact(|tx| tx.append_review("A", 1, &review("dave", 13)))
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::store::ErrorKind::Conflict);
+        assert_eq!(rowid(0), first);
     }
 }

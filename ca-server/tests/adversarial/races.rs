@@ -112,3 +112,93 @@ async fn second_approvals_racing_on_a_two_approval_role_issue_once() {
     }
     h.audit_verifies();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_3_creations_racing_past_the_pending_cap_leave_exactly_the_cap_pending() {
+    let h = start().await;
+    let cap = authority::MAX_PENDING_PER_REQUESTER;
+    // Three times the cap, three rounds: the refusals stay under the per-caller limit on
+    // refused calls (60 a minute), so each one is the pending cap speaking.
+    let tasks = 3 * cap as usize;
+    let stored_pending = || {
+        h.store
+            .read(|tx| tx.pending_count("alice"))
+            .expect("pending count")
+    };
+    for round in 0..3 {
+        // Every creation starts together, each on its own task and connection.
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(tasks));
+        let mut handles = Vec::new();
+        for _ in 0..tasks {
+            let mut client = h.client();
+            let msg = h.req("alice", ask("db", &[], 600));
+            let start = start.clone();
+            handles.push(tokio::spawn(async move {
+                start.wait().await;
+                client
+                    .create_access_request(msg)
+                    .await
+                    .map(|r| r.into_inner().id)
+            }));
+        }
+        let mut created = Vec::new();
+        for handle in handles {
+            match handle.await.unwrap() {
+                Ok(id) => created.push(id),
+                Err(s) => assert_eq!(s.code(), Code::ResourceExhausted, "round {round}: {s:?}"),
+            }
+        }
+        assert_eq!(
+            created.len() as u64,
+            cap,
+            "round {round}: creations accepted"
+        );
+        assert_eq!(stored_pending(), cap, "round {round}: pending rows stored");
+        for id in &created {
+            h.cancel("alice", id).await.unwrap();
+        }
+        assert_eq!(stored_pending(), 0, "round {round}");
+    }
+    h.audit_verifies();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_2_a_later_review_is_appended_and_the_earlier_rows_stay_put() {
+    let h = start().await;
+    let db = rusqlite::Connection::open(&h.data.config.database).unwrap();
+    // (rowid per position, the request row's version)
+    let stored = |id: &str| -> (Vec<i64>, i64) {
+        let mut stmt = db
+            .prepare("SELECT rowid FROM reviews WHERE request_id = ?1 ORDER BY position")
+            .unwrap();
+        let rowids = stmt
+            .query_map([id], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<Vec<i64>, _>>()
+            .unwrap();
+        let version = db
+            .query_row("SELECT version FROM requests WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        (rowids, version)
+    };
+    let created = h.create("alice", ask("two", &[], 600)).await.unwrap();
+    assert_eq!(stored(&created.id), (vec![], 0));
+    h.approve("bob", &created.id).await.unwrap();
+    let (first, version) = stored(&created.id);
+    assert_eq!((first.len(), version), (1, 1), "one review, one save");
+    // Another request's review takes the highest rowid, so rows deleted and inserted again
+    // could not come back under their old ones.
+    let other = h.create("alice", ask("two", &[], 600)).await.unwrap();
+    h.approve("dave", &other.id).await.unwrap();
+    assert!(stored(&other.id).0[0] > first[0]);
+    let issued = h.approve("carol", &created.id).await.unwrap();
+    assert_eq!(issued.state, pb::State::Issued as i32);
+    let (after, version) = stored(&created.id);
+    assert_eq!(after.len(), 2);
+    assert_eq!(after[0], first[0], "the first review was rewritten");
+    assert_eq!(version, 2, "each decision saves the request once");
+    assert_eq!(h.get("alice", &created.id, false).await.reviews.len(), 2);
+    h.audit_verifies();
+}
