@@ -80,6 +80,9 @@ pub struct Metrics {
     webhook_drops: Counter,
     store_commit_errors: Counter,
     store_batch_size: Histogram,
+    store_retries: Counter,
+    store_connects: Family<OneLabel, Counter>,
+    store_readers_busy: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -107,6 +110,9 @@ impl Metrics {
             store_commit_errors: Counter::default(),
             // 1 .. 512 writers: the group commit's bound (`MAX_BATCH` in the store).
             store_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            store_retries: Counter::default(),
+            store_connects: Family::default(),
+            store_readers_busy: Gauge::default(),
         };
         let mut r = m.registry;
         // Counters are registered without `_total`; the encoder appends it.
@@ -169,6 +175,21 @@ impl Metrics {
             "moshca_store_write_batch_size",
             "Writers per store commit (group commit); stands in for pool use",
             m.store_batch_size.clone(),
+        );
+        r.register(
+            "moshca_store_retries",
+            "Store transactions begun again after the database was unavailable (a lost connection, a failover)",
+            m.store_retries.clone(),
+        );
+        r.register(
+            "moshca_store_connects",
+            "Connections opened to PostgreSQL, by outcome (ok, failed)",
+            m.store_connects.clone(),
+        );
+        r.register(
+            "moshca_store_readers_busy",
+            "Store reader connections in use now (of 3; the writer is one more)",
+            m.store_readers_busy.clone(),
         );
         Metrics { registry: r, ..m }
     }
@@ -342,6 +363,30 @@ pub(crate) fn store_batch(writers: usize, committed: bool) {
     m.store_batch_size.observe(writers as f64);
     if !committed {
         m.store_commit_errors.inc();
+    }
+}
+
+/// A store transaction is begun again after the database was unavailable.
+pub(crate) fn store_retry() {
+    global().store_retries.inc();
+}
+
+/// A connection to PostgreSQL was opened, or failed to open.
+pub(crate) fn store_connect(ok: bool) {
+    let outcome = if ok { "ok" } else { "failed" };
+    global()
+        .store_connects
+        .get_or_create(&[("outcome", outcome)])
+        .inc();
+}
+
+/// A store reader connection was taken (`true`) or given back.
+pub(crate) fn store_reader(taken: bool) {
+    let g = &global().store_readers_busy;
+    if taken {
+        g.inc();
+    } else {
+        g.dec();
     }
 }
 

@@ -25,32 +25,96 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
-
-use rusqlite::Connection;
 
 mod audit;
 mod ca_keys;
 mod certificates;
 mod engine;
 mod hosts;
-mod migrations;
 mod outbox;
+pub mod postgres;
 mod replay;
 mod requests;
 mod sessions;
+mod sql;
+mod sqlite;
 mod users;
 
 pub use audit::AuditFilter;
 pub use certificates::{CertRecord, RevokedCert};
 pub use hosts::{HostCertRecord, HostTokenRecord};
 pub use outbox::{Delivery, NOTIFY_ACTIONS};
+pub use postgres::PgUrl;
 pub use requests::RequestFilter;
 pub use sessions::{SessionRecord, SessionStanding, UserSource};
 pub use users::{TokenRecord, TokenStanding, User};
 
-use engine::{Batch, Writer, run};
+use engine::{Batch, Link, Writer};
+use sql::Conn;
+
+/// Where the store keeps its rows: a SQLite file (one server), or a PostgreSQL database
+/// (one or more replicas).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite database file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, by URL.
+    Postgres(PgUrl),
+}
+
+impl Database {
+    /// Reads a `database` setting: a `postgres://` or `postgresql://` URL, or else a path
+    /// (relative paths are taken from `base`).
+    pub fn parse(value: &str, base: &Path) -> std::result::Result<Database, String> {
+        if PgUrl::is_url(value) {
+            return PgUrl::parse(value).map(Database::Postgres);
+        }
+        Ok(Database::Sqlite(base.join(value)))
+    }
+
+    /// The SQLite file, if this is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Database::Sqlite(p) => Some(p),
+            Database::Postgres(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(p) => write!(f, "{}", p.display()),
+            Database::Postgres(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+impl From<&Path> for Database {
+    fn from(p: &Path) -> Self {
+        Database::Sqlite(p.to_owned())
+    }
+}
+
+impl From<&PathBuf> for Database {
+    fn from(p: &PathBuf) -> Self {
+        Database::Sqlite(p.clone())
+    }
+}
+
+impl From<PathBuf> for Database {
+    fn from(p: PathBuf) -> Self {
+        Database::Sqlite(p)
+    }
+}
+
+impl From<&Database> for Database {
+    fn from(d: &Database) -> Self {
+        d.clone()
+    }
+}
 
 /// Store failures. Callers log these whole and tell clients "internal error".
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +122,9 @@ pub enum Error {
     /// SQLite said no.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL said no, or could not be reached.
+    #[error("database error: {0}")]
+    Postgres(#[from] ::postgres::Error),
     /// A row holds something this version cannot read.
     #[error("database holds an unreadable value: {0}")]
     Corrupt(String),
@@ -71,6 +138,10 @@ pub enum Error {
     /// written. Names what changed, e.g. "request 01J...".
     #[error("{0} changed since it was read")]
     Conflict(String),
+    /// The database cannot be used as configured (a URL it cannot connect with, a key
+    /// that does not match the one it already serves); the message says what to fix.
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// What a store failure means to the layers above, decided by the backend so nothing above
@@ -78,7 +149,7 @@ pub enum Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The database cannot take the write now (disk full, read-only, locked, I/O, a failed
-    /// commit): nothing was stored and the caller may retry.
+    /// commit, a lost connection): nothing was stored and the caller may retry.
     Unavailable,
     /// The database holds something this version cannot read, or said something it should
     /// never say: an operator must look.
@@ -106,6 +177,7 @@ impl Error {
             {
                 ErrorKind::Unavailable
             }
+            Error::Postgres(e) => postgres::kind(e),
             Error::CommitFailed(_) => ErrorKind::Unavailable,
             Error::Conflict(_) => ErrorKind::Conflict,
             _ => ErrorKind::Corrupt,
@@ -120,10 +192,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Writers run their closure inside a savepoint of a shared transaction; the first of a
 /// batch (the leader) lets the writers queued behind it join, then commits once and wakes
-/// them all. Each caller returns only after the commit that holds its rows, so one fsync
+/// them all. Each caller returns only after the commit that holds its rows, so one commit
 /// covers many issuances and nothing is acknowledged before it is durable. A closure that
 /// fails rolls back to its savepoint and leaves the others untouched. Reads use their own
-/// connection and see only committed data (WAL snapshots).
+/// connection and see only committed data.
+///
+/// On PostgreSQL every batch first takes the database's writer lock (the audit chain's
+/// head), so batches of all replicas commit one after another, each seeing every row the
+/// ones before it wrote: the rules that read and then write (one approval, one
+/// certificate; the pending cap; a disabled user gets nothing) hold across replicas as
+/// they do on one SQLite writer.
 #[derive(Debug)]
 pub struct Store {
     writer: Mutex<Writer>,
@@ -137,16 +215,14 @@ pub struct Store {
     /// Whether notifying audit events are queued for webhooks (see [`Store::set_outbox`]).
     outbox: AtomicBool,
     /// `None` for in-memory stores (a second connection would see another database).
-    readers: Vec<Mutex<Connection>>,
+    readers: Vec<Mutex<Link>>,
     /// Which reader a read waits for when all are busy.
     next_reader: AtomicUsize,
-    /// The database file; `None` in memory.
+    /// The SQLite file; `None` in memory and on PostgreSQL.
     path: Option<PathBuf>,
+    /// The PostgreSQL database; `None` on SQLite.
+    pg: Option<Arc<postgres::Target>>,
 }
-
-/// Statements each connection keeps prepared: every distinct statement the server runs
-/// fits, so none is parsed twice.
-const STATEMENT_CACHE: usize = 128;
 
 /// Reader connections: a long read (a KRL over 100,000 revocations, an audit export)
 /// holds one, and authentication and the rest read through the others.
@@ -156,39 +232,24 @@ const READERS: usize = 3;
 const MAX_BATCH: usize = 512;
 
 impl Store {
-    /// Opens (creating if needed) and migrates the database at `path`.
-    pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)?;
-        let mut store = Self::setup(conn)?;
-        for _ in 0..READERS {
-            let reader = Connection::open(path)?;
-            reader.busy_timeout(Duration::from_secs(5))?;
-            reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-            reader.pragma_update(None, "query_only", true)?;
-            store.readers.push(Mutex::new(reader));
+    /// Opens (creating if needed) and migrates the database `db`: a SQLite file path, or a
+    /// [`Database`].
+    pub fn open(db: impl Into<Database>) -> Result<Self> {
+        match db.into() {
+            Database::Sqlite(path) => sqlite::open(&path),
+            Database::Postgres(url) => postgres::open(&url),
         }
-        store.path = Some(path.to_owned());
-        Ok(store)
     }
 
-    /// A private in-memory database, for tests.
+    /// A private in-memory SQLite database, for tests.
     pub fn open_in_memory() -> Result<Self> {
-        Self::setup(Connection::open_in_memory()?)
+        sqlite::open_in_memory()
     }
 
-    fn setup(mut conn: Connection) -> Result<Self> {
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        // Each writer's savepoint keeps its undo pages in a sub-journal; in memory, not in
-        // a temp file written and thrown away at every batch.
-        conn.pragma_update(None, "temp_store", "MEMORY")?;
-        migrations::upgrade(&mut conn)?;
-        Ok(Store {
+    fn with(writer: Link, readers: Vec<Link>) -> Self {
+        Store {
             writer: Mutex::new(Writer {
-                conn,
+                conn: writer,
                 open: false,
                 batch: 0,
                 finished: 0,
@@ -200,10 +261,16 @@ impl Store {
             queued: AtomicUsize::new(0),
             commit_failed: AtomicBool::new(false),
             outbox: AtomicBool::new(true),
-            readers: Vec::new(),
+            readers: readers.into_iter().map(Mutex::new).collect(),
             next_reader: AtomicUsize::new(0),
             path: None,
-        })
+            pg: None,
+        }
+    }
+
+    /// Whether this store is on PostgreSQL (shared with other replicas).
+    pub fn is_shared(&self) -> bool {
+        self.pg.is_some()
     }
 
     /// Whether notifying audit events are also written to the webhook outbox (on by
@@ -229,10 +296,10 @@ impl Store {
         if w.open {
             return self.join(w, f);
         }
-        run(&w.conn, "BEGIN IMMEDIATE").map_err(|e| {
+        w.conn.begin_write().map_err(|e| {
             self.commit_failed.store(true, Ordering::Relaxed);
             crate::metrics::store_begin_failed();
-            Error::from(e)
+            e
         })?;
         w.open = true;
         w.batch += 1;
@@ -256,7 +323,7 @@ impl Store {
                 break;
             }
         }
-        batch.commit().map_err(Error::from)?;
+        batch.commit()?;
         out
     }
 
@@ -279,38 +346,41 @@ impl Store {
             while w.open {
                 w = self.batch_done.wait(w).unwrap_or_else(|p| p.into_inner());
             }
-            let tx = w.conn.unchecked_transaction().map_err(Error::from)?;
+            let Link::Sqlite(conn) = &w.conn else {
+                return Err(Error::Corrupt("an in-memory store is SQLite".into()).into());
+            };
+            let tx = conn.unchecked_transaction().map_err(Error::from)?;
             return f(&Tx {
-                tx: &tx,
+                conn: Conn::Sqlite(&tx),
                 outbox: false,
             });
         };
-        let conn = self.lock_reader();
-        if !conn.is_autocommit() {
-            // A read that panicked left its snapshot open.
-            run(&conn, "ROLLBACK").map_err(Error::from)?;
-        }
-        run(&conn, "BEGIN").map_err(Error::from)?;
-        let out = f(&Tx {
-            tx: &conn,
-            outbox: false,
-        });
+        let mut conn = self.lock_reader();
+        crate::metrics::store_reader(true);
+        let out = conn
+            .begin_read()
+            .map_err(E::from)
+            .and_then(|()| f(&conn.tx(false)));
         // Read-only: ending the snapshot commits nothing.
-        run(&conn, "COMMIT").map_err(Error::from)?;
-        out
+        let ended = conn.end_read();
+        crate::metrics::store_reader(false);
+        let out = out?;
+        ended?;
+        Ok(out)
     }
 
     /// Runs raw SQL on the writer outside any batch (tests that tamper with rows).
     #[cfg(test)]
     fn raw_execute(&self, sql: &str) -> Result<usize> {
-        Ok(self.lock_writer().conn.execute(sql, [])?)
+        let w = self.lock_writer();
+        w.conn.tx(false).exec(sql, &[])
     }
 }
 
 /// A transaction: the only way to read or write rows.
 #[allow(missing_debug_implementations)]
 pub struct Tx<'c> {
-    tx: &'c Connection,
+    conn: Conn<'c>,
     /// Whether notifying events also go to the outbox.
     outbox: bool,
 }
@@ -324,30 +394,12 @@ fn parse_list(s: &str) -> Result<Vec<String>> {
 }
 
 fn to_i64(v: u64) -> i64 {
-    // SQLite integers are signed; u64 values round-trip through the same bits.
+    // Both databases' integers are signed; u64 values round-trip through the same bits.
     v as i64
 }
 
 fn to_u64(v: i64) -> u64 {
     v as u64
-}
-
-impl Tx<'_> {
-    /// Runs a statement through the connection's statement cache: hot statements are
-    /// parsed once per connection, not once per call.
-    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
-        self.tx.prepare_cached(sql)?.execute(params)
-    }
-
-    /// The one row a cached query returns.
-    fn row<T>(
-        &self,
-        sql: &str,
-        params: impl rusqlite::Params,
-        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-    ) -> rusqlite::Result<T> {
-        self.tx.prepare_cached(sql)?.query_row(params, f)
-    }
 }
 
 #[cfg(test)]
@@ -383,6 +435,8 @@ mod tests {
         let w = s.lock_writer();
         let mut stmt = w
             .conn
+            .sqlite()
+            .unwrap()
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .unwrap();
         let n = stmt.parameter_count();

@@ -1,9 +1,8 @@
 //! SQL of the audit trail: the hash chain (appended with its outbox row), signed
 //! checkpoints of its head, and the listing and export reads. Decides nothing.
 
-use rusqlite::{OptionalExtension as _, params};
-
 use super::outbox::NOTIFY_ACTIONS;
+use super::sql::{Dialect, Row, Value, params};
 use super::{Error, Result, Tx, to_i64, to_u64};
 use crate::audit::{self, Event};
 
@@ -20,8 +19,14 @@ pub struct AuditFilter {
     pub limit: u32,
 }
 
-/// The user expression `audit_by_user` indexes; queries must spell it exactly so.
-const AUDIT_USER: &str = "(CASE WHEN json_valid(details) THEN details ->> '$.user' END)";
+/// The user expression `audit_by_user` indexes, per backend; queries must spell it
+/// exactly so.
+fn audit_user(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => "(CASE WHEN json_valid(details) THEN details ->> '$.user' END)",
+        Dialect::Postgres => "(details::jsonb ->> 'user')",
+    }
+}
 
 /// The columns of an audit row, in the order [`audit_row_from`] reads them.
 const AUDIT_COLUMNS: &str = "seq, at, actor, action, request_id, details, prev_hash, hash";
@@ -36,18 +41,17 @@ impl Tx<'_> {
     /// Appends an event to the hash chain.
     pub fn append_audit(&self, event: &Event) -> Result<()> {
         let (seq, prev): (i64, String) = self
-            .tx
-            .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?
+            .opt(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
             .unwrap_or((0, audit::GENESIS.to_owned()));
         let hash = event.chain_hash(&prev);
-        self.tx
-            .prepare_cached(
-                "INSERT INTO audit (seq, at, actor, action, request_id, details, prev_hash, hash)
+        self.exec(
+            "INSERT INTO audit (seq, at, actor, action, request_id, details, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
+            params![
                 seq + 1,
                 to_i64(event.at),
                 event.actor,
@@ -56,12 +60,10 @@ impl Tx<'_> {
                 event.details.to_string(),
                 prev,
                 hash
-            ])?;
+            ],
+        )?;
         if self.outbox && NOTIFY_ACTIONS.contains(&event.action.as_str()) {
-            self.tx.prepare_cached(
-                "INSERT INTO outbox (audit_seq, action, request_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(
+            self.exec("INSERT INTO outbox (audit_seq, action, request_id, created_at) VALUES (?1, ?2, ?3, ?4)", 
                 params![seq + 1, event.action, event.request_id, to_i64(event.at)],
             )?;
         }
@@ -70,20 +72,21 @@ impl Tx<'_> {
 
     /// The last audit event's sequence number and hash.
     pub fn audit_head(&self) -> Result<Option<(u64, String)>> {
-        Ok(self
-            .row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((to_u64(r.get(0)?), r.get(1)?)),
-            )
-            .optional()?)
+        Ok(self.opt(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            params![],
+            |r| Ok((to_u64(r.get(0)?), r.get(1)?)),
+        )?)
     }
 
     /// Stores a signed checkpoint of the audit chain's head.
     pub fn insert_checkpoint(&self, c: &audit::Checkpoint) -> Result<()> {
         self.exec(
-            "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, ca_fingerprint, signature, at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO audit_checkpoints (seq, hash, ca_fingerprint, signature, at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (seq) DO UPDATE SET hash = excluded.hash,
+                 ca_fingerprint = excluded.ca_fingerprint, signature = excluded.signature,
+                 at = excluded.at",
             params![
                 to_i64(c.seq),
                 c.hash,
@@ -104,7 +107,7 @@ impl Tx<'_> {
 
     /// Every audit row, in order.
     pub fn audit_rows(&self) -> Result<Vec<audit::Row>> {
-        self.query_audit("ORDER BY seq", [])
+        self.query_audit("ORDER BY seq", params![])
     }
 
     /// Audit rows at or after `since`, in order.
@@ -128,12 +131,7 @@ impl Tx<'_> {
                  WHERE seq >= {AUDIT_START} AND at >= ?1 ORDER BY seq"
             )
         };
-        let mut stmt = self.tx.prepare(&sql).map_err(Error::from)?;
-        let mut rows = stmt.query(params![to_i64(since)]).map_err(Error::from)?;
-        while let Some(r) = rows.next().map_err(Error::from)? {
-            f(audit_row_from(r).map_err(Error::from)?)?;
-        }
-        Ok(())
+        self.each(&sql, params![to_i64(since)], |r| f(audit_row_from(r)?))
     }
 
     /// Calls `f` with every stored checkpoint, by sequence number, from a cursor.
@@ -141,30 +139,26 @@ impl Tx<'_> {
         &self,
         mut f: impl FnMut(audit::Checkpoint) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut stmt = self
-            .tx
-            .prepare(
-                "SELECT seq, hash, ca_fingerprint, signature, at FROM audit_checkpoints ORDER BY seq",
-            )
-            .map_err(Error::from)?;
-        let mut rows = stmt.query([]).map_err(Error::from)?;
-        while let Some(r) = rows.next().map_err(Error::from)? {
-            f(audit::Checkpoint {
-                seq: to_u64(r.get(0).map_err(Error::from)?),
-                hash: r.get(1).map_err(Error::from)?,
-                ca_fingerprint: r.get(2).map_err(Error::from)?,
-                signature: r.get(3).map_err(Error::from)?,
-                at: to_u64(r.get(4).map_err(Error::from)?),
-            })?;
-        }
-        Ok(())
+        self.each(
+            "SELECT seq, hash, ca_fingerprint, signature, at FROM audit_checkpoints ORDER BY seq",
+            params![],
+            |r| {
+                f(audit::Checkpoint {
+                    seq: to_u64(r.get(0)?),
+                    hash: r.get(1)?,
+                    ca_fingerprint: r.get(2)?,
+                    signature: r.get(3)?,
+                    at: to_u64(r.get(4)?),
+                })
+            },
+        )
     }
 
     /// The newest checkpoint's sequence number.
     pub fn last_checkpoint_seq(&self) -> Result<Option<u64>> {
         Ok(self
-            .row("SELECT max(seq) FROM audit_checkpoints", [], |r| {
-                r.get::<_, Option<i64>>(0)
+            .one("SELECT max(seq) FROM audit_checkpoints", params![], |r| {
+                r.get::<Option<i64>>(0)
             })?
             .map(to_u64))
     }
@@ -172,37 +166,36 @@ impl Tx<'_> {
     /// The newest `limit` events matching `f`, oldest first. Filtered and limited in SQL on
     /// the audit indexes: the work is bounded by the matching events, not the trail.
     pub fn audit_page(&self, f: &AuditFilter) -> Result<Vec<audit::Row>> {
-        let sql = audit_page_sql(f);
-        let mut stmt = self.tx.prepare_cached(&sql)?;
-        let mut rows = stmt
-            .query_map(
-                params![to_i64(f.since), f.user, f.request_id, f.limit],
-                audit_row_from,
-            )?
-            .collect::<Result<Vec<_>, _>>()?;
+        let sql = audit_page_sql(f, self.dialect());
+        let mut rows = self.all(
+            &sql,
+            params![to_i64(f.since), f.user, f.request_id, f.limit],
+            audit_row_from,
+        )?;
         rows.reverse();
         Ok(rows)
     }
 
-    fn query_audit(&self, clause: &str, args: impl rusqlite::Params) -> Result<Vec<audit::Row>> {
-        let mut stmt = self.tx.prepare_cached(&format!(
-            "SELECT seq, at, actor, action, request_id, details, prev_hash, hash
+    fn query_audit(&self, clause: &str, args: &[Value<'_>]) -> Result<Vec<audit::Row>> {
+        let rows = self.all(
+            &format!(
+                "SELECT seq, at, actor, action, request_id, details, prev_hash, hash
              FROM audit {clause}"
-        ))?;
-        let rows = stmt
-            .query_map(args, |r| {
+            ),
+            args,
+            |r| {
                 Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, String>(6)?,
-                    r.get::<_, String>(7)?,
+                    r.get::<i64>(0)?,
+                    r.get::<i64>(1)?,
+                    r.get::<String>(2)?,
+                    r.get::<String>(3)?,
+                    r.get::<Option<String>>(4)?,
+                    r.get::<String>(5)?,
+                    r.get::<String>(6)?,
+                    r.get::<String>(7)?,
                 ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+            },
+        )?;
         rows.into_iter()
             .map(|r| {
                 Ok(audit::Row {
@@ -226,10 +219,13 @@ impl Tx<'_> {
 }
 
 /// The query of [`Tx::audit_page`]: `?1` since, `?2` user, `?3` request, `?4` limit.
-fn audit_page_sql(f: &AuditFilter) -> String {
+fn audit_page_sql(f: &AuditFilter, dialect: Dialect) -> String {
     let mut clauses = vec![format!("seq >= {AUDIT_START}"), "at >= ?1".to_owned()];
     if f.request_id.is_some() {
         clauses.push("request_id = ?3".into());
+    } else if dialect == Dialect::Postgres {
+        // PostgreSQL wants a type for every parameter bound, used or not.
+        clauses.push("CAST(?3 AS TEXT) IS NULL".into());
     }
     if f.user.is_some() {
         // A user's requests are those whose `request.created` event they are the actor
@@ -238,8 +234,11 @@ fn audit_page_sql(f: &AuditFilter) -> String {
             "(actor = ?2
               OR request_id IN (SELECT request_id FROM audit
                                 WHERE actor = ?2 AND action = 'request.created')
-              OR {AUDIT_USER} = ?2)"
+              OR {} = ?2)",
+            audit_user(dialect)
         ));
+    } else if dialect == Dialect::Postgres {
+        clauses.push("CAST(?2 AS TEXT) IS NULL".into());
     }
     format!(
         "SELECT {AUDIT_COLUMNS} FROM audit WHERE {} ORDER BY seq DESC LIMIT ?4",
@@ -248,7 +247,7 @@ fn audit_page_sql(f: &AuditFilter) -> String {
 }
 
 /// An audit row from a cursor over [`AUDIT_COLUMNS`].
-fn audit_row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<audit::Row> {
+fn audit_row_from(r: &Row<'_>) -> Result<audit::Row> {
     let details: String = r.get(5)?;
     Ok(audit::Row {
         seq: to_u64(r.get(0)?),
@@ -298,7 +297,7 @@ mod tests {
 
     /// SQLite's plan for the query [`Tx::audit_page`] runs for `f`.
     fn audit_page_plan(s: &Store, f: &AuditFilter) -> String {
-        plan(s, &audit_page_sql(f))
+        plan(s, &audit_page_sql(f, Dialect::Sqlite))
     }
 
     #[test]

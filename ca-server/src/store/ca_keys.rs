@@ -1,7 +1,7 @@
 //! SQL of the CA public keys: registered, retired, and which ones hosts must still trust.
 //! Typed reads and writes; decides nothing.
 
-use rusqlite::{OptionalExtension as _, params};
+use super::sql::params;
 
 use super::{Result, Tx, to_i64};
 
@@ -9,7 +9,7 @@ impl Tx<'_> {
     /// Registers a CA public key as trusted; `false` if it already was registered.
     pub fn insert_ca_key(&self, fingerprint: &str, public_key: &str, now: u64) -> Result<bool> {
         let n = self.exec(
-            "INSERT OR IGNORE INTO ca_keys (fingerprint, public_key, created_at) VALUES (?1, ?2, ?3)",
+            "INSERT INTO ca_keys (fingerprint, public_key, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
             params![fingerprint, public_key, to_i64(now)],
         )?;
         Ok(n == 1)
@@ -18,12 +18,11 @@ impl Tx<'_> {
     /// Whether a key with this fingerprint is, or was, one of the CA's keys.
     pub fn is_ca_key(&self, fingerprint: &str) -> Result<bool> {
         Ok(self
-            .row(
+            .opt(
                 "SELECT 1 FROM ca_keys WHERE fingerprint = ?1",
-                [fingerprint],
+                params![fingerprint],
                 |_| Ok(()),
-            )
-            .optional()?
+            )?
             .is_some())
     }
 
@@ -40,16 +39,15 @@ impl Tx<'_> {
     /// CA public keys hosts must trust at `now`: keys not retired, `active`, and retired
     /// keys with certificates still valid. Newest first.
     pub fn trusted_ca_keys(&self, active: &str, now: u64) -> Result<Vec<String>> {
-        let mut stmt = self.tx.prepare_cached(
+        let rows = self.all(
             "SELECT public_key FROM ca_keys k
              WHERE k.retired_at IS NULL OR k.fingerprint = ?1
                 OR EXISTS (SELECT 1 FROM certificates c
                            WHERE c.ca_fingerprint = k.fingerprint AND c.valid_before > ?2)
              ORDER BY (k.fingerprint = ?1) DESC, k.created_at DESC, k.fingerprint",
+            params![active, to_i64(now)],
+            |r| r.get(0),
         )?;
-        let rows = stmt
-            .query_map(params![active, to_i64(now)], |r| r.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
         Ok(rows)
     }
 }

@@ -1,7 +1,7 @@
 //! SQL of user certificates: issuance records, serials, revocation, revoked subject keys
 //! and the KRL version. Typed reads and writes; decides nothing.
 
-use rusqlite::{OptionalExtension as _, params};
+use super::sql::{Value, params};
 
 use super::{Result, Tx, json_list, parse_list, to_i64, to_u64};
 
@@ -51,25 +51,22 @@ impl Tx<'_> {
     /// Whether a serial is already used.
     pub fn serial_exists(&self, serial: u64) -> Result<bool> {
         Ok(self
-            .row(
+            .opt(
                 "SELECT 1 FROM certificates WHERE serial = ?1",
-                [to_i64(serial)],
+                params![to_i64(serial)],
                 |_| Ok(()),
-            )
-            .optional()?
+            )?
             .is_some())
     }
 
     /// Stores an issued certificate.
     pub fn insert_certificate(&self, c: &CertRecord) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO certificates (serial, request_id, key_id, principals, valid_after,
+        self.exec(
+            "INSERT INTO certificates (serial, request_id, key_id, principals, valid_after,
                  valid_before, fingerprint, ca_fingerprint, openssh, issued_at, requester, role,
                  revoked_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            )?
-            .execute(params![
+            params![
                 to_i64(c.serial),
                 c.request_id,
                 c.key_id,
@@ -83,7 +80,8 @@ impl Tx<'_> {
                 c.requester,
                 c.role,
                 c.revoked_at.map(to_i64)
-            ])?;
+            ],
+        )?;
         Ok(())
     }
 
@@ -132,21 +130,20 @@ impl Tx<'_> {
 
     /// Revoked certificates that have not expired at `now`, by serial.
     pub fn revoked_live_certificates(&self, now: u64) -> Result<Vec<RevokedCert>> {
-        let mut stmt = self.tx.prepare_cached(
+        let rows = self.all(
             // No ORDER BY: it would turn the partial-index lookup into a full table scan;
             // the KRL encoder sorts.
             "SELECT serial, key_id, ca_fingerprint FROM certificates
              WHERE revoked_at IS NOT NULL AND valid_before > ?1",
-        )?;
-        let rows = stmt
-            .query_map([to_i64(now)], |r| {
+            params![to_i64(now)],
+            |r| {
                 Ok(RevokedCert {
                     serial: to_u64(r.get(0)?),
                     key_id: r.get(1)?,
                     ca_fingerprint: r.get(2)?,
                 })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+            },
+        )?;
         Ok(rows)
     }
 
@@ -160,8 +157,8 @@ impl Tx<'_> {
         now: u64,
     ) -> Result<bool> {
         let n = self.exec(
-            "INSERT OR IGNORE INTO revoked_keys (fingerprint, public_key, reason, revoked_by, revoked_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO revoked_keys (fingerprint, public_key, reason, revoked_by, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
             params![fingerprint, public_key, reason, by, to_i64(now)],
         )?;
         Ok(n == 1)
@@ -170,29 +167,27 @@ impl Tx<'_> {
     /// Whether a subject key is revoked.
     pub fn key_revoked(&self, fingerprint: &str) -> Result<bool> {
         Ok(self
-            .row(
+            .opt(
                 "SELECT 1 FROM revoked_keys WHERE fingerprint = ?1",
-                [fingerprint],
+                params![fingerprint],
                 |_| Ok(()),
-            )
-            .optional()?
+            )?
             .is_some())
     }
 
     /// Every revoked subject key, OpenSSH text.
     pub fn revoked_keys(&self) -> Result<Vec<String>> {
-        let mut stmt = self
-            .tx
-            .prepare_cached("SELECT public_key FROM revoked_keys ORDER BY fingerprint")?;
-        let rows = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
+        let rows = self.all(
+            "SELECT public_key FROM revoked_keys ORDER BY fingerprint",
+            params![],
+            |r| r.get(0),
+        )?;
         Ok(rows)
     }
 
     /// How many keys `by` revoked at or after `since` (and are still listed).
     pub fn keys_revoked_by_since(&self, by: &str, since: u64) -> Result<u64> {
-        let n: i64 = self.row(
+        let n: i64 = self.one(
             "SELECT COUNT(*) FROM revoked_keys WHERE revoked_by = ?1 AND revoked_at >= ?2",
             params![by, to_i64(since)],
             |r| r.get(0),
@@ -202,20 +197,21 @@ impl Tx<'_> {
 
     /// Every revoked subject key as (fingerprint, OpenSSH text), by fingerprint.
     pub fn revoked_key_entries(&self) -> Result<Vec<(String, String)>> {
-        let mut stmt = self.tx.prepare_cached(
+        let rows = self.all(
             "SELECT fingerprint, public_key FROM revoked_keys ORDER BY fingerprint",
+            params![],
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<Vec<(String, String)>, _>>()?;
         Ok(rows)
     }
 
     /// The KRL version now.
     pub fn krl_version(&self) -> Result<u64> {
-        let v: i64 = self.row("SELECT version FROM krl_state WHERE id = 1", [], |r| {
-            r.get(0)
-        })?;
+        let v: i64 = self.one(
+            "SELECT version FROM krl_state WHERE id = 1",
+            params![],
+            |r| r.get(0),
+        )?;
         Ok(to_u64(v))
     }
 
@@ -223,45 +219,38 @@ impl Tx<'_> {
     pub fn bump_krl_version(&self) -> Result<u64> {
         self.exec(
             "UPDATE krl_state SET version = version + 1 WHERE id = 1",
-            [],
+            params![],
         )?;
         self.krl_version()
     }
 
-    fn query_certificates(
-        &self,
-        clause: &str,
-        args: impl rusqlite::Params,
-    ) -> Result<Vec<CertRecord>> {
+    fn query_certificates(&self, clause: &str, args: &[Value<'_>]) -> Result<Vec<CertRecord>> {
         let sql = format!(
             "SELECT serial, request_id, key_id, principals, valid_after, valid_before,
                     fingerprint, ca_fingerprint, openssh, issued_at, requester, role, revoked_at
              FROM certificates {clause}"
         );
-        let mut stmt = self.tx.prepare_cached(&sql)?;
-        let rows = stmt
-            .query_map(args, |r| {
-                Ok((
-                    (
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, String>(6)?,
-                    ),
-                    (
-                        r.get::<_, String>(7)?,
-                        r.get::<_, String>(8)?,
-                        r.get::<_, i64>(9)?,
-                        r.get::<_, String>(10)?,
-                        r.get::<_, String>(11)?,
-                        r.get::<_, Option<i64>>(12)?,
-                    ),
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = self.all(&sql, args, |r| {
+            Ok((
+                (
+                    r.get::<i64>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<String>(2)?,
+                    r.get::<String>(3)?,
+                    r.get::<i64>(4)?,
+                    r.get::<i64>(5)?,
+                    r.get::<String>(6)?,
+                ),
+                (
+                    r.get::<String>(7)?,
+                    r.get::<String>(8)?,
+                    r.get::<i64>(9)?,
+                    r.get::<String>(10)?,
+                    r.get::<String>(11)?,
+                    r.get::<Option<i64>>(12)?,
+                ),
+            ))
+        })?;
         rows.into_iter()
             .map(|(a, b)| {
                 Ok(CertRecord {

@@ -1,17 +1,84 @@
-//! The SQLite engine under [`Store`]: the writer connection and its group-commit batch,
-//! per-writer savepoints, reader connections, and the WAL checkpoint thread.
+//! The group-commit engine under [`Store`], the same on both backends: the writer
+//! connection and its batch, per-writer savepoints, and the reader connections. What
+//! differs per backend (opening a transaction, reconnecting) is behind [`Link`].
 
+use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
-use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::{Error, Result, Store, Tx};
+use super::sql::{Conn, PgConn};
+use super::{Error, Result, Store, Tx, postgres};
+
+/// A connection of either backend.
+#[derive(Debug)]
+pub(super) enum Link {
+    Sqlite(Connection),
+    Postgres(RefCell<PgConn>, Arc<postgres::Target>),
+}
+
+impl Link {
+    /// A transaction handle over this connection (the caller opened the transaction).
+    pub(super) fn tx(&self, outbox: bool) -> Tx<'_> {
+        Tx {
+            conn: match self {
+                Link::Sqlite(c) => Conn::Sqlite(c),
+                Link::Postgres(c, _) => Conn::Postgres(c),
+            },
+            outbox,
+        }
+    }
+
+    /// The SQLite connection, if this is one.
+    pub(super) fn sqlite(&self) -> Option<&Connection> {
+        match self {
+            Link::Sqlite(c) => Some(c),
+            Link::Postgres(..) => None,
+        }
+    }
+
+    /// Runs a transaction-control statement (savepoints, COMMIT, ROLLBACK).
+    pub(super) fn run(&self, sql: &str) -> Result<()> {
+        match self {
+            Link::Sqlite(c) => Ok(run(c, sql)?),
+            Link::Postgres(c, _) => Ok(c.borrow_mut().client.batch_execute(sql)?),
+        }
+    }
+
+    /// Opens the write transaction of a batch. On PostgreSQL this takes the writer lock
+    /// and reconnects first if the connection was lost (nothing has run yet, so that is
+    /// safe to repeat).
+    pub(super) fn begin_write(&mut self) -> Result<()> {
+        match self {
+            Link::Sqlite(c) => Ok(run(c, "BEGIN IMMEDIATE")?),
+            Link::Postgres(c, target) => postgres::begin_write(c.get_mut(), target),
+        }
+    }
+
+    /// Opens a read-only snapshot.
+    pub(super) fn begin_read(&mut self) -> Result<()> {
+        match self {
+            Link::Sqlite(c) => {
+                if !c.is_autocommit() {
+                    // A read that panicked left its snapshot open.
+                    run(c, "ROLLBACK")?;
+                }
+                Ok(run(c, "BEGIN")?)
+            }
+            Link::Postgres(c, target) => postgres::begin_read(c.get_mut(), target),
+        }
+    }
+
+    /// Ends a read-only snapshot.
+    pub(super) fn end_read(&self) -> Result<()> {
+        self.run("COMMIT")
+    }
+}
 
 #[derive(Debug)]
 pub(super) struct Writer {
-    pub(super) conn: Connection,
+    pub(super) conn: Link,
     /// A batch transaction is open.
     pub(super) open: bool,
     /// Id of the newest batch opened.
@@ -25,58 +92,6 @@ pub(super) struct Writer {
 }
 
 impl Store {
-    /// Moves WAL checkpoints off the commit path: the writer stops checkpointing on its
-    /// own, and a thread with its own connection copies committed pages into the database
-    /// file every `every`, without the write lock (SQLite's passive checkpoint). Commits
-    /// stay durable in the WAL either way; this only takes the copying (and its fsync) out
-    /// of the latency of the writers who happen to cross the threshold. Once the WAL holds
-    /// `restart_frames` pages, the thread restarts it, holding writers for a
-    /// moment; otherwise, under steady load, it would grow without bound. The thread ends
-    /// with the store. No-op in memory.
-    pub fn checkpoint_in_background(
-        self: &Arc<Self>,
-        every: Duration,
-        restart_frames: i64,
-    ) -> Result<()> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        let conn = Connection::open(path)?;
-        // A restart waits this long for readers to leave the WAL, blocking writers
-        // meanwhile; if they have not, it is tried again at the next turn.
-        conn.busy_timeout(Duration::from_millis(50))?;
-        {
-            let w = self.lock_writer();
-            w.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-            // Between checkpoints the WAL grows by what a second of issuance writes; keep
-            // the file from staying at its high-water mark after a burst.
-            w.conn
-                .pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-        }
-        let store = Arc::downgrade(self);
-        let spawned = std::thread::Builder::new()
-            .name("moshca-wal".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(every);
-                    if store.strong_count() == 0 {
-                        break;
-                    }
-                    if let Err(e) = checkpoint(&conn, restart_frames) {
-                        tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            // Without the thread, the writer checkpoints on its own again.
-            self.lock_writer()
-                .conn
-                .pragma_update(None, "wal_autocheckpoint", 1000)?;
-            tracing::warn!(error = %e, "no WAL checkpoint thread; the writer checkpoints");
-        }
-        Ok(())
-    }
-
     pub(super) fn lock_writer(&self) -> MutexGuard<'_, Writer> {
         // A poisoned lock means a panic inside a closure; its savepoint guard rolled it
         // back while unwinding, so the connection is still consistent.
@@ -112,7 +127,7 @@ impl Store {
     }
 
     /// A free reader connection, or (all busy) the next one in turn.
-    pub(super) fn lock_reader(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn lock_reader(&self) -> MutexGuard<'_, Link> {
         for r in &self.readers {
             match r.try_lock() {
                 Ok(conn) => return conn,
@@ -125,25 +140,6 @@ impl Store {
     }
 }
 
-/// One checkpoint turn: copy what the WAL holds into the database file without blocking
-/// anyone; and once the WAL is long, restart it. Under steady load some reader always
-/// holds a snapshot, so SQLite would otherwise keep appending to the WAL without bound.
-fn checkpoint(conn: &Connection, restart_frames: i64) -> rusqlite::Result<()> {
-    let log: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
-    if log >= restart_frames {
-        // Copies what the passive pass could not (pages newer than some reader's
-        // snapshot), waits briefly for readers, and makes the next write start the WAL
-        // over. BUSY (readers stayed) is not an error: next turn.
-        match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// Runs a transaction-control statement through the statement cache.
 pub(super) fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
@@ -152,16 +148,16 @@ pub(super) fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// Runs `f` in a savepoint of the open transaction: released on `Ok`, rolled back on
 /// `Err` or panic.
 fn in_savepoint<T, E>(
-    conn: &Connection,
+    conn: &Link,
     outbox: bool,
     f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
 ) -> Result<T, E>
 where
     E: From<Error>,
 {
-    let sp = Savepoint::begin(conn).map_err(|e| E::from(Error::from(e)))?;
-    let v = f(&Tx { tx: conn, outbox })?;
-    sp.release().map_err(|e| E::from(Error::from(e)))?;
+    let sp = Savepoint::begin(conn).map_err(E::from)?;
+    let v = f(&conn.tx(outbox))?;
+    sp.release().map_err(E::from)?;
     Ok(v)
 }
 
@@ -198,8 +194,8 @@ impl<'s> Batch<'s> {
     }
 
     /// Commits the batch (rolling back if COMMIT fails) and wakes its members.
-    pub(super) fn commit(mut self) -> rusqlite::Result<()> {
-        let committed = run(&self.writer().conn, "COMMIT");
+    pub(super) fn commit(mut self) -> Result<()> {
+        let committed = self.writer().conn.run("COMMIT");
         self.finish(committed.as_ref().err().map(ToString::to_string));
         committed
     }
@@ -209,7 +205,7 @@ impl<'s> Batch<'s> {
         let id = self.id;
         let w = self.writer();
         if failure.is_some() {
-            let _ = run(&w.conn, "ROLLBACK");
+            let _ = w.conn.run("ROLLBACK");
         }
         let failed = failure.is_some();
         crate::metrics::store_batch(w.members, !failed);
@@ -238,18 +234,18 @@ impl Drop for Batch<'_> {
 
 /// Rolls back to the savepoint unless released (also while unwinding from a panic).
 struct Savepoint<'c> {
-    conn: &'c Connection,
+    conn: &'c Link,
     done: bool,
 }
 
 impl<'c> Savepoint<'c> {
-    fn begin(conn: &'c Connection) -> rusqlite::Result<Self> {
-        run(conn, "SAVEPOINT op")?;
+    fn begin(conn: &'c Link) -> Result<Self> {
+        conn.run("SAVEPOINT op")?;
         Ok(Savepoint { conn, done: false })
     }
 
-    fn release(mut self) -> rusqlite::Result<()> {
-        run(self.conn, "RELEASE op")?;
+    fn release(mut self) -> Result<()> {
+        self.conn.run("RELEASE op")?;
         self.done = true;
         Ok(())
     }
@@ -258,7 +254,10 @@ impl<'c> Savepoint<'c> {
 impl Drop for Savepoint<'_> {
     fn drop(&mut self) {
         if !self.done {
-            let _ = run(self.conn, "ROLLBACK TO op").and_then(|()| run(self.conn, "RELEASE op"));
+            let _ = self
+                .conn
+                .run("ROLLBACK TO op")
+                .and_then(|()| self.conn.run("RELEASE op"));
         }
     }
 }
@@ -266,6 +265,8 @@ impl Drop for Savepoint<'_> {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicBool;
+
+    use std::time::Duration;
 
     use super::*;
     use crate::audit::{self, Event};
@@ -296,6 +297,8 @@ mod tests {
         let autocheckpoint: i64 = s
             .lock_writer()
             .conn
+            .sqlite()
+            .unwrap()
             .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
             .unwrap();
         assert_eq!(autocheckpoint, 0);

@@ -1,7 +1,7 @@
 //! SQL of host certificates: join tokens (hash only), host certificates issued, and
 //! renewal challenges. Typed reads and writes; decides nothing.
 
-use rusqlite::{OptionalExtension as _, params};
+use super::sql::{Row, Value, params};
 
 use super::{Result, Tx, json_list, parse_list, to_i64, to_u64};
 
@@ -67,23 +67,23 @@ const CERT_COLUMNS: &str = "serial, fingerprint, public_key, key_id, principals,
     valid_after, valid_before, ca_fingerprint, ca_key, openssh, issued_at, token_id,
     renewed_from, revoked_at";
 
-fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(HostTokenRecord, String)> {
+fn token_row(r: &Row<'_>) -> Result<(HostTokenRecord, String)> {
     Ok((
         HostTokenRecord {
             id: r.get(0)?,
             principals: Vec::new(),
-            cert_ttl: r.get::<_, Option<i64>>(2)?.map(to_u64),
+            cert_ttl: r.get::<Option<i64>>(2)?.map(to_u64),
             created_by: r.get(3)?,
             created_at: to_u64(r.get(4)?),
             expires_at: to_u64(r.get(5)?),
-            used_at: r.get::<_, Option<i64>>(6)?.map(to_u64),
-            used_serial: r.get::<_, Option<i64>>(7)?.map(to_u64),
+            used_at: r.get::<Option<i64>>(6)?.map(to_u64),
+            used_serial: r.get::<Option<i64>>(7)?.map(to_u64),
         },
         r.get(1)?,
     ))
 }
 
-fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(HostCertRecord, String)> {
+fn cert_row(r: &Row<'_>) -> Result<(HostCertRecord, String)> {
     Ok((
         HostCertRecord {
             serial: to_u64(r.get(0)?),
@@ -99,8 +99,8 @@ fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(HostCertRecord, String)>
             openssh: r.get(10)?,
             issued_at: to_u64(r.get(11)?),
             token_id: r.get(12)?,
-            renewed_from: r.get::<_, Option<i64>>(13)?.map(to_u64),
-            revoked_at: r.get::<_, Option<i64>>(14)?.map(to_u64),
+            renewed_from: r.get::<Option<i64>>(13)?.map(to_u64),
+            revoked_at: r.get::<Option<i64>>(14)?.map(to_u64),
         },
         r.get(4)?,
     ))
@@ -148,16 +148,9 @@ impl Tx<'_> {
         Ok(n == 1)
     }
 
-    fn query_host_tokens(
-        &self,
-        clause: &str,
-        args: impl rusqlite::Params,
-    ) -> Result<Vec<HostTokenRecord>> {
+    fn query_host_tokens(&self, clause: &str, args: &[Value<'_>]) -> Result<Vec<HostTokenRecord>> {
         let sql = format!("SELECT {TOKEN_COLUMNS} FROM host_join_tokens {clause}");
-        let mut stmt = self.tx.prepare_cached(&sql)?;
-        let rows = stmt
-            .query_map(args, token_row)?
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = self.all(&sql, args, token_row)?;
         rows.into_iter()
             .map(|(mut t, principals)| {
                 t.principals = parse_list(&principals)?;
@@ -171,12 +164,11 @@ impl Tx<'_> {
     /// Whether a serial is used by a host certificate.
     pub fn host_serial_exists(&self, serial: u64) -> Result<bool> {
         Ok(self
-            .row(
+            .opt(
                 "SELECT 1 FROM host_certificates WHERE serial = ?1",
-                [to_i64(serial)],
+                params![to_i64(serial)],
                 |_| Ok(()),
-            )
-            .optional()?
+            )?
             .is_some())
     }
 
@@ -245,38 +237,33 @@ impl Tx<'_> {
 
     /// Revoked host certificates not expired at `now`, as (serial, host CA public key).
     pub fn revoked_live_host_certificates(&self, now: u64) -> Result<Vec<(u64, String)>> {
-        let mut stmt = self.tx.prepare_cached(
+        let rows = self.all(
             "SELECT serial, ca_key FROM host_certificates
              WHERE revoked_at IS NOT NULL AND valid_before > ?1",
+            params![to_i64(now)],
+            |r| Ok((to_u64(r.get(0)?), r.get(1)?)),
         )?;
-        let rows = stmt
-            .query_map([to_i64(now)], |r| Ok((to_u64(r.get(0)?), r.get(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
     /// Whether a host CA key signed a certificate still valid at `now`.
     pub fn host_ca_key_in_use(&self, ca_fingerprint: &str, now: u64) -> Result<bool> {
         Ok(self
-            .row(
+            .opt(
                 "SELECT 1 FROM host_certificates WHERE ca_fingerprint = ?1 AND valid_before > ?2 LIMIT 1",
                 params![ca_fingerprint, to_i64(now)],
                 |_| Ok(()),
-            )
-            .optional()?
+                )?
             .is_some())
     }
 
     fn query_host_certificates(
         &self,
         clause: &str,
-        args: impl rusqlite::Params,
+        args: &[Value<'_>],
     ) -> Result<Vec<HostCertRecord>> {
         let sql = format!("SELECT {CERT_COLUMNS} FROM host_certificates {clause}");
-        let mut stmt = self.tx.prepare_cached(&sql)?;
-        let rows = stmt
-            .query_map(args, cert_row)?
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = self.all(&sql, args, cert_row)?;
         rows.into_iter()
             .map(|(mut c, principals)| {
                 c.principals = parse_list(&principals)?;
@@ -299,7 +286,7 @@ impl Tx<'_> {
     ) -> Result<()> {
         self.exec(
             "DELETE FROM host_challenges WHERE expires_at <= ?1",
-            [to_i64(now)],
+            params![to_i64(now)],
         )?;
         self.exec(
             "DELETE FROM host_challenges WHERE fingerprint = ?1 AND nonce NOT IN
@@ -322,15 +309,16 @@ impl Tx<'_> {
         fingerprint: &str,
         nonce: &str,
     ) -> Result<Option<(u64, u64)>> {
-        let found = self
-            .row(
-                "SELECT serial, expires_at FROM host_challenges WHERE nonce = ?1 AND fingerprint = ?2",
-                params![nonce, fingerprint],
-                |r| Ok((to_u64(r.get(0)?), to_u64(r.get(1)?))),
-            )
-            .optional()?;
+        let found = self.opt(
+            "SELECT serial, expires_at FROM host_challenges WHERE nonce = ?1 AND fingerprint = ?2",
+            params![nonce, fingerprint],
+            |r| Ok((to_u64(r.get(0)?), to_u64(r.get(1)?))),
+        )?;
         if found.is_some() {
-            self.exec("DELETE FROM host_challenges WHERE nonce = ?1", [nonce])?;
+            self.exec(
+                "DELETE FROM host_challenges WHERE nonce = ?1",
+                params![nonce],
+            )?;
         }
         Ok(found)
     }

@@ -1,7 +1,7 @@
 //! SQL of webhook notifications: the outbox of notifying audit events, their fan-out to
 //! one delivery per webhook, and delivery attempts. Typed reads and writes; decides nothing.
 
-use rusqlite::params;
+use super::sql::params;
 
 use super::{Error, Result, Tx, to_i64, to_u64};
 use crate::audit;
@@ -33,12 +33,11 @@ pub struct Delivery {
 impl Tx<'_> {
     /// Outbox events not yet fanned out to webhooks, oldest first.
     pub fn outbox_waiting(&self, limit: u32) -> Result<Vec<audit::Row>> {
-        let mut stmt = self.tx.prepare_cached(
+        let seqs = self.all(
             "SELECT audit_seq FROM outbox WHERE fanned_out = 0 ORDER BY audit_seq LIMIT ?1",
+            params![limit],
+            |r| r.get::<i64>(0),
         )?;
-        let seqs = stmt
-            .query_map([limit], |r| r.get::<_, i64>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
         seqs.into_iter()
             .filter_map(|seq| self.audit_row(to_u64(seq)).transpose())
             .collect()
@@ -48,32 +47,25 @@ impl Tx<'_> {
     pub fn fan_out(&self, audit_seq: u64, webhooks: &[String], now: u64) -> Result<()> {
         for w in webhooks {
             self.exec(
-                "INSERT OR IGNORE INTO deliveries (audit_seq, webhook, next_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO deliveries (audit_seq, webhook, next_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                 params![to_i64(audit_seq), w, to_i64(now)],
             )?;
         }
         self.exec(
             "UPDATE outbox SET fanned_out = 1 WHERE audit_seq = ?1",
-            [to_i64(audit_seq)],
+            params![to_i64(audit_seq)],
         )?;
         Ok(())
     }
 
     /// Deliveries due at `now`, oldest first.
     pub fn deliveries_due(&self, now: u64, limit: u32) -> Result<Vec<Delivery>> {
-        let mut stmt = self.tx.prepare_cached(
+        let rows = self.all(
             "SELECT audit_seq, webhook, attempts FROM deliveries
              WHERE state = 'pending' AND next_at <= ?1 ORDER BY next_at, audit_seq LIMIT ?2",
+            params![to_i64(now), limit],
+            |r| Ok((r.get::<i64>(0)?, r.get::<String>(1)?, r.get::<u32>(2)?)),
         )?;
-        let rows = stmt
-            .query_map(params![to_i64(now), limit], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, u32>(2)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
             .filter_map(|(seq, webhook, attempts)| {
                 self.audit_row(to_u64(seq))
@@ -92,16 +84,13 @@ impl Tx<'_> {
     /// Deliveries to one webhook due at `now`, oldest first. Each webhook is served on its
     /// own, so a slow or unreachable one never holds up the others.
     pub fn deliveries_due_to(&self, webhook: &str, now: u64, limit: u32) -> Result<Vec<Delivery>> {
-        let mut stmt = self.tx.prepare_cached(
+        let rows = self.all(
             "SELECT audit_seq, attempts FROM deliveries
              WHERE state = 'pending' AND webhook = ?1 AND next_at <= ?2
              ORDER BY next_at, audit_seq LIMIT ?3",
+            params![webhook, to_i64(now), limit],
+            |r| Ok((r.get::<i64>(0)?, r.get::<u32>(1)?)),
         )?;
-        let rows = stmt
-            .query_map(params![webhook, to_i64(now), limit], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
         let mut out = Vec::with_capacity(rows.len());
         for (seq, attempts) in rows {
             let event = self
@@ -136,14 +125,11 @@ impl Tx<'_> {
 
     /// Counts deliveries by state (`pending`, `delivered`, `dropped`).
     pub fn delivery_counts(&self) -> Result<Vec<(String, u64)>> {
-        let mut stmt = self.tx.prepare_cached(
+        let rows = self.all(
             "SELECT state, COUNT(*) FROM deliveries GROUP BY state ORDER BY state",
+            params![],
+            |r| Ok((r.get::<String>(0)?, to_u64(r.get::<i64>(1)?))),
         )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, to_u64(r.get::<_, i64>(1)?)))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 }

@@ -1,7 +1,7 @@
 //! SQL of certificate requests and their reviews, and the listing queries over them.
 //! Typed reads and writes; decides nothing.
 
-use rusqlite::params;
+use super::sql::{Value, params};
 
 use super::{Error, Result, Tx, json_list, parse_list, to_i64, to_u64};
 use crate::approvals::{Request, Review, State, Verdict};
@@ -40,13 +40,11 @@ const LIST_PENDING: &str = "INDEXED BY requests_pending WHERE state = 'pending' 
 impl Tx<'_> {
     /// Stores a new request, at its `version`, with the reviews it already has.
     pub fn insert_request(&self, r: &Request) -> Result<()> {
-        self.tx.prepare_cached(
+        self.exec(
             "INSERT INTO requests (id, requester, role, principals, ttl_secs, reason, public_key,
                  fingerprint, state, created_at, expires_at, decided_at, approvals_required,
                  break_glass, version)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        )?
-        .execute(
             params![
                 r.id,
                 r.requester,
@@ -76,15 +74,12 @@ impl Tx<'_> {
     /// saved since is refused with [`Error::Conflict`] and nothing is written. Reviews are
     /// not written here: add them with [`Tx::append_review`].
     pub fn save_request(&self, r: &mut Request) -> Result<()> {
-        let saved = self
-            .tx
-            .prepare_cached(
-                "UPDATE requests SET state = ?2, ttl_secs = ?3, decided_at = ?4,
+        let saved = self.exec(
+            "UPDATE requests SET state = ?2, ttl_secs = ?3, decided_at = ?4,
                      glass_reviewer = ?5, glass_comment = ?6, glass_reviewed_at = ?7,
                      version = version + 1
                  WHERE id = ?1 AND version = ?8",
-            )?
-            .execute(params![
+            params![
                 r.id,
                 r.state.as_str(),
                 to_i64(r.ttl_secs),
@@ -93,7 +88,8 @@ impl Tx<'_> {
                 r.break_glass_review.as_ref().map(|g| g.comment.clone()),
                 r.break_glass_review.as_ref().map(|g| to_i64(g.at)),
                 to_i64(r.version),
-            ])?;
+            ],
+        )?;
         if saved == 0 {
             return Err(Error::Conflict(format!("request {}", r.id)));
         }
@@ -105,13 +101,10 @@ impl Tx<'_> {
     /// oldest first); the reviews before it are left as they are. A review already stored
     /// at that position (another writer got there first) is [`Error::Conflict`].
     pub fn append_review(&self, request_id: &str, position: usize, rev: &Review) -> Result<()> {
-        let inserted = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO reviews (request_id, position, approver, verdict, ttl_secs, comment, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
+        let inserted = self.exec(
+            "INSERT INTO reviews (request_id, position, approver, verdict, ttl_secs, comment, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+            params![
                 request_id,
                 i64::try_from(position).unwrap_or(i64::MAX),
                 rev.approver,
@@ -119,18 +112,14 @@ impl Tx<'_> {
                 rev.ttl_secs.map(to_i64),
                 rev.comment,
                 to_i64(rev.at)
-            ]);
-        match inserted {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(f, _))
-                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
-            {
-                Err(Error::Conflict(format!(
-                    "review {position} of request {request_id}"
-                )))
-            }
-            Err(e) => Err(e.into()),
+            ],
+        )?;
+        if inserted == 0 {
+            return Err(Error::Conflict(format!(
+                "review {position} of request {request_id}"
+            )));
         }
+        Ok(())
     }
 
     /// A request with its reviews.
@@ -174,9 +163,9 @@ impl Tx<'_> {
 
     /// How many requests are pending overall.
     pub fn pending_total(&self) -> Result<u64> {
-        let n: i64 = self.row(
+        let n: i64 = self.one(
             "SELECT COUNT(*) FROM requests WHERE state = 'pending'",
-            [],
+            params![],
             |r| r.get(0),
         )?;
         Ok(to_u64(n))
@@ -184,48 +173,45 @@ impl Tx<'_> {
 
     /// How many requests of `requester` are pending.
     pub fn pending_count(&self, requester: &str) -> Result<u64> {
-        let n: i64 = self.row(
+        let n: i64 = self.one(
             "SELECT COUNT(*) FROM requests WHERE requester = ?1 AND state = 'pending'",
-            [requester],
+            params![requester],
             |r| r.get(0),
         )?;
         Ok(to_u64(n))
     }
 
-    fn query_requests(&self, clause: &str, args: impl rusqlite::Params) -> Result<Vec<Request>> {
+    fn query_requests(&self, clause: &str, args: &[Value<'_>]) -> Result<Vec<Request>> {
         let sql = format!(
             "SELECT id, requester, role, principals, ttl_secs, reason, public_key, fingerprint,
                     state, created_at, expires_at, decided_at, approvals_required,
                     break_glass, glass_reviewer, glass_comment, glass_reviewed_at, version
              FROM requests {clause}"
         );
-        let mut stmt = self.tx.prepare_cached(&sql)?;
-        let rows = stmt
-            .query_map(args, |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, String>(6)?,
-                    r.get::<_, String>(7)?,
-                    r.get::<_, String>(8)?,
-                    r.get::<_, i64>(9)?,
-                    r.get::<_, i64>(10)?,
-                    r.get::<_, Option<i64>>(11)?,
-                    r.get::<_, u32>(12)?,
-                    (
-                        r.get::<_, i64>(13)?,
-                        r.get::<_, Option<String>>(14)?,
-                        r.get::<_, Option<String>>(15)?,
-                        r.get::<_, Option<i64>>(16)?,
-                        r.get::<_, i64>(17)?,
-                    ),
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = self.all(&sql, args, |r| {
+            Ok((
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<String>(3)?,
+                r.get::<i64>(4)?,
+                r.get::<String>(5)?,
+                r.get::<String>(6)?,
+                r.get::<String>(7)?,
+                r.get::<String>(8)?,
+                r.get::<i64>(9)?,
+                r.get::<i64>(10)?,
+                r.get::<Option<i64>>(11)?,
+                r.get::<u32>(12)?,
+                (
+                    r.get::<i64>(13)?,
+                    r.get::<Option<String>>(14)?,
+                    r.get::<Option<String>>(15)?,
+                    r.get::<Option<i64>>(16)?,
+                    r.get::<i64>(17)?,
+                ),
+            ))
+        })?;
         rows.into_iter()
             .map(|row| {
                 let state = State::parse(&row.8)
@@ -263,21 +249,20 @@ impl Tx<'_> {
     }
 
     fn reviews(&self, request_id: &str) -> Result<Vec<Review>> {
-        let mut stmt = self.tx.prepare_cached(
+        let rows = self.all(
             "SELECT approver, verdict, ttl_secs, comment, at FROM reviews
              WHERE request_id = ?1 ORDER BY position",
-        )?;
-        let rows = stmt
-            .query_map([request_id], |r| {
+            params![request_id],
+            |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<i64>>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
+                    r.get::<String>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<Option<i64>>(2)?,
+                    r.get::<String>(3)?,
+                    r.get::<i64>(4)?,
                 ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+            },
+        )?;
         rows.into_iter()
             .map(|(approver, verdict, ttl, comment, at)| {
                 Ok(Review {
@@ -502,9 +487,9 @@ mod tests {
         .unwrap();
         let rowid = |position: i64| -> i64 {
             s.read(|tx| {
-                Ok::<_, Error>(tx.row(
+                Ok::<_, Error>(tx.one(
                     "SELECT rowid FROM reviews WHERE request_id = 'A' AND position = ?1",
-                    [position],
+                    params![position],
                     |r| r.get(0),
                 )?)
             })

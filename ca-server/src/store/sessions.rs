@@ -1,7 +1,7 @@
 //! SQL of CA sessions from SSO sign-ins (hash only), the ID tokens already traded for
 //! one, and which users may sign in through SSO. Typed reads and writes; decides nothing.
 
-use rusqlite::{OptionalExtension as _, params};
+use super::sql::{Row, params};
 
 use super::{Result, Tx, json_list, parse_list, to_i64, to_u64};
 
@@ -51,9 +51,9 @@ pub struct UserSource {
     pub sso: bool,
 }
 
-const SESSION_COLUMNS: &str = "id, user, groups, issuer, created_at, expires_at, ended_at";
+const SESSION_COLUMNS: &str = "id, user_name, groups, issuer, created_at, expires_at, ended_at";
 
-fn session_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(SessionRecord, String)> {
+fn session_record(r: &Row<'_>) -> Result<(SessionRecord, String)> {
     Ok((
         SessionRecord {
             id: r.get(0)?,
@@ -62,7 +62,7 @@ fn session_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(SessionRecord, Str
             issuer: r.get(3)?,
             created_at: to_u64(r.get(4)?),
             expires_at: to_u64(r.get(5)?),
-            ended_at: r.get::<_, Option<i64>>(6)?.map(to_u64),
+            ended_at: r.get::<Option<i64>>(6)?.map(to_u64),
         },
         r.get(2)?,
     ))
@@ -76,12 +76,10 @@ fn with_groups((mut s, groups): (SessionRecord, String)) -> Result<SessionRecord
 impl Tx<'_> {
     /// Stores a new session under the hash of its credential.
     pub fn insert_session(&self, hash: &str, s: &SessionRecord) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO sessions (hash, id, user, groups, issuer, created_at, expires_at)
+        self.exec(
+            "INSERT INTO sessions (hash, id, user_name, groups, issuer, created_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
+            params![
                 hash,
                 s.id,
                 s.user,
@@ -89,22 +87,21 @@ impl Tx<'_> {
                 s.issuer,
                 to_i64(s.created_at),
                 to_i64(s.expires_at)
-            ])?;
+            ],
+        )?;
         Ok(())
     }
 
     /// A session and its user's state by the credential's hash, whatever its state, so
     /// authentication can say why it refuses one. One indexed read.
     pub fn session_standing(&self, hash: &str) -> Result<Option<SessionStanding>> {
-        let row = self
-            .row(
-                "SELECT s.id, s.user, s.groups, s.issuer, s.created_at, s.expires_at, s.ended_at,
+        let row = self.opt(
+            "SELECT s.id, s.user_name, s.groups, s.issuer, s.created_at, s.expires_at, s.ended_at,
                         u.disabled
-                 FROM sessions s JOIN users u ON u.name = s.user WHERE s.hash = ?1",
-                [hash],
-                |r| Ok((session_record(r)?, r.get::<_, i64>(7)?)),
-            )
-            .optional()?;
+                 FROM sessions s JOIN users u ON u.name = s.user_name WHERE s.hash = ?1",
+            params![hash],
+            |r| Ok((session_record(r)?, r.get::<i64>(7)?)),
+        )?;
         row.map(|(s, disabled)| {
             Ok(SessionStanding {
                 session: with_groups(s)?,
@@ -116,12 +113,11 @@ impl Tx<'_> {
 
     /// A session by its public id.
     pub fn session_by_id(&self, id: &str) -> Result<Option<SessionRecord>> {
-        self.row(
+        self.opt(
             &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
-            [id],
+            params![id],
             session_record,
-        )
-        .optional()?
+        )?
         .map(with_groups)
         .transpose()
     }
@@ -134,19 +130,17 @@ impl Tx<'_> {
         live_only: bool,
         now: u64,
     ) -> Result<Vec<SessionRecord>> {
-        let mut stmt = self.tx.prepare_cached(&format!(
+        let rows = self.all(
+            &format!(
             "SELECT {SESSION_COLUMNS} FROM sessions
-             WHERE (?1 IS NULL OR user = ?1)
+             WHERE (?1 IS NULL OR user_name = ?1)
                AND (?2 = 0 OR (ended_at IS NULL AND expires_at > ?3
-                    AND NOT EXISTS (SELECT 1 FROM users WHERE users.name = sessions.user AND users.disabled = 1)))
+                    AND NOT EXISTS (SELECT 1 FROM users WHERE users.name = sessions.user_name AND users.disabled = 1)))
              ORDER BY created_at DESC, id"
-        ))?;
-        let rows: Vec<_> = stmt
-            .query_map(
-                params![user, i64::from(live_only), to_i64(now)],
-                session_record,
-            )?
-            .collect::<Result<_, _>>()?;
+            ),
+            params![user, i64::from(live_only), to_i64(now)],
+            session_record,
+        )?;
         rows.into_iter().map(with_groups).collect()
     }
 
@@ -162,7 +156,7 @@ impl Tx<'_> {
     /// Ends every session of a user that has not ended; returns how many.
     pub fn end_sessions_of(&self, user: &str, now: u64) -> Result<u64> {
         let n = self.exec(
-            "UPDATE sessions SET ended_at = ?2 WHERE user = ?1 AND ended_at IS NULL",
+            "UPDATE sessions SET ended_at = ?2 WHERE user_name = ?1 AND ended_at IS NULL",
             params![user, to_i64(now)],
         )?;
         Ok(n as u64)
@@ -170,14 +164,13 @@ impl Tx<'_> {
 
     /// The groups of the user's newest session live at `now`, if any.
     pub fn live_session_groups(&self, user: &str, now: u64) -> Result<Option<Vec<String>>> {
-        self.row(
+        self.opt(
             "SELECT groups FROM sessions INDEXED BY sessions_by_user
-             WHERE user = ?1 AND ended_at IS NULL AND expires_at > ?2
+             WHERE user_name = ?1 AND ended_at IS NULL AND expires_at > ?2
              ORDER BY created_at DESC LIMIT 1",
             params![user, to_i64(now)],
-            |r| r.get::<_, String>(0),
-        )
-        .optional()?
+            |r| r.get::<String>(0),
+        )?
         .map(|g| parse_list(&g))
         .transpose()
     }
@@ -186,7 +179,7 @@ impl Tx<'_> {
     /// if it already was.
     pub fn consume_id_token(&self, hash: &str, expires_at: u64) -> Result<bool> {
         let n = self.exec(
-            "INSERT OR IGNORE INTO consumed_id_tokens (hash, expires_at) VALUES (?1, ?2)",
+            "INSERT INTO consumed_id_tokens (hash, expires_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
             params![hash, to_i64(expires_at)],
         )?;
         Ok(n == 1)
@@ -197,7 +190,7 @@ impl Tx<'_> {
     pub fn forget_consumed_id_tokens(&self, before: u64) -> Result<usize> {
         Ok(self.exec(
             "DELETE FROM consumed_id_tokens WHERE expires_at < ?1",
-            [to_i64(before)],
+            params![to_i64(before)],
         )?)
     }
 
@@ -205,7 +198,7 @@ impl Tx<'_> {
     /// if the name is taken.
     pub fn insert_sso_user(&self, name: &str, now: u64) -> Result<bool> {
         let n = self.exec(
-            "INSERT OR IGNORE INTO users (name, groups, created_at, sso) VALUES (?1, '[]', ?2, 1)",
+            "INSERT INTO users (name, groups, created_at, sso) VALUES (?1, '[]', ?2, 1) ON CONFLICT DO NOTHING",
             params![name, to_i64(now)],
         )?;
         Ok(n == 1)
@@ -214,33 +207,33 @@ impl Tx<'_> {
     /// Whether a user may sign in through SSO; `None` if there is no such user.
     pub fn user_sso(&self, name: &str) -> Result<Option<bool>> {
         Ok(self
-            .row("SELECT sso FROM users WHERE name = ?1", [name], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()?
+            .opt(
+                "SELECT sso FROM users WHERE name = ?1",
+                params![name],
+                |r| r.get::<i64>(0),
+            )?
             .map(|v| v != 0))
     }
 
     /// Lets a user sign in through SSO; `false` if there is no such user.
     pub fn set_user_sso(&self, name: &str) -> Result<bool> {
-        Ok(self.exec("UPDATE users SET sso = 1 WHERE name = ?1", [name])? == 1)
+        Ok(self.exec("UPDATE users SET sso = 1 WHERE name = ?1", params![name])? == 1)
     }
 
     /// How each user may sign in, by name.
     pub fn user_sources(&self) -> Result<Vec<UserSource>> {
-        let mut stmt = self.tx.prepare_cached(
-            "SELECT u.name, EXISTS (SELECT 1 FROM tokens t WHERE t.user = u.name), u.sso
+        let rows = self.all(
+            "SELECT u.name, EXISTS (SELECT 1 FROM tokens t WHERE t.user_name = u.name), u.sso
              FROM users u ORDER BY u.name",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
+            params![],
+            |r| {
                 Ok(UserSource {
                     name: r.get(0)?,
-                    token: r.get::<_, i64>(1)? != 0,
-                    sso: r.get::<_, i64>(2)? != 0,
+                    token: r.get::<i64>(1)? != 0,
+                    sso: r.get::<i64>(2)? != 0,
                 })
-            })?
-            .collect::<Result<_, _>>()?;
+            },
+        )?;
         Ok(rows)
     }
 }

@@ -1,7 +1,7 @@
 //! SQL of users and their bearer tokens (hash only, with a public id). Typed reads and
 //! writes; decides nothing.
 
-use rusqlite::{OptionalExtension as _, params};
+use super::sql::{Row, params};
 
 use super::{Result, Tx, json_list, parse_list, to_i64, to_u64};
 use crate::auth::Caller;
@@ -48,14 +48,14 @@ pub struct TokenStanding {
 }
 
 /// A [`TokenRecord`] from the first six columns of a row.
-fn token_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+fn token_record(r: &Row<'_>) -> Result<TokenRecord> {
     Ok(TokenRecord {
         id: r.get(0)?,
         user: r.get(1)?,
         created_at: to_u64(r.get(2)?),
-        expires_at: r.get::<_, Option<i64>>(3)?.map(to_u64),
-        last_used_at: r.get::<_, Option<i64>>(4)?.map(to_u64),
-        revoked: r.get::<_, i64>(5)? != 0,
+        expires_at: r.get::<Option<i64>>(3)?.map(to_u64),
+        last_used_at: r.get::<Option<i64>>(4)?.map(to_u64),
+        revoked: r.get::<i64>(5)? != 0,
     })
 }
 
@@ -63,7 +63,7 @@ impl Tx<'_> {
     /// Adds a user; `false` if the name is taken.
     pub fn insert_user(&self, name: &str, groups: &[String], now: u64) -> Result<bool> {
         let n = self.exec(
-            "INSERT OR IGNORE INTO users (name, groups, created_at) VALUES (?1, ?2, ?3)",
+            "INSERT INTO users (name, groups, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
             params![name, json_list(groups), to_i64(now)],
         )?;
         Ok(n == 1)
@@ -71,19 +71,18 @@ impl Tx<'_> {
 
     /// A user by name.
     pub fn user(&self, name: &str) -> Result<Option<User>> {
-        self.row(
+        self.opt(
             "SELECT name, groups, disabled, created_at FROM users WHERE name = ?1",
-            [name],
+            params![name],
             |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
+                    r.get::<String>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<i64>(2)?,
+                    r.get::<i64>(3)?,
                 ))
             },
-        )
-        .optional()?
+        )?
         .map(|(name, groups, disabled, created)| {
             Ok(User {
                 name,
@@ -97,12 +96,10 @@ impl Tx<'_> {
 
     /// All users, by name.
     pub fn users(&self) -> Result<Vec<User>> {
-        let mut stmt = self
-            .tx
-            .prepare_cached("SELECT name FROM users ORDER BY name")?;
-        let names: Vec<String> = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let names: Vec<String> =
+            self.all("SELECT name FROM users ORDER BY name", params![], |r| {
+                r.get(0)
+            })?;
         names
             .iter()
             .filter_map(|n| self.user(n).transpose())
@@ -138,33 +135,24 @@ impl Tx<'_> {
         now: u64,
         expires_at: u64,
     ) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO tokens (hash, user, created_at, id, expires_at)
+        self.exec(
+            "INSERT INTO tokens (hash, user_name, created_at, id, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![hash, user, to_i64(now), id, to_i64(expires_at)])?;
+            params![hash, user, to_i64(now), id, to_i64(expires_at)],
+        )?;
         Ok(())
     }
 
     /// A token and its user by the token's hash, whatever its state, so authentication
     /// can say why it refuses one. One indexed read.
     pub fn token_standing(&self, hash: &str) -> Result<Option<TokenStanding>> {
-        let row = self
-            .row(
-                "SELECT t.id, t.user, t.created_at, t.expires_at, t.last_used_at, t.revoked,
+        let row = self.opt(
+            "SELECT t.id, t.user_name, t.created_at, t.expires_at, t.last_used_at, t.revoked,
                         u.groups, u.disabled
-                 FROM tokens t JOIN users u ON u.name = t.user WHERE t.hash = ?1",
-                [hash],
-                |r| {
-                    Ok((
-                        token_record(r)?,
-                        r.get::<_, String>(6)?,
-                        r.get::<_, i64>(7)?,
-                    ))
-                },
-            )
-            .optional()?;
+                 FROM tokens t JOIN users u ON u.name = t.user_name WHERE t.hash = ?1",
+            params![hash],
+            |r| Ok((token_record(r)?, r.get::<String>(6)?, r.get::<i64>(7)?)),
+        )?;
         row.map(|(token, groups, disabled)| {
             Ok(TokenStanding {
                 caller: Caller {
@@ -183,33 +171,30 @@ impl Tx<'_> {
 
     /// A user's tokens, oldest first.
     pub fn tokens_of(&self, user: &str) -> Result<Vec<TokenRecord>> {
-        let mut stmt = self.tx.prepare_cached(
-            "SELECT id, user, created_at, expires_at, last_used_at, revoked FROM tokens
-             WHERE user = ?1 ORDER BY created_at, id",
+        let rows = self.all(
+            "SELECT id, user_name, created_at, expires_at, last_used_at, revoked FROM tokens
+             WHERE user_name = ?1 ORDER BY created_at, id",
+            params![user],
+            token_record,
         )?;
-        let rows = stmt
-            .query_map([user], token_record)?
-            .collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
     /// A token by its public id.
     pub fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>> {
-        Ok(self
-            .row(
-                "SELECT id, user, created_at, expires_at, last_used_at, revoked FROM tokens
+        Ok(self.opt(
+            "SELECT id, user_name, created_at, expires_at, last_used_at, revoked FROM tokens
                  WHERE id = ?1",
-                [id],
-                token_record,
-            )
-            .optional()?)
+            params![id],
+            token_record,
+        )?)
     }
 
     /// Revokes a token by id; `false` if there is none or it was already revoked.
     pub fn revoke_token(&self, id: &str) -> Result<bool> {
         let n = self.exec(
             "UPDATE tokens SET revoked = 1 WHERE id = ?1 AND revoked = 0",
-            [id],
+            params![id],
         )?;
         Ok(n == 1)
     }
@@ -227,15 +212,13 @@ impl Tx<'_> {
 
     /// The enabled user a valid, unrevoked, unexpired token belongs to.
     pub fn caller_by_token(&self, hash: &str, now: u64) -> Result<Option<Caller>> {
-        let row: Option<(String, String)> = self
-            .row(
-                "SELECT u.name, u.groups FROM tokens t JOIN users u ON u.name = t.user
+        let row: Option<(String, String)> = self.opt(
+            "SELECT u.name, u.groups FROM tokens t JOIN users u ON u.name = t.user_name
                  WHERE t.hash = ?1 AND t.revoked = 0 AND u.disabled = 0
                    AND (t.expires_at IS NULL OR t.expires_at > ?2)",
-                params![hash, to_i64(now)],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+            params![hash, to_i64(now)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         row.map(|(name, groups)| {
             Ok(Caller {
                 name,

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::{Error, Result};
+use crate::store::{Error, Result};
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -260,6 +260,12 @@ ALTER TABLE users ADD COLUMN sso INTEGER NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE requests ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
 "#,
+    // The users' column of tokens and sessions, renamed from `user`, which PostgreSQL
+    // reserves, so both backends run the same statements.
+    r#"
+ALTER TABLE tokens RENAME COLUMN user TO user_name;
+ALTER TABLE sessions RENAME COLUMN user TO user_name;
+"#,
 ];
 
 /// Applies the migrations `conn`'s database lacks, in one immediate transaction; refuses a
@@ -316,6 +322,8 @@ mod tests {
         let version: i64 = s
             .lock_writer()
             .conn
+            .sqlite()
+            .unwrap()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
@@ -360,6 +368,8 @@ mod tests {
         let mode: String = s
             .lock_writer()
             .conn
+            .sqlite()
+            .unwrap()
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
