@@ -1273,13 +1273,13 @@ fn scale_mode(opts: &Opts, rt: &Runtimes, root: &Path, keys: &Arc<Keys>) -> anyh
     let channel = server.connect(rt)?;
     let fresh = issue(rt, std::slice::from_ref(&channel), &auth, keys, 64, opts);
     print_row(&fresh);
-    println!("   ^ fresh store ({})", mib(db_size(&config.database)));
+    println!("   ^ fresh store ({})", mib(db_size(&sqlite_file(&config)?)));
     drop(channel);
     server.stop(rt)?;
 
     let t = Instant::now();
     prefill(
-        &config.database,
+        &sqlite_file(&config)?,
         keys,
         &cert_line,
         &ca_fingerprint,
@@ -1292,7 +1292,7 @@ fn scale_mode(opts: &Opts, rt: &Runtimes, root: &Path, keys: &Arc<Keys>) -> anyh
         "   prefill: {total} requests + certificates in {:.1} s ({:.0} rows/s, {batch} per transaction); store now {}",
         took.as_secs_f64(),
         total as f64 / took.as_secs_f64(),
-        mib(db_size(&config.database))
+        mib(db_size(&sqlite_file(&config)?))
     );
 
     let server = Server::start(rt, &config)?;
@@ -1375,7 +1375,7 @@ fn scale_mode(opts: &Opts, rt: &Runtimes, root: &Path, keys: &Arc<Keys>) -> anyh
     );
     println!(
         "   store on disk after the runs: {} (database + WAL + shm); peak RSS {}",
-        mib(db_size(&config.database)),
+        mib(db_size(&sqlite_file(&config)?)),
         status_field("VmHWM:")
     );
     drop(channel);
@@ -1688,4 +1688,13 @@ fn cli_mode(opts: &Opts, rt: &Runtimes, root: &Path, keys: &Arc<Keys>) -> anyhow
     server.stop(rt)?;
     print_load_at_end();
     Ok(())
+}
+
+/// The SQLite file of `config`: the scale run measures its size on disk.
+fn sqlite_file(config: &Config) -> anyhow::Result<std::path::PathBuf> {
+    config
+        .database
+        .sqlite_path()
+        .map(ToOwned::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("the scale run is for SQLite stores"))
 }

@@ -349,6 +349,22 @@ impl Authority {
         }
     }
 
+    /// Wakes this replica's watchers when another replica changes a request (on
+    /// PostgreSQL; nothing to do on SQLite). After the listener lost its connection every
+    /// watcher is woken, as a change may have been missed.
+    pub fn listen_for_other_replicas(self: &Arc<Self>) -> Result<()> {
+        let me = Arc::downgrade(self);
+        self.store.listen_for_decisions(move |id| {
+            let Some(a) = me.upgrade() else { return };
+            let watchers = a.watchers.lock().unwrap_or_else(|p| p.into_inner());
+            match id {
+                Some(id) => watchers.get(id).into_iter().flatten().for_each(|n| n.notify_one()),
+                None => watchers.values().flatten().for_each(|n| n.notify_one()),
+            }
+        })?;
+        Ok(())
+    }
+
     /// Tells the notifier and the watchers of `id` that it changed.
     fn changed(&self, id: &str) {
         let _ = self.changes.send(id.to_owned());

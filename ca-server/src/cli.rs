@@ -53,6 +53,19 @@ pub enum Command {
         /// An IP address clients reach the CA by (repeatable).
         #[arg(long = "tls-ip", value_name = "IP")]
         tls_ips: Vec<std::net::IpAddr>,
+        /// Keep the rows in this PostgreSQL database
+        /// (postgres://USER:PASSWORD@HOST:PORT[,HOST2:PORT2]/DB?target_session_attrs=read-write)
+        /// instead of a SQLite file in the data directory. The first replica creates the
+        /// schema; the next ones join it with --ca-key.
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+        /// Use this CA key instead of making one: to add a replica, the first replica's
+        /// ca_key (a different key than the database serves is refused).
+        #[arg(long, value_name = "FILE")]
+        ca_key: Option<PathBuf>,
+        /// With --ca-key: the host CA key to use (default: host_ca_key beside --ca-key).
+        #[arg(long, value_name = "FILE", requires = "ca_key")]
+        host_ca_key: Option<PathBuf>,
     },
     /// Serve the gRPC API over TLS. SIGHUP reloads the policy; SIGTERM stops gracefully.
     Serve {

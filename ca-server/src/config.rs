@@ -27,8 +27,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Policy file.
     pub policy: PathBuf,
-    /// SQLite database.
-    pub database: PathBuf,
+    /// Where the rows are: a SQLite file, or a PostgreSQL database shared by replicas.
+    pub database: crate::store::Database,
     /// CA private key.
     pub ca_key: PathBuf,
     /// File holding the CA key passphrase, when the key is encrypted.
@@ -634,11 +634,21 @@ impl Config {
                 "{origin}: host_ca_key: must be another file than ca_key; hosts and users are certified by separate keys"
             ));
         }
+        let database = match crate::store::Database::parse(
+            raw.database.as_deref().unwrap_or("moshca.db"),
+            data_dir,
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                errors.push(format!("{origin}: database: {e}"));
+                crate::store::Database::Sqlite(data_dir.join("moshca.db"))
+            }
+        };
         let config = Config {
             data_dir: data_dir.to_owned(),
             listen,
             policy: path(raw.policy, "policy.toml"),
-            database: path(raw.database, "moshca.db"),
+            database,
             ca_key: path(raw.ca_key, "ca_key"),
             host_ca_key: path(raw.host_ca_key, "host_ca_key"),
             host_cert_ttl,
@@ -731,7 +741,10 @@ mod tests {
     fn example_parses_with_defaults() {
         let c = Config::parse(&example(None), Path::new("/srv/moshca")).unwrap();
         assert_eq!(c.listen.port(), 7443);
-        assert_eq!(c.database, Path::new("/srv/moshca/moshca.db"));
+        assert_eq!(
+            c.database,
+            crate::store::Database::Sqlite("/srv/moshca/moshca.db".into())
+        );
         assert_eq!(c.tls_cert, Path::new("/srv/moshca/tls/cert.pem"));
         assert_eq!(c.max_ttl, DEFAULT_MAX_TTL);
         assert!(c.passphrase_file.is_none());

@@ -141,16 +141,45 @@ pub fn init(
     passphrase_file: Option<&Path>,
     now: u64,
 ) -> anyhow::Result<Initialized> {
-    init_with(data_dir, passphrase_file, &TlsNames::default(), now)
+    init_with(
+        data_dir,
+        &Options {
+            passphrase_file: passphrase_file.map(Path::to_path_buf),
+            ..Options::default()
+        },
+        now,
+    )
 }
 
-/// [`init`], with a TLS certificate that is also valid for `tls`.
-pub fn init_with(
-    data_dir: &Path,
-    passphrase_file: Option<&Path>,
-    tls: &TlsNames,
-    now: u64,
-) -> anyhow::Result<Initialized> {
+/// What `init` is told beyond the data directory.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Encrypt (or, with `ca_key`, decrypt) the CA keys with the passphrase in this file.
+    pub passphrase_file: Option<PathBuf>,
+    /// Names the TLS certificate is also valid for.
+    pub tls: TlsNames,
+    /// The `database` setting to write: a PostgreSQL URL (or a SQLite path); `None`
+    /// keeps the SQLite default.
+    pub database: Option<String>,
+    /// Use this CA key instead of making one: a replica joining a database another
+    /// replica made takes that replica's key.
+    pub ca_key: Option<PathBuf>,
+    /// With `ca_key`: the host CA key to use (default: `host_ca_key` beside `ca_key`).
+    pub host_ca_key: Option<PathBuf>,
+}
+
+/// [`init`], with the [`Options`] `moshca-server init` takes.
+pub fn init_with(data_dir: &Path, options: &Options, now: u64) -> anyhow::Result<Initialized> {
+    let passphrase_file = options.passphrase_file.as_deref();
+    let tls = &options.tls;
+    if let Some(db) = &options.database {
+        // Checked before anything is written: a refused join leaves no data directory.
+        let db = crate::store::Database::parse(db, data_dir)
+            .map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+        if db.sqlite_path().is_none() {
+            precheck_join(&db, options)?;
+        }
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -158,11 +187,17 @@ pub fn init_with(
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let config_path = data_dir.join("config.toml");
     if !config_path.exists() {
-        write_new(
-            &config_path,
-            config::example(passphrase_file).as_bytes(),
-            0o644,
-        )?;
+        let mut text = config::example(passphrase_file);
+        if let Some(db) = &options.database {
+            text = text.replacen(
+                "database = \"moshca.db\"",
+                &format!("database = {}", toml_string(db)),
+                1,
+            );
+        }
+        // A database URL carries its password: the file is then the server's alone.
+        let mode = if options.database.is_some() { 0o600 } else { 0o644 };
+        write_new(&config_path, text.as_bytes(), mode)?;
     }
     let config = Config::load(data_dir)?;
     if config.ca_key.exists() {
@@ -175,11 +210,52 @@ pub fn init_with(
         write_new(&config.policy, policy::EXAMPLE.as_bytes(), 0o644)?;
     }
     let passphrase = passphrase_file.map(read_passphrase).transpose()?;
-    let signer = Signer::generate(
-        &config.ca_key,
-        passphrase.as_ref().map(|p| p.as_slice()),
-        "moshca-ca",
-    )?;
+    let pass = passphrase.as_ref().map(|p| p.as_slice());
+    let store = Store::open(&config.database)
+        .with_context(|| format!("opening database {}", config.database))?;
+    let in_use = store.read(|tx| tx.audit_head())?.is_some();
+    if in_use && options.ca_key.is_none() {
+        anyhow::bail!(
+            "the database {} already serves a CA; to add a replica, give --ca-key FILE (the \
+             first replica's ca_key; its host_ca_key is taken from beside it)",
+            config.database
+        );
+    }
+    let signer = match &options.ca_key {
+        Some(from) => {
+            let signer = Signer::load(from, pass)
+                .with_context(|| format!("reading --ca-key {}", from.display()))?;
+            if in_use {
+                check_served_key(&store, &signer, &config.database)?;
+            }
+            copy_key(from, &config.ca_key)?;
+            Signer::load(&config.ca_key, pass)?
+        }
+        None => Signer::generate(&config.ca_key, pass, "moshca-ca")?,
+    };
+    if let Some(from) = &options.ca_key {
+        let host_from = options
+            .host_ca_key
+            .clone()
+            .unwrap_or_else(|| from.with_file_name("host_ca_key"));
+        if host_from.exists() {
+            let host = crate::signer::HostSigner::from_bytes(
+                &std::fs::read(&host_from)
+                    .with_context(|| format!("reading {}", host_from.display()))?,
+                &host_from,
+                pass,
+            )?;
+            if in_use {
+                check_served_host_key(&store, &host, &config.database)?;
+            }
+            copy_key(&host_from, &config.host_ca_key)?;
+        } else if in_use {
+            anyhow::bail!(
+                "no host CA key at {}: give --host-ca-key FILE, the first replica's host_ca_key",
+                host_from.display()
+            );
+        }
+    }
     if !config.tls_cert.exists() {
         write_tls(&config.tls_cert, &config.tls_key, tls)?;
     }
@@ -187,20 +263,24 @@ pub fn init_with(
         &std::fs::read(&config.tls_cert)
             .with_context(|| format!("reading {}", config.tls_cert.display()))?,
     )?;
-    let store = Store::open(&config.database)
-        .with_context(|| format!("creating database {}", config.database.display()))?;
+    let public = signer.public_key().to_openssh()?;
     store.transact(|tx| {
+        tx.insert_ca_key(&signer.fingerprint(), &public, now)?;
         tx.append_audit(&Event::new(
             now,
             "operator",
-            "ca.initialized",
+            if in_use {
+                "replica.joined"
+            } else {
+                "ca.initialized"
+            },
             None,
             json!({ "ca_fingerprint": signer.fingerprint() }),
         ))
     })?;
     // `mkdir -m 755 D` before init, or a umask of 022, must not leave the database (token
     // hashes, the audit trail) readable by everyone; `serve` refuses to start if it is.
-    crate::secret_file::make_private(data_dir, &config.database)
+    crate::secret_file::make_private(data_dir, config.database.sqlite_path())
         .with_context(|| format!("making {} private", data_dir.display()))?;
     let host_ca = ensure_host_ca(
         &config,
@@ -217,6 +297,110 @@ pub fn init_with(
         tls_fingerprint,
         host_ca_public_key: host_ca.public_key().to_openssh()?,
     })
+}
+
+/// Whether `init` can go ahead on the shared database `db`: a fresh one, or one whose CA
+/// key (and host CA key) `options` names.
+fn precheck_join(db: &crate::store::Database, options: &Options) -> anyhow::Result<()> {
+    let store = Store::open(db).with_context(|| format!("opening database {db}"))?;
+    if store.read(|tx| tx.audit_head())?.is_none() {
+        return Ok(());
+    }
+    let Some(from) = &options.ca_key else {
+        anyhow::bail!(
+            "the database {db} already serves a CA; to add a replica, give --ca-key FILE (the \
+             first replica's ca_key; its host_ca_key is taken from beside it)"
+        );
+    };
+    let pass = options
+        .passphrase_file
+        .as_deref()
+        .map(read_passphrase)
+        .transpose()?;
+    let pass = pass.as_ref().map(|p| p.as_slice());
+    let signer = Signer::load(from, pass)
+        .with_context(|| format!("reading --ca-key {}", from.display()))?;
+    check_served_key(&store, &signer, db)?;
+    let host_from = options
+        .host_ca_key
+        .clone()
+        .unwrap_or_else(|| from.with_file_name("host_ca_key"));
+    anyhow::ensure!(
+        host_from.exists(),
+        "no host CA key at {}: give --host-ca-key FILE, the first replica's host_ca_key",
+        host_from.display()
+    );
+    let host = crate::signer::HostSigner::from_bytes(
+        &std::fs::read(&host_from).with_context(|| format!("reading {}", host_from.display()))?,
+        &host_from,
+        pass,
+    )?;
+    check_served_host_key(&store, &host, db)
+}
+
+/// Refuses a key that is not the CA key the shared database serves.
+fn check_served_key(
+    store: &Store,
+    signer: &Signer,
+    db: &crate::store::Database,
+) -> anyhow::Result<()> {
+    let fingerprint = signer.fingerprint();
+    let served = store.read(|tx| tx.active_ca_keys())?;
+    if served.iter().any(|f| *f == fingerprint) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing --ca-key: it is {fingerprint}, but the database {} serves {}; give the \
+         first replica's ca_key",
+        db,
+        if served.is_empty() {
+            "no CA key yet".to_owned()
+        } else {
+            served.join(", ")
+        }
+    )
+}
+
+/// Refuses a host key that is not the host CA key the shared database's replicas use.
+fn check_served_host_key(
+    store: &Store,
+    host: &crate::signer::HostSigner,
+    db: &crate::store::Database,
+) -> anyhow::Result<()> {
+    let served = store.read(|tx| tx.latest_audit_details("host_ca.created"))?;
+    let served = served
+        .as_ref()
+        .and_then(|d| d.get("ca_fingerprint"))
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned);
+    match served {
+        Some(f) if f != host.fingerprint() => anyhow::bail!(
+            "refusing the host CA key: it is {}, but the replicas of {} use {f}; give the \
+             first replica's host_ca_key with --host-ca-key",
+            host.fingerprint(),
+            db
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Copies a private key file into the data directory, private (0600), never over a file.
+fn copy_key(from: &Path, to: &Path) -> anyhow::Result<()> {
+    crate::secret_file::check_private(from, "CA key")?;
+    let bytes = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+    write_new(to, &bytes, 0o600)?;
+    let public = from.with_extension("pub");
+    if public.exists() && !to.with_extension("pub").exists() {
+        let text = std::fs::read(&public)
+            .with_context(|| format!("reading {}", public.display()))?;
+        write_new(&to.with_extension("pub"), &text, 0o644)?;
+    }
+    Ok(())
+}
+
+/// `s` as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
 }
 
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {

@@ -264,7 +264,7 @@ fn host_command(cmd: HostCommand) -> anyhow::Result<ExitCode> {
 
 fn open_store(config: &Config) -> anyhow::Result<Store> {
     Store::open(&config.database)
-        .with_context(|| format!("opening database {}", config.database.display()))
+        .with_context(|| format!("opening database {}", config.database))
 }
 
 #[allow(clippy::print_stdout)]
@@ -275,12 +275,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             passphrase_file,
             tls_names,
             tls_ips,
+            database,
+            ca_key,
+            host_ca_key,
         } => {
             let tls = init::TlsNames::new(tls_names, tls_ips)?;
             let out = init::init_with(
                 &dir.data_dir,
-                passphrase_file.as_deref(),
-                &tls,
+                &init::Options {
+                    passphrase_file,
+                    tls: tls.clone(),
+                    database,
+                    ca_key,
+                    host_ca_key,
+                },
                 clock::now(),
             )?;
             let data = out.data_dir.display();

@@ -415,10 +415,18 @@ impl Notifier {
         }
     }
 
-    /// Due deliveries of one webhook with their bodies. Blocks on the store.
+    /// Claims the due deliveries of one webhook and makes their bodies. Blocks on the
+    /// store. Claimed deliveries are this replica's to send until [`Self::lease`] has
+    /// passed; any not attempted are given back with [`Self::release_at`].
     fn due_at(&self, hook: &Hook, now: UnixTime) -> store::Result<Vec<Outgoing>> {
-        self.store.read(|tx| {
-            let due = tx.deliveries_due_to(&hook.webhook.name, now, self.settings.batch)?;
+        let lease_until = now + self.lease().as_secs();
+        self.store.transact(|tx| {
+            let due = tx.claim_deliveries_to(
+                &hook.webhook.name,
+                now,
+                self.settings.batch,
+                lease_until,
+            )?;
             due.into_iter()
                 .map(|d| {
                     let request = match &d.event.event.request_id {
@@ -434,6 +442,22 @@ impl Notifier {
                     })
                 })
                 .collect()
+        })
+    }
+
+    /// How long claimed deliveries stay this replica's: long enough to send a whole batch
+    /// at the POST timeout, so a slow webhook is never sent twice.
+    fn lease(&self) -> Duration {
+        (self.settings.timeout * (self.settings.batch + 1)).max(Duration::from_secs(60))
+    }
+
+    /// Gives back claimed deliveries that were not attempted: due again at `now`.
+    fn release_at(&self, hook: &Hook, outs: &[Outgoing], now: UnixTime) -> store::Result<()> {
+        self.store.transact(|tx| {
+            for out in outs {
+                tx.release_delivery(out.seq, &hook.webhook.name, now)?;
+            }
+            Ok(())
         })
     }
 
@@ -557,7 +581,8 @@ async fn deliver_due(this: &Arc<Notifier>, hook: &Arc<Hook>, agent: &ureq::Agent
             }
         };
         let full = due.len() >= this.settings.batch as usize;
-        for out in due {
+        let mut due = std::collections::VecDeque::from(due);
+        while let Some(out) = due.pop_front() {
             let (a, h) = (agent.clone(), hook.clone());
             let (out, result) = match tokio::task::spawn_blocking(move || {
                 let result = post(&a, &h, &out);
@@ -601,6 +626,11 @@ async fn deliver_due(this: &Arc<Notifier>, hook: &Arc<Hook>, agent: &ureq::Agent
                 }
             }
             if failed {
+                // The rest wait for the next tick, here or on another replica.
+                let (n, h, rest) = (this.clone(), hook.clone(), Vec::from(due));
+                if let Err(e) = blocking(move || n.release_at(&h, &rest, clock::now())).await {
+                    tracing::warn!(webhook = %name, error = %e, "giving back claimed notifications failed; they are sent when their claim ends");
+                }
                 return;
             }
         }

@@ -52,7 +52,7 @@ pub fn rotate(
     let _ = std::fs::remove_file(next.with_extension("pub"));
     let new = Signer::generate(&next, pass, "moshca-ca")?;
     let store = Store::open(&config.database)
-        .with_context(|| format!("opening database {}", config.database.display()))?;
+        .with_context(|| format!("opening database {}", config.database))?;
     let new_text = new.public_key().to_openssh()?;
     let old_text = old.public_key().to_openssh()?;
     store.transact(|tx| {
@@ -100,7 +100,7 @@ pub fn rotate_host(
         .transpose()?;
     let pass = passphrase.as_ref().map(|p| p.as_slice());
     let store = Store::open(&config.database)
-        .with_context(|| format!("opening database {}", config.database.display()))?;
+        .with_context(|| format!("opening database {}", config.database))?;
     let old = crate::init::ensure_host_ca(config, pass, &store, now)
         .context("loading the current host CA key (give --passphrase-file if it is encrypted)")?;
     let mut next_name = config

@@ -159,9 +159,10 @@ pub fn database_files(database: &Path) -> [PathBuf; 3] {
 
 /// Makes the data directory and the database files private (0700, 0600): what `init`
 /// leaves behind, whatever the directory's mode was before.
-pub fn make_private(data_dir: &Path, database: &Path) -> std::io::Result<()> {
+/// `database` is the SQLite file, or `None` when the rows are in PostgreSQL.
+pub fn make_private(data_dir: &Path, database: Option<&Path>) -> std::io::Result<()> {
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
-    for file in database_files(database) {
+    for file in database.into_iter().flat_map(database_files) {
         match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -172,9 +173,10 @@ pub fn make_private(data_dir: &Path, database: &Path) -> std::io::Result<()> {
 
 /// Refuses a data directory, database or WAL/SHM file that is not private; `serve` runs
 /// this before it opens anything.
-pub fn check_data_dir(data_dir: &Path, database: &Path) -> Result<()> {
+/// `database` is the SQLite file, or `None` when the rows are in PostgreSQL.
+pub fn check_data_dir(data_dir: &Path, database: Option<&Path>) -> Result<()> {
     check_private(data_dir, "data directory")?;
-    for file in database_files(database) {
+    for file in database.into_iter().flat_map(database_files) {
         check_private_if_present(&file, "database file")?;
     }
     Ok(())

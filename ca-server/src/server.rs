@@ -172,7 +172,7 @@ async fn expire_pending(authority: Arc<Authority>, health: tonic_health::server:
                 a.purge_jti_at(clock::now())?;
             }
             if checkpoint {
-                a.checkpoint_at(clock::now())?;
+                a.periodic_checkpoint_at(clock::now())?;
             }
             a.expire_due_at(clock::now())
         })
@@ -221,12 +221,12 @@ pub struct Loaded {
 /// Loads policy, store, CA key, OIDC issuers, webhooks and TLS certificate from the data
 /// directory.
 pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<Loaded> {
-    secret_file::check_data_dir(&config.data_dir, &config.database)?;
+    secret_file::check_data_dir(&config.data_dir, config.database.sqlite_path())?;
     let policy = load_policy(config)?;
     let signer = load_signer(config, passphrase_file)?;
     let store = Arc::new(
         Store::open(&config.database)
-            .with_context(|| format!("opening database {}", config.database.display()))?,
+            .with_context(|| format!("opening database {}", config.database))?,
     );
     // Once a second: pages rewritten within the second (the ends of the tables and
     // indexes) are copied to the database file once, not once per checkpoint. The WAL
@@ -262,8 +262,12 @@ pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<L
         tracing::info!(issuer = %sso.issuer, jwks_uri = %verifier.jwks_uri(), "SSO identity provider discovered");
         authority = authority.with_sso(Arc::new(verifier));
     }
+    let authority = Arc::new(authority);
+    authority
+        .listen_for_other_replicas()
+        .context("listening for other replicas' decisions")?;
     Ok(Loaded {
-        authority: Arc::new(authority),
+        authority,
         verifier: Arc::new(Verifier::new(&config.oidc_issuers)),
         notifier,
         tls,
@@ -392,7 +396,14 @@ pub async fn serve(
         verifier,
         notifier,
         tls,
-    } = open(&config, passphrase_file)?;
+    } = {
+        // Opening reads and writes the store, which on PostgreSQL must not run on the
+        // async threads.
+        let (c, p) = (config.clone(), passphrase_file.map(Path::to_path_buf));
+        tokio::task::spawn_blocking(move || open(&c, p.as_deref()))
+            .await
+            .context("opening the CA")??
+    };
     let addr = listen.unwrap_or(config.listen);
     let listener = TcpListener::bind(addr)
         .await

@@ -281,7 +281,7 @@ impl Ca {
     }
 
     fn db(&self) -> PathBuf {
-        self.data.config.database.clone()
+        self.data.config.database.sqlite_path().unwrap().to_owned()
     }
 
     /// Starts the server on this data directory.

@@ -232,7 +232,10 @@ pub fn config_file(data: &[u8]) {
         }
     };
     assert!((60..=30 * 24 * 3600).contains(&c.max_ttl));
-    for p in [&c.policy, &c.database, &c.ca_key, &c.tls_cert, &c.tls_key] {
+    if let Some(db) = c.database.sqlite_path() {
+        assert!(db.is_absolute(), "{}", db.display());
+    }
+    for p in [&c.policy, &c.ca_key, &c.tls_cert, &c.tls_key] {
         assert!(p.is_absolute(), "{}", p.display());
     }
     for w in &c.webhooks {

@@ -39,6 +39,22 @@ impl Authority {
             now,
         )
     }
+
+    /// The periodic checkpoint: [`Self::checkpoint_at`], unless some replica (this one or
+    /// another on the same database) made one within the last interval. Replicas tick at
+    /// their own phase; whichever comes first signs, so the chain gets one checkpoint per
+    /// [`CHECKPOINT_EVERY_SECS`](crate::audit::CHECKPOINT_EVERY_SECS), not one per replica.
+    pub fn periodic_checkpoint_at(&self, now: UnixTime) -> Result<Option<u64>> {
+        // One second of slack: a replica ticking just before the interval ends still
+        // leaves the next tick to sign.
+        checkpoint_unless_within(
+            &self.store,
+            &self.signer(),
+            self.checkpoint_file.as_deref(),
+            now,
+            crate::audit::CHECKPOINT_EVERY_SECS.saturating_sub(1),
+        )
+    }
 }
 
 /// Signs the audit chain's head with `signer` if events were added since the last
@@ -51,10 +67,30 @@ pub fn checkpoint(
     file: Option<&std::path::Path>,
     now: UnixTime,
 ) -> Result<Option<u64>> {
+    checkpoint_unless_within(store, signer, file, now, 0)
+}
+
+/// [`checkpoint`], unless the newest checkpoint was signed less than `gap` seconds before
+/// `now`; checked in the transaction that would write it, so replicas deciding at once
+/// decide one after the other.
+fn checkpoint_unless_within(
+    store: &Store,
+    signer: &Signer,
+    file: Option<&std::path::Path>,
+    now: UnixTime,
+    gap: u64,
+) -> Result<Option<u64>> {
     let made = store.transact(|tx| {
         let Some((seq, hash)) = tx.audit_head()? else {
             return Ok::<_, Error>(None);
         };
+        if gap > 0
+            && tx
+                .last_checkpoint_at()?
+                .is_some_and(|at| now < at.saturating_add(gap))
+        {
+            return Ok(None);
+        }
         if tx.last_checkpoint_seq()?.is_some_and(|s| s >= seq) {
             return Ok(None);
         }

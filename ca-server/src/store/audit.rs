@@ -79,6 +79,18 @@ impl Tx<'_> {
         )?)
     }
 
+    /// The details of the newest event of `action`, if any.
+    pub fn latest_audit_details(&self, action: &str) -> Result<Option<serde_json::Value>> {
+        self.opt(
+            "SELECT details FROM audit WHERE action = ?1 ORDER BY seq DESC LIMIT 1",
+            params![action],
+            |r| {
+                let text: String = r.get(0)?;
+                serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("audit details: {e}")))
+            },
+        )
+    }
+
     /// Stores a signed checkpoint of the audit chain's head.
     pub fn insert_checkpoint(&self, c: &audit::Checkpoint) -> Result<()> {
         self.exec(
@@ -134,16 +146,17 @@ impl Tx<'_> {
         self.each(&sql, params![to_i64(since)], |r| f(audit_row_from(r)?))
     }
 
-    /// Calls `f` with every stored checkpoint, by sequence number, from a cursor.
+    /// Calls `f` with every stored checkpoint, by sequence number. They are read first
+    /// (a few hundred bytes each, one per checkpoint interval), so `f` may read the store.
     pub fn for_each_checkpoint<E: From<Error>>(
         &self,
         mut f: impl FnMut(audit::Checkpoint) -> Result<(), E>,
     ) -> Result<(), E> {
-        self.each(
+        let all = self.all(
             "SELECT seq, hash, ca_fingerprint, signature, at FROM audit_checkpoints ORDER BY seq",
             params![],
             |r| {
-                f(audit::Checkpoint {
+                Ok(audit::Checkpoint {
                     seq: to_u64(r.get(0)?),
                     hash: r.get(1)?,
                     ca_fingerprint: r.get(2)?,
@@ -151,7 +164,19 @@ impl Tx<'_> {
                     at: to_u64(r.get(4)?),
                 })
             },
-        )
+        )?;
+        all.into_iter().try_for_each(&mut f)
+    }
+
+    /// When the newest checkpoint was signed.
+    pub fn last_checkpoint_at(&self) -> Result<Option<u64>> {
+        Ok(self
+            .opt(
+                "SELECT at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
+                params![],
+                |r| r.get::<i64>(0),
+            )?
+            .map(to_u64))
     }
 
     /// The newest checkpoint's sequence number.

@@ -50,4 +50,13 @@ impl Tx<'_> {
         )?;
         Ok(rows)
     }
+
+    /// Fingerprints of the CA keys not retired: the key the replicas sign with.
+    pub fn active_ca_keys(&self) -> Result<Vec<String>> {
+        self.all(
+            "SELECT fingerprint FROM ca_keys WHERE retired_at IS NULL ORDER BY created_at DESC",
+            params![],
+            |r| r.get(0),
+        )
+    }
 }

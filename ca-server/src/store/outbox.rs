@@ -1,7 +1,7 @@
 //! SQL of webhook notifications: the outbox of notifying audit events, their fan-out to
 //! one delivery per webhook, and delivery attempts. Typed reads and writes; decides nothing.
 
-use super::sql::params;
+use super::sql::{Dialect, params};
 
 use super::{Error, Result, Tx, to_i64, to_u64};
 use crate::audit;
@@ -103,6 +103,60 @@ impl Tx<'_> {
             });
         }
         Ok(out)
+    }
+
+    /// Claims up to `limit` deliveries to `webhook` due at `now`, oldest first, for the
+    /// caller to send: they are not due again before `lease_until`, so no other replica
+    /// sends them meanwhile (each records its attempt, or releases the claim with
+    /// [`Tx::release_delivery`]). A replica that dies holding a claim leaves the
+    /// deliveries to be sent by another once the lease ends. On PostgreSQL the rows are
+    /// taken `FOR UPDATE SKIP LOCKED`: a claim never waits for, nor takes, another's.
+    pub fn claim_deliveries_to(
+        &self,
+        webhook: &str,
+        now: u64,
+        limit: u32,
+        lease_until: u64,
+    ) -> Result<Vec<Delivery>> {
+        let lock = match self.dialect() {
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let mut rows = self.all(
+            &format!(
+                "UPDATE deliveries SET next_at = ?4
+                 WHERE (audit_seq, webhook) IN (
+                     SELECT audit_seq, webhook FROM deliveries
+                     WHERE state = 'pending' AND webhook = ?1 AND next_at <= ?2
+                     ORDER BY next_at, audit_seq LIMIT ?3{lock})
+                 RETURNING audit_seq, attempts"
+            ),
+            params![webhook, to_i64(now), limit, to_i64(lease_until)],
+            |r| Ok((r.get::<i64>(0)?, r.get::<u32>(1)?)),
+        )?;
+        rows.sort_unstable();
+        let mut out = Vec::with_capacity(rows.len());
+        for (seq, attempts) in rows {
+            let event = self
+                .audit_row(to_u64(seq))?
+                .ok_or_else(|| Error::Corrupt(format!("delivery of missing audit event {seq}")))?;
+            out.push(Delivery {
+                event,
+                webhook: webhook.to_owned(),
+                attempts,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Gives back a claimed delivery not attempted: due again at `next_at`.
+    pub fn release_delivery(&self, audit_seq: u64, webhook: &str, next_at: u64) -> Result<()> {
+        self.exec(
+            "UPDATE deliveries SET next_at = ?3
+             WHERE audit_seq = ?1 AND webhook = ?2 AND state = 'pending'",
+            params![to_i64(audit_seq), webhook, to_i64(next_at)],
+        )?;
+        Ok(())
     }
 
     /// Records the outcome of one delivery attempt: `delivered`, or retry at `next_at`, or

@@ -231,7 +231,12 @@ pub(super) fn open(url: &PgUrl) -> Result<Store> {
 fn migrate(client: &mut postgres::Client) -> Result<()> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS moshca_schema (version BIGINT NOT NULL)")?;
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('moshca_schema') IS NOT NULL", &[])?
+        .get(0);
+    if !exists {
+        tx.batch_execute("CREATE TABLE moshca_schema (version BIGINT NOT NULL)")?;
+    }
     let version: i64 = tx
         .query_opt("SELECT version FROM moshca_schema", &[])?
         .map_or(0, |r| r.get(0));

@@ -1,7 +1,7 @@
 //! SQL of certificate requests and their reviews, and the listing queries over them.
 //! Typed reads and writes; decides nothing.
 
-use super::sql::{Value, params};
+use super::sql::{Dialect, Value, params};
 
 use super::{Error, Result, Tx, json_list, parse_list, to_i64, to_u64};
 use crate::approvals::{Request, Review, State, Verdict};
@@ -94,6 +94,7 @@ impl Tx<'_> {
             return Err(Error::Conflict(format!("request {}", r.id)));
         }
         r.version += 1;
+        self.announce(&r.id)?;
         Ok(())
     }
 
@@ -118,6 +119,22 @@ impl Tx<'_> {
             return Err(Error::Conflict(format!(
                 "review {position} of request {request_id}"
             )));
+        }
+        self.announce(request_id)
+    }
+
+    /// Tells the other replicas, when this transaction commits, that request `id`
+    /// changed (PostgreSQL `NOTIFY`; see [`Store::listen_for_decisions`]). Nothing to do
+    /// on SQLite: one server makes every change itself.
+    ///
+    /// [`Store::listen_for_decisions`]: super::Store::listen_for_decisions
+    fn announce(&self, id: &str) -> Result<()> {
+        if self.dialect() == Dialect::Postgres {
+            self.one(
+                "SELECT CAST(pg_notify(?1, ?2) AS TEXT)",
+                params![super::postgres::DECISIONS, id],
+                |_| Ok(()),
+            )?;
         }
         Ok(())
     }

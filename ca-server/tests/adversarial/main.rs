@@ -374,7 +374,7 @@ async fn database_path_is_the_one_the_server_uses() {
     // Guards the harness itself: the second store sees the server's writes.
     let h = start().await;
     let created = h.create("alice", ask("db", &[], 600)).await.unwrap();
-    assert!(h.data.config.database.exists());
+    assert!(h.data.config.database.sqlite_path().unwrap().exists());
     let stored = h.store.read(|tx| tx.request(&created.id)).unwrap();
     assert!(stored.is_some());
 }

@@ -165,7 +165,7 @@ async fn finding_3_creations_racing_past_the_pending_cap_leave_exactly_the_cap_p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_2_a_later_review_is_appended_and_the_earlier_rows_stay_put() {
     let h = start().await;
-    let db = rusqlite::Connection::open(&h.data.config.database).unwrap();
+    let db = rusqlite::Connection::open(h.data.config.database.sqlite_path().unwrap()).unwrap();
     // (rowid per position, the request row's version)
     let stored = |id: &str| -> (Vec<i64>, i64) {
         let mut stmt = db

@@ -16,7 +16,7 @@ fn attacker_key(dir: &std::path::Path) -> (Signer, String) {
 
 /// The database, opened as someone with the disk would.
 fn raw_db(h: &Harness) -> rusqlite::Connection {
-    let db = rusqlite::Connection::open(&h.data.config.database).unwrap();
+    let db = rusqlite::Connection::open(h.data.config.database.sqlite_path().unwrap()).unwrap();
     db.pragma_update(None, "foreign_keys", false).unwrap();
     db
 }

@@ -256,7 +256,7 @@ async fn finding_4_oversized_strings_are_refused_at_the_edge_and_a_refusal_write
     h.unchanged(&before, "oversized fields").await;
 
     // What a refusal that does reach the audit trail writes: at most 2 KB per call.
-    let db = rusqlite::Connection::open(&h.data.config.database).unwrap();
+    let db = rusqlite::Connection::open(h.data.config.database.sqlite_path().unwrap()).unwrap();
     let pages = || -> i64 { db.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap() };
     let page_size: i64 = db.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
     let start_pages = pages();
@@ -448,7 +448,7 @@ async fn finding_10_a_panicking_writer_does_not_stop_every_write() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let blocker = rusqlite::Connection::open(&h.data.config.database).unwrap();
+    let blocker = rusqlite::Connection::open(h.data.config.database.sqlite_path().unwrap()).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let until = Instant::now() + Duration::from_secs(20);
     while status(health.clone()).await != ServingStatus::NotServing as i32 {
