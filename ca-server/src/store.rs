@@ -34,7 +34,7 @@ mod certificates;
 mod engine;
 mod hosts;
 mod outbox;
-pub mod postgres;
+mod postgres;
 mod replay;
 mod requests;
 mod sessions;
