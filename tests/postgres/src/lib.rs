@@ -226,10 +226,11 @@ impl Cluster {
     /// on its own port, returned once the primary shows it streaming.
     ///
     /// With `synchronous`, this server is set (ALTER SYSTEM, reload) to
-    /// `synchronous_standby_names = '*'` and `synchronous_commit = remote_apply`, and the
-    /// call returns once the standby is `sync`: a commit on the primary then returns only
-    /// after the standby has applied it, so a read on the standby right after sees it. Only
-    /// one standby of a primary can be the synchronous one.
+    /// `synchronous_standby_names` = this standby's name (its `cluster_name`, `moshca_PORT`)
+    /// and `synchronous_commit = remote_apply`, and the call returns once the standby is
+    /// `sync`: a commit on the primary then returns only after the standby has applied it,
+    /// so a read on the standby right after sees it. The name rather than `'*'` keeps later
+    /// standbys `async`; the last synchronous one made is the synchronous standby.
     pub fn standby(&self, synchronous: bool) -> Cluster {
         let dir = server_dir();
         let data = dir.path().join("data");
@@ -266,10 +267,11 @@ impl Cluster {
         });
         let standby = Self::launch(dir, self.password.clone(), ca_cert);
         if synchronous {
-            self.psql(
-                "postgres",
-                "ALTER SYSTEM SET synchronous_standby_names = '*'",
+            let names = format!(
+                "ALTER SYSTEM SET synchronous_standby_names = 'moshca_{}'",
+                standby.port
             );
+            self.psql("postgres", &names);
             self.psql(
                 "postgres",
                 "ALTER SYSTEM SET synchronous_commit = 'remote_apply'",
