@@ -216,7 +216,11 @@ impl Cluster {
                     };
                 }
                 Err(_) if attempt < 3 && log_text.contains("could not bind") => continue,
-                Err(why) => panic!("pg_ctl start failed: {why}\n--- server log:\n{log_text}"),
+                Err(why) => {
+                    // It may still be starting: stop it before the directory goes.
+                    let _ = run(&mut stop_command(&data));
+                    panic!("pg_ctl start failed: {why}\n--- server log:\n{log_text}")
+                }
             }
         }
         unreachable!()
@@ -431,10 +435,7 @@ impl Drop for Cluster {
         }
         // After kill() there is nothing to stop, and pg_ctl would wait on the stale pid file.
         if !self.killed {
-            let mut stop = server_command("pg_ctl");
-            stop.arg("stop").arg("--pgdata").arg(self.data_dir());
-            stop.args(["--mode=immediate", "--wait", "--timeout", "30"]);
-            let _ = run(&mut stop);
+            let _ = run(&mut stop_command(&self.data_dir()));
         }
         // The TempDir removes the directory.
     }
@@ -499,6 +500,14 @@ fn run(command: &mut Command) -> Result<String, String> {
     } else {
         Err(format!("{program:?} {status}: {}", stderr.trim()))
     }
+}
+
+/// `pg_ctl stop -m immediate` (no clean shutdown: tests do not need one, and it is fast).
+fn stop_command(data: &Path) -> Command {
+    let mut stop = server_command("pg_ctl");
+    stop.arg("stop").arg("--pgdata").arg(data);
+    stop.args(["--mode=immediate", "--wait", "--timeout", "30"]);
+    stop
 }
 
 /// A command for one of the server programs, run as [`SERVER_USER`] when we are root.
@@ -618,9 +627,9 @@ fn random_hex(bytes: usize) -> String {
 fn watchdog(dir: &Path) -> Child {
     const SCRIPT: &str = r#"parent=$1 dir=$2; shift 2
 while kill -0 "$parent" 2>/dev/null; do sleep 0.5; done
-"$@" stop --pgdata="$dir/data" --mode=immediate --wait --timeout=30
+"$@"
 rm -rf "$dir""#;
-    let stop = server_command("pg_ctl");
+    let stop = stop_command(&dir.join("data"));
     let mut command = Command::new("sh");
     command
         .args(["-c", SCRIPT, "sh", &std::process::id().to_string()])
