@@ -34,6 +34,8 @@ have sshd || missing+=(openssh-server)
 { have ssh && have ssh-agent && have ssh-keygen && have ssh-add; } || missing+=(openssh-client)
 # What scripts read moshca's --json output with; a test checks 64-bit numbers survive it.
 have jq || missing+=(jq)
+# The PostgreSQL storage tests start their own server (tests/postgres) from Debian's packages.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "test.sh: installing ${missing[*]}" >&2
     as_root apt-get update -qq
