@@ -17,6 +17,7 @@ mod scenarios;
 use moshca_server::store::{Database, PgUrl, Store};
 
 /// A database the scenario's stores share.
+#[derive(Debug)]
 pub struct Backend {
     db: Database,
     _dir: Option<tempfile::TempDir>,
