@@ -346,10 +346,15 @@ impl Cluster {
         )
     }
 
-    /// Creates a database and returns its [`Cluster::url`].
+    /// Creates a database and returns its [`Cluster::url`]. The name is lowercase ASCII
+    /// letters, digits and `_`, so it needs no quoting in SQL or in the url.
     pub fn create_database(&self, name: &str) -> String {
-        let quoted = name.replace('"', "\"\"");
-        self.psql("postgres", &format!("CREATE DATABASE \"{quoted}\""));
+        let plain = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+        assert!(
+            !name.is_empty() && name.chars().all(plain),
+            "database name {name:?}: use lowercase letters, digits and _"
+        );
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
         self.url(name)
     }
 

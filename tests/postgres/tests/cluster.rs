@@ -76,9 +76,11 @@ fn fresh_databases_are_distinct() {
             *name
         );
     }
+    let url = cluster.create_database("named_db");
+    assert_eq!(url, cluster.url("named_db"));
     assert_eq!(
-        cluster.create_database("Named \"db\""),
-        cluster.url("Named \"db\"")
+        cluster.psql("named_db", "SELECT current_database()"),
+        "named_db"
     );
 }
 
