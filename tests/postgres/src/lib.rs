@@ -546,11 +546,11 @@ fn server_account() -> Option<(u32, u32)> {
         // Test processes may start at once (several cargo runs, nextest); concurrent useradds are
         // not safe here: both can succeed, the second rewriting the first's uid. So they
         // take turns under a lock, and only the first one creates the account.
-        let lock = std::env::temp_dir().join("moshca-pg-account.lock");
+        let lock = std::env::temp_dir().join("moshca-test-postgres-account.lock");
         let lock =
             fs::File::create(&lock).unwrap_or_else(|e| panic!("creating {}: {e}", lock.display()));
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .unwrap_or_else(|e| panic!("locking moshca-pg-account.lock: {e}"));
+            .unwrap_or_else(|e| panic!("locking moshca-test-postgres-account.lock: {e}"));
         if lookup_account().is_none() {
             let mut useradd = Command::new("useradd");
             useradd.args([
