@@ -346,10 +346,15 @@ impl Cluster {
         )
     }
 
-    /// Creates a database and returns its [`Cluster::url`].
+    /// Creates a database and returns its [`Cluster::url`]. The name is lowercase ASCII
+    /// letters, digits and `_`, so it needs no quoting in SQL or in the url.
     pub fn create_database(&self, name: &str) -> String {
-        let quoted = name.replace('"', "\"\"");
-        self.psql("postgres", &format!("CREATE DATABASE \"{quoted}\""));
+        let plain = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+        assert!(
+            !name.is_empty() && name.chars().all(plain),
+            "database name {name:?}: use lowercase letters, digits and _"
+        );
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
         self.url(name)
     }
 
@@ -538,13 +543,15 @@ fn server_account() -> Option<(u32, u32)> {
         if !rustix::process::geteuid().is_root() {
             return None;
         }
-        if let Some(ids) = lookup_account() {
-            return Some(ids);
-        }
-        // Two test processes may create it at once: one useradd fails (user exists, or
-        // /etc/passwd is locked), so retry briefly and go by whether the account exists.
-        let mut last = String::new();
-        for _ in 0..20 {
+        // Test processes may start at once (several cargo runs, nextest); concurrent useradds are
+        // not safe here: both can succeed, the second rewriting the first's uid. So they
+        // take turns under a lock, and only the first one creates the account.
+        let lock = std::env::temp_dir().join("moshca-test-postgres-account.lock");
+        let lock =
+            fs::File::create(&lock).unwrap_or_else(|e| panic!("creating {}: {e}", lock.display()));
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .unwrap_or_else(|e| panic!("locking moshca-test-postgres-account.lock: {e}"));
+        if lookup_account().is_none() {
             let mut useradd = Command::new("useradd");
             useradd.args([
                 "--system",
@@ -553,14 +560,17 @@ fn server_account() -> Option<(u32, u32)> {
                 "/usr/sbin/nologin",
             ]);
             if let Err(why) = run(useradd.arg(SERVER_USER)) {
-                last = why;
+                panic!(
+                    "cannot create the system account {SERVER_USER} to run PostgreSQL as: {why}"
+                );
             }
-            if let Some(ids) = lookup_account() {
-                return Some(ids);
-            }
-            sleep(Duration::from_millis(100));
         }
-        panic!("cannot create the system account {SERVER_USER} to run PostgreSQL as: {last}");
+        let ids = lookup_account();
+        assert!(
+            ids.is_some(),
+            "useradd made no {SERVER_USER} in /etc/passwd"
+        );
+        ids
     })
 }
 

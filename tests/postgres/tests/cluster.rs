@@ -76,9 +76,11 @@ fn fresh_databases_are_distinct() {
             *name
         );
     }
+    let url = cluster.create_database("named_db");
+    assert_eq!(url, cluster.url("named_db"));
     assert_eq!(
-        cluster.create_database("Named \"db\""),
-        cluster.url("Named \"db\"")
+        cluster.psql("named_db", "SELECT current_database()"),
+        "named_db"
     );
 }
 
@@ -238,4 +240,41 @@ fn the_watchdog_cleans_up_after_a_process_that_exits() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Run as a child of the test below, with its environment: report what `available()` says.
+const PROBE: &str = "MOSHCA_TEST_PG_PROBE";
+
+#[test]
+fn without_the_server_programs_ci_fails_and_elsewhere_skips() {
+    if std::env::var_os(PROBE).is_some() {
+        eprintln!("available: {}", available());
+        return;
+    }
+    let probe = |ci: &str| {
+        let name = "without_the_server_programs_ci_fails_and_elsewhere_skips";
+        Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(PROBE, "1")
+            .env("MOSHCA_TEST_PG_BIN", "/nonexistent")
+            .env("CI", ci)
+            .output()
+            .expect("running the child")
+    };
+    let local = probe("0");
+    let stderr = String::from_utf8_lossy(&local.stderr);
+    assert!(local.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .contains("skipping a PostgreSQL test: MOSHCA_TEST_PG_BIN=/nonexistent has no initdb"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("available: false"), "{stderr}");
+    let ci = probe("true");
+    let stderr = String::from_utf8_lossy(&ci.stderr);
+    assert!(!ci.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("PostgreSQL tests cannot run in CI"),
+        "{stderr}"
+    );
 }
