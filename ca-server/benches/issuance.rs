@@ -1273,7 +1273,10 @@ fn scale_mode(opts: &Opts, rt: &Runtimes, root: &Path, keys: &Arc<Keys>) -> anyh
     let channel = server.connect(rt)?;
     let fresh = issue(rt, std::slice::from_ref(&channel), &auth, keys, 64, opts);
     print_row(&fresh);
-    println!("   ^ fresh store ({})", mib(db_size(&sqlite_file(&config)?)));
+    println!(
+        "   ^ fresh store ({})",
+        mib(db_size(&sqlite_file(&config)?))
+    );
     drop(channel);
     server.stop(rt)?;
 

@@ -358,7 +358,11 @@ impl Authority {
             let Some(a) = me.upgrade() else { return };
             let watchers = a.watchers.lock().unwrap_or_else(|p| p.into_inner());
             match id {
-                Some(id) => watchers.get(id).into_iter().flatten().for_each(|n| n.notify_one()),
+                Some(id) => watchers
+                    .get(id)
+                    .into_iter()
+                    .flatten()
+                    .for_each(|n| n.notify_one()),
                 None => watchers.values().flatten().for_each(|n| n.notify_one()),
             }
         })?;

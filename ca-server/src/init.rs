@@ -196,7 +196,11 @@ pub fn init_with(data_dir: &Path, options: &Options, now: u64) -> anyhow::Result
             );
         }
         // A database URL carries its password: the file is then the server's alone.
-        let mode = if options.database.is_some() { 0o600 } else { 0o644 };
+        let mode = if options.database.is_some() {
+            0o600
+        } else {
+            0o644
+        };
         write_new(&config_path, text.as_bytes(), mode)?;
     }
     let config = Config::load(data_dir)?;
@@ -318,8 +322,8 @@ fn precheck_join(db: &crate::store::Database, options: &Options) -> anyhow::Resu
         .map(read_passphrase)
         .transpose()?;
     let pass = pass.as_ref().map(|p| p.as_slice());
-    let signer = Signer::load(from, pass)
-        .with_context(|| format!("reading --ca-key {}", from.display()))?;
+    let signer =
+        Signer::load(from, pass).with_context(|| format!("reading --ca-key {}", from.display()))?;
     check_served_key(&store, &signer, db)?;
     let host_from = options
         .host_ca_key
@@ -391,8 +395,8 @@ fn copy_key(from: &Path, to: &Path) -> anyhow::Result<()> {
     write_new(to, &bytes, 0o600)?;
     let public = from.with_extension("pub");
     if public.exists() && !to.with_extension("pub").exists() {
-        let text = std::fs::read(&public)
-            .with_context(|| format!("reading {}", public.display()))?;
+        let text =
+            std::fs::read(&public).with_context(|| format!("reading {}", public.display()))?;
         write_new(&to.with_extension("pub"), &text, 0o644)?;
     }
     Ok(())

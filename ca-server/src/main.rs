@@ -263,8 +263,7 @@ fn host_command(cmd: HostCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn open_store(config: &Config) -> anyhow::Result<Store> {
-    Store::open(&config.database)
-        .with_context(|| format!("opening database {}", config.database))
+    Store::open(&config.database).with_context(|| format!("opening database {}", config.database))
 }
 
 #[allow(clippy::print_stdout)]

@@ -421,12 +421,8 @@ impl Notifier {
     fn due_at(&self, hook: &Hook, now: UnixTime) -> store::Result<Vec<Outgoing>> {
         let lease_until = now + self.lease().as_secs();
         self.store.transact(|tx| {
-            let due = tx.claim_deliveries_to(
-                &hook.webhook.name,
-                now,
-                self.settings.batch,
-                lease_until,
-            )?;
+            let due =
+                tx.claim_deliveries_to(&hook.webhook.name, now, self.settings.batch, lease_until)?;
             due.into_iter()
                 .map(|d| {
                     let request = match &d.event.event.request_id {

@@ -78,7 +78,9 @@ fn export_and_verify_of_a_million_events_stay_under_64_mib() {
     let signer = Signer::load(&config.ca_key, None).unwrap();
     authority::checkpoint(&store, &signer, Some(&config.checkpoint_file), now).unwrap();
     drop(store);
-    let db_bytes = std::fs::metadata(config.database.sqlite_path().unwrap()).unwrap().len();
+    let db_bytes = std::fs::metadata(config.database.sqlite_path().unwrap())
+        .unwrap()
+        .len();
     println!(
         "filled {EVENTS} events in {:.1} s; database {} MiB",
         started.elapsed().as_secs_f64(),

@@ -181,10 +181,7 @@ async fn twenty_approvals_over_two_replicas_issue_one_certificate() {
             .collect();
         let won = outcomes.iter().filter(|ok| **ok).count();
         assert_eq!(won, 1, "round {round}: {won} approvals succeeded");
-        let certs = r
-            .store
-            .read(|tx| tx.certificate_for_request(&id))
-            .unwrap();
+        let certs = r.store.read(|tx| tx.certificate_for_request(&id)).unwrap();
         assert!(certs.is_some(), "round {round}: no certificate");
         let issued = r
             .store
@@ -256,7 +253,10 @@ async fn a_user_disabled_on_one_replica_gets_no_certificate_from_either() {
         .unwrap();
         revoked.store(true, Ordering::SeqCst);
         let after: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
-        assert_eq!(after, 0, "round {round}: issued after the revocation returned");
+        assert_eq!(
+            after, 0,
+            "round {round}: issued after the revocation returned"
+        );
         let rows = r.store.read(|tx| tx.audit_rows()).unwrap();
         let cutoff = rows
             .iter()
@@ -279,7 +279,10 @@ async fn a_user_disabled_on_one_replica_gets_no_certificate_from_either() {
             .filter(|row| row.seq > cutoff)
             .map(|row| row.seq)
             .collect();
-        assert!(late.is_empty(), "round {round}: issued after the disable event: {late:?}");
+        assert!(
+            late.is_empty(),
+            "round {round}: issued after the disable event: {late:?}"
+        );
         before = rows.iter().filter(mallorys).count();
         let live = r
             .store
@@ -287,6 +290,9 @@ async fn a_user_disabled_on_one_replica_gets_no_certificate_from_either() {
             .unwrap();
         assert!(live.iter().all(|c| c.revoked_at.is_some()), "round {round}");
     }
-    assert!(before > ROUNDS, "the race was exercised: {before} certificates");
+    assert!(
+        before > ROUNDS,
+        "the race was exercised: {before} certificates"
+    );
     r.audit_verifies();
 }

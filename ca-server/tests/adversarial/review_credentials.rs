@@ -349,7 +349,10 @@ fn finding_9_serve_refuses_exposed_secret_files_with_the_chmod_that_fixes_them()
 
     chmod(config.database.sqlite_path().unwrap(), 0o644);
     let e = refusal(None);
-    assert!(e.contains(&hint(config.database.sqlite_path().unwrap(), "600")), "{e}");
+    assert!(
+        e.contains(&hint(config.database.sqlite_path().unwrap(), "600")),
+        "{e}"
+    );
     chmod(config.database.sqlite_path().unwrap(), 0o600);
 
     chmod(&config.data_dir, 0o755);

@@ -448,7 +448,8 @@ async fn finding_10_a_panicking_writer_does_not_stop_every_write() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let blocker = rusqlite::Connection::open(h.data.config.database.sqlite_path().unwrap()).unwrap();
+    let blocker =
+        rusqlite::Connection::open(h.data.config.database.sqlite_path().unwrap()).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let until = Instant::now() + Duration::from_secs(20);
     while status(health.clone()).await != ServingStatus::NotServing as i32 {
