@@ -350,7 +350,7 @@ fn check_served_key(
 ) -> anyhow::Result<()> {
     let fingerprint = signer.fingerprint();
     let served = store.read(|tx| tx.active_ca_keys())?;
-    if served.iter().any(|f| *f == fingerprint) {
+    if served.contains(&fingerprint) {
         return Ok(());
     }
     anyhow::bail!(

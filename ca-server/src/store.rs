@@ -296,10 +296,9 @@ impl Store {
         if w.open {
             return self.join(w, f);
         }
-        w.conn.begin_write().map_err(|e| {
+        w.conn.begin_write().inspect_err(|_| {
             self.commit_failed.store(true, Ordering::Relaxed);
             crate::metrics::store_begin_failed();
-            e
         })?;
         w.open = true;
         w.batch += 1;
@@ -451,7 +450,7 @@ mod tests {
     #[test]
     fn read_only_database_refuses_writes_and_keeps_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("db")).unwrap();
+        let s = Store::open(dir.path().join("db")).unwrap();
         s.raw_execute("PRAGMA query_only = 1").unwrap();
         let r: Result<(), Error> = s.transact(|tx| {
             tx.insert_request(&req("A", 1))?;

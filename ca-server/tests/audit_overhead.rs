@@ -67,7 +67,7 @@ fn issue(store: &Store, n: u64, audited: bool) {
 
 fn run(threads: u64, per_thread: u64, audited: bool) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("db")).unwrap();
+    let store = Store::open(dir.path().join("db")).unwrap();
     let t = Instant::now();
     std::thread::scope(|s| {
         for th in 0..threads {

@@ -16,7 +16,7 @@ use ssh_key::{Algorithm, PrivateKey};
 #[ignore = "measurement; prints KRL generation time and size"]
 fn krl_for_100k_revoked_serials() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("db")).unwrap();
+    let store = Store::open(dir.path().join("db")).unwrap();
     let ca = PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519)
         .unwrap()
         .public_key()

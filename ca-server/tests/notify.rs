@@ -295,12 +295,12 @@ impl Ca {
     }
 
     fn delivery_counts(&self) -> Vec<(String, u64)> {
-        let store = Store::open(&self.db()).unwrap();
+        let store = Store::open(self.db()).unwrap();
         store.read(|tx| tx.delivery_counts()).unwrap()
     }
 
     fn audit_rows(&self) -> Vec<audit::Row> {
-        let store = Store::open(&self.db()).unwrap();
+        let store = Store::open(self.db()).unwrap();
         store.read(|tx| tx.audit_rows()).unwrap()
     }
 }

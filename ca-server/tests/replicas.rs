@@ -50,13 +50,13 @@ struct Replicas {
 
 impl Replicas {
     /// Replica A makes the database, B joins it; both are opened as `serve` would.
-    async fn start() -> Option<Replicas> {
+    fn start() -> Option<Replicas> {
         let cluster = moshca_test_postgres::shared()?;
         let url = cluster.fresh_database();
         let dir = tempfile::tempdir().unwrap();
         let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
-        let (ad, bd, u) = (a_dir.clone(), b_dir.clone(), url.clone());
-        let (a, b, store, tokens) = tokio::task::spawn_blocking(move || {
+        let (ad, bd, u) = (a_dir, b_dir, url);
+        let (a, b, store, tokens) = {
             let now = clock::now();
             init::init_with(
                 &ad,
@@ -93,9 +93,7 @@ impl Replicas {
             let a = server::open(&ca, None).unwrap().authority;
             let b = server::open(&cb, None).unwrap().authority;
             (a, b, store, tokens)
-        })
-        .await
-        .unwrap();
+        };
         Some(Replicas {
             _dir: dir,
             a,
@@ -106,7 +104,7 @@ impl Replicas {
     }
 
     fn replica(&self, i: usize) -> Arc<Authority> {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             self.a.clone()
         } else {
             self.b.clone()
@@ -152,9 +150,9 @@ fn new_request(role: &str) -> NewRequest {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_approvals_over_two_replicas_issue_one_certificate() {
-    let Some(r) = Replicas::start().await else {
+#[test]
+fn twenty_approvals_over_two_replicas_issue_one_certificate() {
+    let Some(r) = Replicas::start() else {
         return;
     };
     let r = Arc::new(r);
@@ -166,7 +164,7 @@ async fn twenty_approvals_over_two_replicas_issue_one_certificate() {
             .unwrap();
         let id = created.request.id.clone();
         let start = Arc::new(std::sync::Barrier::new(APPROVERS));
-        let outcomes: Vec<_> = (0..APPROVERS)
+        let approvers: Vec<_> = (0..APPROVERS)
             .map(|i| {
                 let (r, id, start) = (r.clone(), id.clone(), start.clone());
                 std::thread::spawn(move || {
@@ -177,8 +175,8 @@ async fn twenty_approvals_over_two_replicas_issue_one_certificate() {
                         .is_ok()
                 })
             })
-            .map(|t| t.join().unwrap())
             .collect();
+        let outcomes: Vec<bool> = approvers.into_iter().map(|t| t.join().unwrap()).collect();
         let won = outcomes.iter().filter(|ok| **ok).count();
         assert_eq!(won, 1, "round {round}: {won} approvals succeeded");
         let certs = r.store.read(|tx| tx.certificate_for_request(&id)).unwrap();
@@ -198,9 +196,9 @@ async fn twenty_approvals_over_two_replicas_issue_one_certificate() {
     assert!(r.audit_verifies() > 10);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_disabled_on_one_replica_gets_no_certificate_from_either() {
-    let Some(r) = Replicas::start().await else {
+#[test]
+fn a_user_disabled_on_one_replica_gets_no_certificate_from_either() {
+    let Some(r) = Replicas::start() else {
         return;
     };
     let r = Arc::new(r);
@@ -239,18 +237,15 @@ async fn a_user_disabled_on_one_replica_gets_no_certificate_from_either() {
         while issued.load(Ordering::SeqCst) < THREADS && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let (a, sec) = (r.replica(round), r.caller("sec", round));
-        tokio::task::spawn_blocking(move || {
-            a.revoke_at(
+        let sec = r.caller("sec", round);
+        r.replica(round)
+            .revoke_at(
                 &sec,
                 RevokeTarget::User("mallory".into()),
                 "INC-4400 account compromised",
                 clock::now(),
             )
-        })
-        .await
-        .unwrap()
-        .unwrap();
+            .unwrap();
         revoked.store(true, Ordering::SeqCst);
         let after: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
         assert_eq!(

@@ -141,11 +141,11 @@ impl Tx<'_> {
 
     /// The last audit event's sequence number and hash.
     pub fn audit_head(&self) -> Result<Option<(u64, String)>> {
-        Ok(self.opt(
+        self.opt(
             "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
             params![],
             |r| Ok((to_u64(r.get(0)?), r.get(1)?)),
-        )?)
+        )
     }
 
     /// The details of the newest event of `action`, if any.

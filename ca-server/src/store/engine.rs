@@ -15,7 +15,7 @@ use super::{Error, Result, Store, Tx, postgres};
 #[derive(Debug)]
 pub(super) enum Link {
     Sqlite(Connection),
-    Postgres(RefCell<PgConn>, Arc<postgres::Target>),
+    Postgres(Box<RefCell<PgConn>>, Arc<postgres::Target>),
 }
 
 impl Link {
@@ -42,7 +42,7 @@ impl Link {
     pub(super) fn run(&self, sql: &str) -> Result<()> {
         match self {
             Link::Sqlite(c) => Ok(run(c, sql)?),
-            Link::Postgres(c, _) => Ok(c.borrow_mut().client.batch_execute(sql)?),
+            Link::Postgres(c, _) => Ok(c.borrow_mut().client().batch_execute(sql)?),
         }
     }
 
@@ -360,7 +360,7 @@ mod tests {
     #[test]
     fn concurrent_writers_share_commits_and_failures_stay_isolated() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("db")).unwrap();
+        let s = Store::open(dir.path().join("db")).unwrap();
         std::thread::scope(|scope| {
             for t in 0..8 {
                 let s = &s;
@@ -410,7 +410,7 @@ mod tests {
     #[test]
     fn a_panicking_leader_closes_its_batch_and_later_writes_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let s = Arc::new(Store::open(dir.path().join("db")).unwrap());
         let s2 = s.clone();
         let panicked = std::thread::spawn(move || {
             let _: Result<(), Error> = s2.transact(|tx| {
@@ -436,7 +436,7 @@ mod tests {
     #[test]
     fn panicking_writers_under_load_never_wedge_the_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let s = Arc::new(Store::open(dir.path().join("db")).unwrap());
         let s2 = s.clone();
         let committed = within_10s(move || {
             std::thread::scope(|scope| {

@@ -25,7 +25,7 @@ use super::{Error, ErrorKind, READERS, Result, Store};
 /// The advisory lock key every write batch holds until it commits ("moshca" in ASCII).
 const WRITER_LOCK: i64 = 0x6d6f_7368_6361;
 /// The advisory lock key migrations hold, so replicas starting at once migrate once.
-const MIGRATION_LOCK: i64 = 0x6d6f_7368_6361_01;
+const MIGRATION_LOCK: i64 = 0x006d_6f73_6863_6101;
 
 /// How long a batch or read waits for the database to come back (a restart, a standby
 /// being promoted) before it fails with "unavailable".
@@ -213,11 +213,11 @@ pub(super) fn open(url: &PgUrl) -> Result<Store> {
     let target = Arc::new(Target::new(url)?);
     let mut client = target.connect()?;
     migrate(&mut client)?;
-    let writer = Link::Postgres(PgConn::new(client).into(), target.clone());
+    let writer = Link::Postgres(Box::new(PgConn::new(client).into()), target.clone());
     let mut readers = Vec::with_capacity(READERS);
     for _ in 0..READERS {
         readers.push(Link::Postgres(
-            PgConn::new(target.connect()?).into(),
+            Box::new(PgConn::new(target.connect()?).into()),
             target.clone(),
         ));
     }
@@ -260,7 +260,7 @@ fn migrate(client: &mut postgres::Client) -> Result<()> {
 /// now accepts writes) while the database is unavailable, for up to [`RECONNECT_WAIT`].
 pub(super) fn begin_write(conn: &mut PgConn, target: &Target) -> Result<()> {
     with_retries(conn, target, |c| {
-        c.client
+        c.client()
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITER_LOCK})"
             ))
@@ -271,7 +271,7 @@ pub(super) fn begin_write(conn: &mut PgConn, target: &Target) -> Result<()> {
 /// Opens a read-only snapshot, reconnecting as [`begin_write`] does.
 pub(super) fn begin_read(conn: &mut PgConn, target: &Target) -> Result<()> {
     with_retries(conn, target, |c| {
-        c.client
+        c.client()
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .map_err(Error::from)
     })
@@ -286,7 +286,7 @@ fn with_retries(
     let mut pause = Duration::from_millis(50);
     let mut fresh = false;
     loop {
-        let tried = if conn.client.is_closed() || fresh {
+        let tried = if conn.client().is_closed() || fresh {
             target.connect().and_then(|client| {
                 *conn = PgConn::new(client);
                 begin(conn)
@@ -298,7 +298,7 @@ fn with_retries(
             Ok(()) => return Ok(()),
             Err(e) if e.kind() != ErrorKind::Corrupt && Instant::now() < deadline => {
                 // Whatever was half open on this connection goes with it.
-                let _ = conn.client.batch_execute("ROLLBACK");
+                let _ = conn.client().batch_execute("ROLLBACK");
                 crate::metrics::store_retry();
                 tracing::warn!(error = %e, database = %target.shown, "database unavailable; reconnecting");
                 std::thread::sleep(pause);

@@ -504,11 +504,11 @@ mod tests {
         .unwrap();
         let rowid = |position: i64| -> i64 {
             s.read(|tx| {
-                Ok::<_, Error>(tx.one(
+                tx.one(
                     "SELECT rowid FROM reviews WHERE request_id = 'A' AND position = ?1",
                     params![position],
                     |r| r.get(0),
-                )?)
+                )
             })
             .unwrap()
         };

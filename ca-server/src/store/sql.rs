@@ -262,15 +262,36 @@ impl Column for Vec<u8> {
 }
 
 /// A PostgreSQL connection and the statements it has prepared.
+///
+/// The driver blocks on a runtime of its own, which a thread driving async tasks may not
+/// do: statements run on blocking threads (the server's handlers use `spawn_blocking`),
+/// and a connection dropped on an async thread is closed on a thread of its own.
 pub(crate) struct PgConn {
-    pub(crate) client: postgres::Client,
+    /// Always `Some` until dropped.
+    client: Option<postgres::Client>,
     prepared: HashMap<String, postgres::Statement>,
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = std::thread::Builder::new()
+                .name("moshca-pg-close".into())
+                .spawn(move || drop(client));
+        }
+    }
 }
 
 impl std::fmt::Debug for PgConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgConn")
-            .field("closed", &self.client.is_closed())
+            .field(
+                "closed",
+                &self.client.as_ref().is_none_or(postgres::Client::is_closed),
+            )
             .field("prepared", &self.prepared.len())
             .finish()
     }
@@ -279,8 +300,16 @@ impl std::fmt::Debug for PgConn {
 impl PgConn {
     pub(crate) fn new(client: postgres::Client) -> Self {
         PgConn {
-            client,
+            client: Some(client),
             prepared: HashMap::new(),
+        }
+    }
+
+    /// The connection.
+    pub(crate) fn client(&mut self) -> &mut postgres::Client {
+        match &mut self.client {
+            Some(c) => c,
+            None => unreachable!("a connection is taken only when dropped"),
         }
     }
 
@@ -289,7 +318,7 @@ impl PgConn {
         if let Some(s) = self.prepared.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.prepare(&for_postgres(sql))?;
+        let s = self.client().prepare(&for_postgres(sql))?;
         self.prepared.insert(sql.to_owned(), s.clone());
         Ok(s)
     }
@@ -358,7 +387,7 @@ impl Tx<'_> {
             Conn::Postgres(c) => {
                 let mut c = c.borrow_mut();
                 let s = c.statement(sql)?;
-                let n = c.client.execute(&s, &pg_params(params))?;
+                let n = c.client().execute(&s, &pg_params(params))?;
                 Ok(usize::try_from(n).unwrap_or(usize::MAX))
             }
         }
@@ -384,7 +413,7 @@ impl Tx<'_> {
                 let row = {
                     let mut c = c.borrow_mut();
                     let s = c.statement(sql)?;
-                    c.client.query_opt(&s, &pg_params(params))?
+                    c.client().query_opt(&s, &pg_params(params))?
                 };
                 row.map(|r| f(&Row::Postgres(&r))).transpose()
             }
@@ -440,7 +469,10 @@ impl Tx<'_> {
                 use postgres::fallible_iterator::FallibleIterator as _;
                 let mut c = c.borrow_mut();
                 let s = c.statement(sql)?;
-                let mut rows = c.client.query_raw(&s, params.iter()).map_err(Error::from)?;
+                let mut rows = c
+                    .client()
+                    .query_raw(&s, params.iter())
+                    .map_err(Error::from)?;
                 while let Some(r) = rows.next().map_err(Error::from)? {
                     f(&Row::Postgres(&r))?;
                 }

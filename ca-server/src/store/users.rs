@@ -182,12 +182,12 @@ impl Tx<'_> {
 
     /// A token by its public id.
     pub fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>> {
-        Ok(self.opt(
+        self.opt(
             "SELECT id, user_name, created_at, expires_at, last_used_at, revoked FROM tokens
                  WHERE id = ?1",
             params![id],
             token_record,
-        )?)
+        )
     }
 
     /// Revokes a token by id; `false` if there is none or it was already revoked.

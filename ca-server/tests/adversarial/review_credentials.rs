@@ -311,7 +311,7 @@ fn finding_9_init_into_a_0755_directory_leaves_it_and_the_database_private() {
         assert_eq!(mode(&d.join(f)), 0o600, "{f}");
     }
     // The WAL and SHM SQLite creates beside the database are private too.
-    let store = Store::open(&d.join("moshca.db")).unwrap();
+    let store = Store::open(d.join("moshca.db")).unwrap();
     users::add(&store, "al", &[], clock::now()).unwrap();
     for f in ["moshca.db-wal", "moshca.db-shm"] {
         assert_eq!(mode(&d.join(f)), 0o600, "{f}");
