@@ -31,11 +31,7 @@ pub const DEFAULT_TOKEN_LIFETIME_SECS: u64 = 90 * 24 * 3600;
 /// issuance path and must not become a write per request.
 pub const LAST_USED_GRANULARITY_SECS: u64 = 60;
 
-/// A Unix time as RFC 3339 UTC (`2026-11-24T01:00:00Z`), for messages about expiry.
-pub fn fmt_time(at: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(at))
-        .to_string()
-}
+pub use crate::text::fmt_time;
 
 /// A fresh public token id. Random, never derived from the token, so listing ids leaks
 /// nothing about the secret.

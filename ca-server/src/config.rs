@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::oidc::{JwksSource, OidcIssuer};
 use crate::policy::{fmt_secs, parse_duration};
 use crate::store::NOTIFY_ACTIONS;
 
@@ -158,28 +159,6 @@ pub fn url_origin(url: &str) -> &str {
         Some(_) => &url[..after_scheme],
         None => origin,
     }
-}
-
-/// A trusted OIDC token issuer (GitHub Actions, GitLab CI, ...).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OidcIssuer {
-    /// The `iss` claim, exactly.
-    pub issuer: String,
-    /// The `aud` tokens must carry.
-    pub audience: String,
-    /// Where its signing keys are.
-    pub jwks: JwksSource,
-    /// How long fetched keys are trusted before they are refetched, in seconds.
-    pub jwks_cache_ttl: u64,
-}
-
-/// Where an issuer's JSON Web Key Set comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JwksSource {
-    /// A local file, re-read on an unknown key id.
-    File(PathBuf),
-    /// An https URL (http only for loopback hosts).
-    Url(String),
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::audit::Event;
 use crate::config::{self, Config};
 use crate::policy;
-use crate::server::read_passphrase;
+use crate::secret_file::read_passphrase;
 use crate::signer::Signer;
 use crate::store::Store;
 
@@ -109,31 +109,7 @@ fn valid_dns_name(name: &str) -> bool {
         })
 }
 
-/// The fingerprint clients pin with `moshca setup --fingerprint`: `SHA256:` and the
-/// unpadded base64 of the SHA-256 of the certificate's DER, as OpenSSH writes key
-/// fingerprints.
-pub fn tls_fingerprint(cert_pem: &[u8]) -> anyhow::Result<String> {
-    use base64::Engine as _;
-    use sha2::Digest as _;
-    let text = std::str::from_utf8(cert_pem).context("TLS certificate is not PEM text")?;
-    let body: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END CERTIFICATE-----"))
-        .collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(body.trim())
-        .context("TLS certificate is not PEM")?;
-    anyhow::ensure!(
-        !der.is_empty(),
-        "no certificate in the TLS certificate file"
-    );
-    Ok(format!(
-        "SHA256:{}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha2::Sha256::digest(&der))
-    ))
-}
+pub use crate::tls::tls_fingerprint;
 
 /// Creates everything the server needs in `data_dir`.
 pub fn init(

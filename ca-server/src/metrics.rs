@@ -26,7 +26,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::authority::Authority;
 use crate::policy::Policy;
 
 /// The path that produced a certificate.
@@ -451,10 +450,14 @@ where
 /// Most scrapes served at once; more connections wait in the kernel's backlog.
 const MAX_SCRAPES: usize = 8;
 
+/// What the gauges read at each scrape: (pending requests, KRL version), from a blocking
+/// thread.
+pub type Gauges = Arc<dyn Fn() -> anyhow::Result<(u64, u64)> + Send + Sync>;
+
 /// Serves `GET /metrics` on `listener` until the task is dropped. Plain HTTP/1.1: bind it
-/// to loopback or a monitoring network. The pending count and KRL version are read from
-/// the store at each scrape.
-pub async fn serve(listener: TcpListener, authority: Arc<Authority>) {
+/// to loopback or a monitoring network. The pending count and KRL version are read with
+/// `gauges` (the store, in the server) at each scrape.
+pub async fn serve(listener: TcpListener, gauges: Gauges) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
         let (stream, _) = match listener.accept().await {
@@ -468,11 +471,11 @@ pub async fn serve(listener: TcpListener, authority: Arc<Authority>) {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let authority = authority.clone();
+        let gauges = gauges.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let authority = authority.clone();
-                async move { Ok::<_, Infallible>(respond(&req, authority).await) }
+                let gauges = gauges.clone();
+                async move { Ok::<_, Infallible>(respond(&req, gauges).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -485,10 +488,7 @@ pub async fn serve(listener: TcpListener, authority: Arc<Authority>) {
     }
 }
 
-async fn respond<B>(
-    req: &hyper::Request<B>,
-    authority: Arc<Authority>,
-) -> hyper::Response<Full<Bytes>> {
+async fn respond<B>(req: &hyper::Request<B>, gauges: Gauges) -> hyper::Response<Full<Bytes>> {
     let answer = |status: u16, body: String| {
         let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() =
@@ -501,7 +501,7 @@ async fn respond<B>(
     if req.method() != hyper::Method::GET {
         return answer(405, "use GET /metrics\n".into());
     }
-    let read = tokio::task::spawn_blocking(move || authority.metrics_gauges()).await;
+    let read = tokio::task::spawn_blocking(move || gauges()).await;
     let m = global();
     match read {
         Ok(Ok((pending, krl_version))) => {

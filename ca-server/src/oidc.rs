@@ -23,7 +23,28 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::clock::UnixTime;
-use crate::config::{JwksSource, OidcIssuer};
+
+/// A trusted OIDC token issuer (GitHub Actions, GitLab CI, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcIssuer {
+    /// The `iss` claim, exactly.
+    pub issuer: String,
+    /// The `aud` tokens must carry.
+    pub audience: String,
+    /// Where its signing keys are.
+    pub jwks: JwksSource,
+    /// How long fetched keys are trusted before they are refetched, in seconds.
+    pub jwks_cache_ttl: u64,
+}
+
+/// Where an issuer's JSON Web Key Set comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A local file, re-read on an unknown key id.
+    File(std::path::PathBuf),
+    /// An https URL (http only for loopback hosts).
+    Url(String),
+}
 
 /// Clock skew tolerated on `exp`, `nbf` and `iat`.
 pub const LEEWAY_SECS: u64 = 60;
@@ -201,8 +222,8 @@ impl Verifier {
                     tracing::warn!(
                         issuer = %state.config.issuer,
                         "refreshing JWKS failed: {e}; the keys fetched at {} are used until {} at most",
-                        crate::auth::fmt_time(cache.fetched_at),
-                        crate::auth::fmt_time(cache.fetched_at + 2 * cache.lifetime)
+                        crate::text::fmt_time(cache.fetched_at),
+                        crate::text::fmt_time(cache.fetched_at + 2 * cache.lifetime)
                     );
                 }
             }
@@ -415,7 +436,7 @@ impl IssuerState {
             tracing::warn!(
                 issuer = %self.config.issuer,
                 "refusing tokens: the issuer's keys were fetched at {} and could not be refreshed since",
-                crate::auth::fmt_time(cache.fetched_at)
+                crate::text::fmt_time(cache.fetched_at)
             );
             return Err(reject(
                 "the issuer's signing keys could not be refreshed; try again later, and tell the CA operator if this persists",

@@ -13,11 +13,11 @@ use serde::Deserialize;
 use crate::auth::Caller;
 
 /// Most principals one certificate may carry.
-pub const MAX_PRINCIPALS: usize = 32;
+pub const MAX_PRINCIPALS: usize = crate::text::MAX_PRINCIPALS;
 /// The shortest ttl any certificate may have.
 pub const MIN_TTL_SECS: u64 = 60;
 /// Longest accepted reason, in bytes.
-pub const MAX_REASON_LEN: usize = 1024;
+pub const MAX_REASON_LEN: usize = crate::text::MAX_FREE_TEXT_LEN;
 
 /// Extensions sshd knows; anything else in a role is a policy error.
 pub const KNOWN_EXTENSIONS: &[&str] = &[

@@ -188,6 +188,11 @@ pub fn restrict_umask() {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
 
+/// Reads the passphrase file without its trailing newline, under the secret-file rule.
+pub fn read_passphrase(path: &Path) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+    Ok(read_secret_value(path, "passphrase file")?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,8 +27,7 @@ use crate::store::Store;
 
 /// Largest accepted gRPC message. Requests are small; a public key is at most 16 KiB.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// Largest answer sent. KRLs of any size go out as `StreamKrl` chunks well below it.
-pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+pub use crate::service::MAX_RESPONSE_BYTES;
 
 /// Serves the API on `listener` until `shutdown` completes, with the expiry sweeper and
 /// the notification worker beside it.
@@ -200,10 +199,7 @@ async fn expire_pending(authority: Arc<Authority>, health: tonic_health::server:
     }
 }
 
-/// Reads the passphrase file without its trailing newline, under the secret-file rule.
-pub fn read_passphrase(path: &Path) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
-    Ok(secret_file::read_secret_value(path, "passphrase file")?)
-}
+pub use crate::secret_file::read_passphrase;
 
 /// Everything `run` serves, loaded from a data directory.
 #[derive(Debug)]
@@ -417,7 +413,9 @@ pub async fn serve(
     };
     if let Some(metrics) = metrics {
         tracing::info!(addr = %metrics.local_addr()?, "serving metrics at GET /metrics");
-        tokio::spawn(crate::metrics::serve(metrics, authority.clone()));
+        let a = authority.clone();
+        let gauges: crate::metrics::Gauges = Arc::new(move || Ok(a.metrics_gauges()?));
+        tokio::spawn(crate::metrics::serve(metrics, gauges));
     }
 
     let mut hup = signal(SignalKind::hangup())?;

@@ -17,6 +17,9 @@ use crate::auth::{self, Caller, Credential, Token};
 use crate::authority::{Authority, RevokeTarget};
 use crate::limits::{AuthFailures, MAX_AUTH_FAILURES, MAX_REFUSALS, Refusals};
 use crate::oidc::{Verifier, WorkloadIdentity};
+
+/// Largest answer sent. KRLs of any size go out as `StreamKrl` chunks well below it.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 use crate::{clock, convert, text};
 
 /// Response header telling a bearer-token caller when their token expires (Unix
@@ -736,7 +739,7 @@ impl CertificateAuthority for Service {
         let (krl, version) = self.blocking(|a| a.krl_at(clock::now())).await?;
         // Room for the message's own framing; past that the answer would be cut off by
         // the transport with a message that does not say what to do.
-        if krl.len() > crate::server::MAX_RESPONSE_BYTES - 1024 {
+        if krl.len() > MAX_RESPONSE_BYTES - 1024 {
             tracing::warn!(
                 bytes = krl.len(),
                 krl_version = version,

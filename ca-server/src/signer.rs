@@ -20,7 +20,7 @@ use ssh_key::{Algorithm, Certificate, HashAlg, LineEnding, PrivateKey, PublicKey
 use crate::policy::{MAX_PRINCIPALS, valid_principal};
 
 /// Largest subject key accepted, in bytes of OpenSSH text.
-pub const MAX_SUBJECT_KEY_LEN: usize = 16 * 1024;
+pub const MAX_SUBJECT_KEY_LEN: usize = crate::text::MAX_PUBLIC_KEY_LEN;
 /// Smallest RSA modulus accepted, in bits (sshd's own floor is lower).
 pub const MIN_RSA_BITS: usize = 2048;
 

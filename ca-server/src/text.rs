@@ -15,13 +15,13 @@ pub const MAX_NAME_LEN: usize = 64;
 /// One principal.
 pub const MAX_PRINCIPAL_LEN: usize = 64;
 /// Principals in one request (the certificate limit; more is refused, not cut).
-pub const MAX_PRINCIPALS: usize = crate::policy::MAX_PRINCIPALS;
+pub const MAX_PRINCIPALS: usize = 32;
 /// Reasons and comments.
-pub const MAX_FREE_TEXT_LEN: usize = crate::policy::MAX_REASON_LEN;
+pub const MAX_FREE_TEXT_LEN: usize = 1024;
 /// Request ids (ULIDs are 26).
 pub const MAX_ID_LEN: usize = 64;
 /// A public key in OpenSSH text.
-pub const MAX_PUBLIC_KEY_LEN: usize = crate::signer::MAX_SUBJECT_KEY_LEN;
+pub const MAX_PUBLIC_KEY_LEN: usize = 16 * 1024;
 /// What a log line or message shows of a caller's string at most, in characters.
 pub const SHOWN_CHARS: usize = 64;
 
@@ -86,6 +86,12 @@ pub fn one_line(text: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// A Unix time as RFC 3339 UTC (`2026-11-24T01:00:00Z`), for messages about expiry.
+pub fn fmt_time(at: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(at))
+        .to_string()
 }
 
 #[cfg(test)]

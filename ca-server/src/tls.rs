@@ -143,11 +143,37 @@ fn certified_key(cert: &Path, key: &Path) -> anyhow::Result<(Arc<CertifiedKey>, 
         .key_provider
         .load_private_key(key_der)
         .with_context(|| format!("{} is not a key rustls can sign with", key.display()))?;
-    let fingerprint = crate::init::tls_fingerprint(&pem)?;
+    let fingerprint = tls_fingerprint(&pem)?;
     let pair = CertifiedKey::new(chain, signing);
     pair.keys_match()
         .with_context(|| format!("{} is not the key of {}", key.display(), cert.display()))?;
     Ok((Arc::new(pair), fingerprint))
+}
+
+/// The fingerprint clients pin with `moshca setup --fingerprint`: `SHA256:` and the
+/// unpadded base64 of the SHA-256 of the certificate's DER, as OpenSSH writes key
+/// fingerprints.
+pub fn tls_fingerprint(cert_pem: &[u8]) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let text = std::str::from_utf8(cert_pem).context("TLS certificate is not PEM text")?;
+    let body: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END CERTIFICATE-----"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .context("TLS certificate is not PEM")?;
+    anyhow::ensure!(
+        !der.is_empty(),
+        "no certificate in the TLS certificate file"
+    );
+    Ok(format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha2::Sha256::digest(&der))
+    ))
 }
 
 #[cfg(test)]
