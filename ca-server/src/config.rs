@@ -663,6 +663,9 @@ pub fn example(passphrase_file: Option<&Path>) -> String {
         r#"# moshca-server settings. Relative paths are relative to this directory.
 listen = "127.0.0.1:7443"
 policy = "policy.toml"
+# A SQLite file, or for several replicas a PostgreSQL URL:
+# "postgres://USER:PASSWORD@HOST:PORT[,HOST2:PORT2]/DB?target_session_attrs=read-write"
+# (add &sslmode=verify-full&sslrootcert=FILE for TLS). A URL's password makes this file secret.
 database = "moshca.db"
 ca_key = "ca_key"
 {pass}max_ttl = "24h"        # no policy may grant more

@@ -19,7 +19,7 @@
 //! | [`sso`] | people's ID tokens from the `[sso]` identity provider -> verified sign-in |
 //! | [`sessions`] | CA sessions from SSO sign-ins, for the operator's `session` commands |
 //! | [`authority`] | use cases; orchestrates the above with the store and audit |
-//! | [`store`] | all SQL and migrations |
+//! | [`store`] | the storage port: all SQL and migrations, SQLite and PostgreSQL |
 //! | [`audit`] | audit events, hash chain, verification |
 //! | [`krl`] | OpenSSH key revocation list encoder (pure) |
 //! | [`notify`] | webhook notifications from the outbox, beside issuance, retried |

@@ -218,6 +218,11 @@ pub struct Loaded {
 /// directory.
 pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<Loaded> {
     secret_file::check_data_dir(&config.data_dir, config.database.sqlite_path())?;
+    if let crate::store::Database::Postgres(url) = &config.database
+        && url.has_password()
+    {
+        secret_file::check_private(&config.data_dir.join("config.toml"), "config.toml")?;
+    }
     let policy = load_policy(config)?;
     let signer = load_signer(config, passphrase_file)?;
     let store = Arc::new(

@@ -1,25 +1,27 @@
-//! All SQL: the SQLite schema, its migrations, and typed reads and writes, one file per
-//! area. Nothing here decides anything: policy and state rules live in `policy`,
-//! `approvals` and `authority`.
+//! The storage port and its two backends: SQLite (one server, the default) and PostgreSQL
+//! (several replicas). Above it everything speaks in domain terms through one unit of work,
+//! [`Store::transact`], and snapshots, [`Store::read`]; [`Tx`]'s methods are the port's
+//! operations, and failures come classified ([`ErrorKind`]). Nothing here decides anything:
+//! policy and state rules live in `policy`, `approvals` and `authority`.
 //!
-//! One writer connection with group commit and a few reader connections, WAL,
-//! `synchronous=FULL`: a commit is on disk before anyone is told it happened. Writes that
-//! belong together (a request's new state, its certificate and their audit events) go
-//! through one [`Store::transact`] call, an immediate transaction that either commits whole
-//! or not at all. This file keeps the entry points ([`Store`], [`Tx`]), the errors and the
-//! column helpers every area shares; the rest is split by what the rows are about:
+//! A commit is durable before anyone is told it happened. Writes that belong together (a
+//! request's new state, its certificate and their audit events) go through one
+//! [`Store::transact`] call, which either commits whole or not at all. This file keeps the
+//! entry points ([`Store`], [`Tx`], [`Database`]) and the errors; the rest is split by job:
 //!
 //! | module | job |
 //! |---|---|
-//! | `engine` | the writer and its group-commit batch, savepoints, readers, WAL checkpoints |
-//! | `migrations` | the schema, as migrations appended in order, and the upgrade |
+//! | `engine` | the group-commit engine both backends share: writer, batch, savepoints, readers |
+//! | `sql` | the SQL both backends speak: parameters, rows, the statement calls |
+//! | `sqlite` | the SQLite backend: WAL, its migrations, the checkpoint thread |
+//! | `postgres` | the PostgreSQL backend: URL, reconnects, the writer lock, migrations, LISTEN |
 //! | `users` | users and their bearer tokens |
 //! | `requests` | certificate requests, their reviews, the listing queries |
 //! | `certificates` | user certificates, revocation, revoked keys, KRL version, serials |
 //! | `ca_keys` | the CA public keys trusted, active and retired |
 //! | `replay` | workload token ids already used |
 //! | `audit` | the audit hash chain, its signed checkpoints, listing and export cursors |
-//! | `outbox` | webhook notifications: fan-out and deliveries |
+//! | `outbox` | webhook notifications: fan-out and delivery claims |
 //! | `hosts` | host join tokens, host certificates, renewal challenges |
 //! | `sessions` | SSO sessions, consumed ID tokens, which users sign in through SSO |
 

@@ -57,6 +57,11 @@ impl PgUrl {
         Ok(url)
     }
 
+    /// Whether the URL carries a password (the file holding it is then a secret file).
+    pub fn has_password(&self) -> bool {
+        password_of(&self.raw).is_some_and(|p| !p.is_empty())
+    }
+
     /// The driver's configuration and the CA file to verify the server with, if TLS.
     fn config(&self) -> std::result::Result<(postgres::Config, Option<String>), String> {
         let (base, query) = self.raw.split_once('?').unwrap_or((&self.raw, ""));
