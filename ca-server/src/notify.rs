@@ -338,12 +338,51 @@ enum Outcome {
     Dropped,
 }
 
+/// Deliveries (audit seq, webhook) this process claimed and has not recorded yet.
+#[derive(Debug, Clone)]
+pub struct Claims {
+    held: Arc<std::sync::Mutex<std::collections::BTreeSet<(u64, String)>>>,
+    store: Arc<Store>,
+}
+
+impl Claims {
+    fn hold(&self, seq: u64, webhook: &str) {
+        self.lock().insert((seq, webhook.to_owned()));
+    }
+
+    fn done(&self, seq: u64, webhook: &str) {
+        self.lock().remove(&(seq, webhook.to_owned()));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<(u64, String)>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives back every claim not recorded (a delivery cut short by shutdown): due again at
+    /// `now`. Blocks on the store; run it once the delivery tasks have stopped.
+    pub fn release_at(&self, now: UnixTime) -> store::Result<usize> {
+        let held = std::mem::take(&mut *self.lock());
+        if held.is_empty() {
+            return Ok(0);
+        }
+        self.store.transact(|tx| {
+            for (seq, webhook) in &held {
+                tx.release_delivery(*seq, webhook, now)?;
+            }
+            Ok(held.len())
+        })
+    }
+}
+
 /// Delivers notifications to the configured webhooks. `server::open` builds it and
 /// `server::run` runs it beside the API.
 #[derive(Debug)]
 pub struct Notifier {
     store: Arc<Store>,
     hooks: Vec<Arc<Hook>>,
+    /// Deliveries this process claimed and has not recorded yet: given back at shutdown
+    /// so the next start (or another replica) sends them at once.
+    claims: Claims,
     /// Pacing; tests shorten it.
     pub settings: Settings,
 }
@@ -368,10 +407,19 @@ impl Notifier {
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Notifier {
+            claims: Claims {
+                held: Arc::default(),
+                store: store.clone(),
+            },
             store,
             hooks,
             settings: Settings::default(),
         })
+    }
+
+    /// A handle on this notifier's unfinished claims, to give them back at shutdown.
+    pub fn claims(&self) -> Claims {
+        self.claims.clone()
     }
 
     /// Names of the webhooks that receive events with `action`, in config order.
@@ -423,6 +471,9 @@ impl Notifier {
         self.store.transact(|tx| {
             let due =
                 tx.claim_deliveries_to(&hook.webhook.name, now, self.settings.batch, lease_until)?;
+            for d in &due {
+                self.claims.hold(d.event.seq, &hook.webhook.name);
+            }
             due.into_iter()
                 .map(|d| {
                     let request = match &d.event.event.request_id {
@@ -453,8 +504,12 @@ impl Notifier {
             for out in outs {
                 tx.release_delivery(out.seq, &hook.webhook.name, now)?;
             }
-            Ok(())
-        })
+            Ok::<_, store::Error>(())
+        })?;
+        for out in outs {
+            self.claims.done(out.seq, &hook.webhook.name);
+        }
+        Ok(())
     }
 
     /// Records an attempt: delivered, retry later, or dropped with an audit event. Blocks
@@ -467,7 +522,7 @@ impl Notifier {
         now: UnixTime,
     ) -> store::Result<Outcome> {
         let name = &hook.webhook.name;
-        self.store.transact(|tx| {
+        let outcome = self.store.transact(|tx| -> store::Result<Outcome> {
             let error = match result {
                 Ok(()) => {
                     tx.delivery_attempted(out.seq, name, "delivered", now, None)?;
@@ -498,7 +553,9 @@ impl Notifier {
                 }),
             ))?;
             Ok(Outcome::Dropped)
-        })
+        })?;
+        self.claims.done(out.seq, name);
+        Ok(outcome)
     }
 
     /// Runs until aborted: one task fans the outbox out, one task per webhook delivers, so

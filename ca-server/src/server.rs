@@ -71,6 +71,7 @@ pub async fn run(
     let sweeper = tokio::spawn(expire_pending(authority.clone(), health.clone()));
     // Deliveries are off the request path: handlers only commit outbox rows, and a
     // delivery cut short by shutdown is sent again on the next start.
+    let claims = notifier.claims();
     let notifications = tokio::spawn(notifier.run(authority.subscribe()));
 
     let router = tonic::transport::Server::builder()
@@ -112,6 +113,16 @@ pub async fn run(
     .context("serving gRPC");
     sweeper.abort();
     notifications.abort();
+    // A delivery cut short here is due again at once: sent on the next start, or now by
+    // another replica.
+    match tokio::task::spawn_blocking(move || claims.release_at(clock::now())).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::info!(deliveries = n, "notifications in flight given back"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "giving back notifications in flight failed; they are sent when their claim ends")
+        }
+        Err(e) => tracing::warn!(error = %e, "giving back notifications in flight failed"),
+    }
     jwks.abort();
     if let Some(task) = sso_jwks {
         task.abort();
