@@ -317,6 +317,30 @@ impl Authority {
         ))
     }
 
+    /// On a store shared by replicas, records the digest of the policy this replica now
+    /// serves (`policy.loaded`) and returns the digest the replica before it recorded when
+    /// the two differ: replicas must serve one policy, or a request's outcome would depend
+    /// on which replica it reached. Nothing to do on SQLite.
+    pub fn note_policy_digest(&self, sha256: &str, now: UnixTime) -> Result<Option<String>> {
+        if !self.store.is_shared() {
+            return Ok(None);
+        }
+        let previous = self.store.transact(|tx| {
+            let previous = tx
+                .latest_audit_details("policy.loaded")?
+                .and_then(|d| d.get("sha256").and_then(|v| v.as_str()).map(str::to_owned));
+            tx.append_audit(&Event::new(
+                now,
+                "moshca-server",
+                "policy.loaded",
+                None,
+                json!({ "sha256": sha256 }),
+            ))?;
+            Ok::<_, Error>(previous)
+        })?;
+        Ok(previous.filter(|p| p != sha256))
+    }
+
     /// Records one event on its own, for what changes no other row.
     fn audit(&self, event: Event) -> Result<()> {
         Ok(self.store.transact(|tx| tx.append_audit(&event))?)

@@ -278,12 +278,30 @@ pub fn open(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<L
     authority
         .listen_for_other_replicas()
         .context("listening for other replicas' decisions")?;
+    warn_if_policy_differs(&authority, config);
     Ok(Loaded {
         authority,
         verifier: Arc::new(Verifier::new(&config.oidc_issuers)),
         notifier,
         tls,
     })
+}
+
+/// On replicas: says so loudly when this replica's policy differs from the one the replica
+/// before it loaded (every replica must serve the same policy.toml).
+fn warn_if_policy_differs(authority: &Authority, config: &Config) {
+    let Ok(text) = std::fs::read_to_string(&config.policy) else {
+        return;
+    };
+    let digest = policy_digest(&text);
+    match authority.note_policy_digest(&digest, clock::now()) {
+        Ok(Some(other)) => tracing::warn!(
+            sha256 = %digest, other_replica_sha256 = %other,
+            "this replica's policy differs from the one another replica loaded last; every replica must serve the same policy.toml"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "recording the policy digest failed"),
+    }
 }
 
 /// Loads the active CA key, refusing a key file others can read.
@@ -328,7 +346,10 @@ fn reload(authority: &Authority, config: &Config, passphrase_file: Option<&Path>
         Ok(policy) => {
             let roles = policy.roles().count();
             match authority.replace_policy(policy, clock::now()) {
-                Ok(()) => tracing::info!(roles, sha256 = %digest, "policy reloaded"),
+                Ok(()) => {
+                    tracing::info!(roles, sha256 = %digest, "policy reloaded");
+                    warn_if_policy_differs(authority, config);
+                }
                 Err(e) => tracing::error!(error = %e, "recording policy reload failed"),
             }
         }

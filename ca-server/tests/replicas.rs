@@ -291,3 +291,28 @@ fn a_user_disabled_on_one_replica_gets_no_certificate_from_either() {
     );
     r.audit_verifies();
 }
+
+#[test]
+fn a_replica_serving_another_policy_is_told() {
+    let Some(r) = Replicas::start() else {
+        return;
+    };
+    // Both opened with the same policy.toml: each recorded its digest, and they agree.
+    let loaded: Vec<String> = r
+        .store
+        .read(|tx| tx.audit_rows())
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.event.action == "policy.loaded")
+        .map(|row| row.event.details["sha256"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(loaded.len(), 2, "{loaded:?}");
+    assert_eq!(loaded[0], loaded[1]);
+    // A replica reloading another policy learns the one the others serve.
+    let told = r.b.note_policy_digest("another", clock::now()).unwrap();
+    assert_eq!(told.as_deref(), Some(loaded[1].as_str()));
+    assert_eq!(
+        r.a.note_policy_digest("another", clock::now()).unwrap(),
+        None
+    );
+}
