@@ -110,6 +110,13 @@ impl PgUrl {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
+        if config.get_options().is_none() {
+            // A replica that hangs holding the writer lock (a stopped process, a cut
+            // network) must not stop the others for hours: its session ends after 30 s idle
+            // in a transaction, and a batch waits at most 20 s for the lock before it fails
+            // as unavailable.
+            config.options("-c lock_timeout=20s -c idle_in_transaction_session_timeout=30s");
+        }
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
         config.application_name("moshca-server");
