@@ -207,11 +207,7 @@ impl Tx<'_> {
         self.exec(
             "UPDATE tokens SET last_used_at = ?2
              WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at <= ?3)",
-            params![
-                id,
-                to_i64(now),
-                to_i64(now.saturating_sub(granularity))
-            ],
+            params![id, to_i64(now), to_i64(now.saturating_sub(granularity))],
         )?;
         Ok(())
     }
