@@ -291,10 +291,14 @@ fn rate(outcomes: &[Outcome], replica: &str, from: Instant, to: Instant) -> f64 
     n as f64 / to.duration_since(from).as_secs_f64().max(1e-3)
 }
 
-/// The longest time in milliseconds between two successes of `replica` that span a moment
-/// of `from..to`.
-fn longest_pause(outcomes: &[Outcome], replica: &str, from: Instant, to: Instant) -> f64 {
-    let mut at: Vec<Instant> = successes(outcomes, replica).iter().map(|o| o.at).collect();
+/// The longest time in milliseconds between two successes of `replica` (`None`: of
+/// either) that span a moment of `from..to`.
+fn longest_pause(outcomes: &[Outcome], replica: Option<&str>, from: Instant, to: Instant) -> f64 {
+    let mut at: Vec<Instant> = outcomes
+        .iter()
+        .filter(|o| o.result.is_ok() && replica.is_none_or(|r| o.replica == r))
+        .map(|o| o.at)
+        .collect();
     at.sort();
     at.windows(2)
         .filter(|w| w[1] >= from && w[0] <= to)
@@ -614,7 +618,7 @@ fn sigkill_of_one_replica_under_load_loses_no_acknowledged_certificate() {
         rate(&outcomes, "A", started, killed),
         rate(&outcomes, "B", started, killed),
         rate(&outcomes, "B", killed, stopped),
-        longest_pause(&outcomes, "B", killed, gone + Duration::from_secs(2)),
+        longest_pause(&outcomes, Some("B"), killed, gone + Duration::from_secs(2)),
         errors(&outcomes).len()
     );
     let b_errors: Vec<String> = errors(&outcomes)
@@ -691,31 +695,30 @@ fn failover_to_a_promoted_synchronous_standby_loses_nothing() {
     let outcomes = load.stop();
     let stopped = Instant::now();
 
-    let last_before = outcomes
-        .iter()
-        .filter(|o| o.result.is_ok() && o.at <= killed)
-        .map(|o| o.at)
-        .max()
-        .expect("successes before the kill");
-    let first_after = |replica: Option<&str>| {
-        outcomes
+    // Nothing can commit between the kill and the promotion: answers read then were sent
+    // before the kill. The time without service is the longest stretch without any answer
+    // across the failover.
+    let first_after = |replica: &str| {
+        successes(&outcomes, replica)
             .iter()
-            .filter(|o| o.result.is_ok() && o.at > killed)
-            .filter(|o| replica.is_none_or(|r| o.replica == r))
             .map(|o| o.at)
+            .filter(|at| *at > promoted)
             .min()
-            .expect("successes after the kill")
+            .expect("successes after the promotion")
     };
     let acknowledged = assert_all_stored(&outcomes, |sql| standby.psql(database, sql));
     eprintln!(
-        "failover: promote took {:.0} ms; without service {:.0} ms (last success before the \
-         kill -> first after; A {:.0} ms, B {:.0} ms from the kill); {acknowledged} \
-         acknowledged certificates, all in the promoted database; before: A {:.1}/s, B {:.1}/s; \
-         2 s after recovery: A {:.1}/s, B {:.1}/s; {} errors during the failover (first: {:?})",
+        "failover: promote took {:.0} ms; without service {:.0} ms (longest stretch without an \
+         answer from either replica; A {:.0} ms, B {:.0} ms); first answer after the promotion: \
+         A {:.0} ms, B {:.0} ms; {acknowledged} acknowledged certificates, all in the promoted \
+         database; before: A {:.1}/s, B {:.1}/s; 2 s after recovery: A {:.1}/s, B {:.1}/s; {} \
+         errors during the failover (first: {:?})",
         millis_between(promoting, promoted),
-        millis_between(last_before, first_after(None)),
-        millis_between(killed, first_after(Some("A"))),
-        millis_between(killed, first_after(Some("B"))),
+        longest_pause(&outcomes, None, killed, promoted),
+        longest_pause(&outcomes, Some("A"), killed, promoted),
+        longest_pause(&outcomes, Some("B"), killed, promoted),
+        millis_between(promoted, first_after("A")),
+        millis_between(promoted, first_after("B")),
         rate(&outcomes, "A", started, killed),
         rate(&outcomes, "B", started, killed),
         rate(&outcomes, "A", recovered, stopped),

@@ -384,7 +384,7 @@ impl Store {
                                 Ok(Some(note)) => wake(Some(note.payload())),
                                 Ok(None) => break,
                                 Err(e) => {
-                                    tracing::warn!(error = %e, "decision listener lost its connection");
+                                    tracing::warn!(error = %describe(&e), "decision listener lost its connection");
                                     lost = true;
                                     break;
                                 }
