@@ -707,6 +707,15 @@ fn failover_to_a_promoted_synchronous_standby_loses_nothing() {
             .expect("successes after the promotion")
     };
     let acknowledged = assert_all_stored(&outcomes, |sql| standby.psql(database, sql));
+    // Calls that could not be served were refused as retryable, nothing else.
+    let other: Vec<String> = errors(&outcomes)
+        .into_iter()
+        .filter(|e| !e.contains(": Unavailable: "))
+        .collect();
+    assert!(
+        other.is_empty(),
+        "failures other than UNAVAILABLE: {other:?}"
+    );
     eprintln!(
         "failover: promote took {:.0} ms; without service {:.0} ms (longest stretch without an \
          answer from either replica; A {:.0} ms, B {:.0} ms); first answer after the promotion: \
