@@ -125,7 +125,7 @@ pub enum Error {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL said no, or could not be reached.
-    #[error("database error: {0}")]
+    #[error("database error: {}", self::postgres::describe(.0))]
     Postgres(#[from] ::postgres::Error),
     /// A row holds something this version cannot read.
     #[error("database holds an unreadable value: {0}")]

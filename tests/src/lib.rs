@@ -10,7 +10,9 @@
 //!   the system's or the one `MOSHCA_E2E_OPENSSH_DIR` names; every failure names it.
 //! - [`ensure_accounts`]: the local accounts [`LOGIN`] and [`OTHER_LOGIN`] that certificates
 //!   name as principals, created once per process.
-//! - [`Ca`]: a CA data directory and a running `moshca-server serve` on `127.0.0.1:0`.
+//! - [`Ca`]: a CA data directory and a running `moshca-server serve` on `127.0.0.1:0`;
+//!   `replicas.rs` adds replicas over one PostgreSQL database ([`Ca::init_on_database`],
+//!   [`Ca::join`]).
 //! - [`Sshd`], [`SshAgent`]: private OpenSSH daemons in temporary directories.
 //! - [`moshca`], [`ssh`], [`run`], [`Background`]: commands, always with deadlines.
 //! - [`CertInfo`]: what `ssh-keygen -L` says about a certificate.
@@ -35,6 +37,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+mod replicas;
 
 /// The account certificates are issued for in the tests.
 pub const LOGIN: &str = "mcae2e";

@@ -322,6 +322,28 @@ fn with_retries(
     }
 }
 
+/// A failure as logs should show it. The driver's own text is only its kind ("db error",
+/// "error connecting to server"); what went wrong is in its source: the server's message
+/// and SQLSTATE (not its DETAIL, which can quote row values), or the I/O error.
+pub(super) fn describe(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!(
+            "{e}: {} ({}): {}",
+            db.severity(),
+            db.code().code(),
+            db.message()
+        );
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// What a PostgreSQL failure means; see [`ErrorKind`].
 pub(super) fn kind(e: &postgres::Error) -> ErrorKind {
     let Some(code) = e.code() else {
@@ -374,7 +396,7 @@ impl Store {
                                 Ok(Some(note)) => wake(Some(note.payload())),
                                 Ok(None) => break,
                                 Err(e) => {
-                                    tracing::warn!(error = %e, "decision listener lost its connection");
+                                    tracing::warn!(error = %describe(&e), "decision listener lost its connection");
                                     lost = true;
                                     break;
                                 }
@@ -406,6 +428,21 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_names_what_went_wrong() {
+        // A connection refused (nothing listens on port 1): the I/O error, not just the
+        // driver's kind.
+        let e = postgres::Config::new()
+            .host("127.0.0.1")
+            .port(1)
+            .user("moshca")
+            .connect(postgres::NoTls)
+            .err()
+            .unwrap();
+        let shown = describe(&e);
+        assert!(shown.to_lowercase().contains("refused"), "{shown}");
+    }
 
     #[test]
     fn urls_are_shown_without_their_password() {

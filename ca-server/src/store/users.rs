@@ -202,10 +202,12 @@ impl Tx<'_> {
     /// Records that a token was used at `now`, unless a use within `granularity` seconds
     /// is already recorded.
     pub fn touch_token(&self, id: &str, now: u64, granularity: u64) -> Result<()> {
+        // The threshold is computed here: PostgreSQL cannot type `?2 - ?3` (both
+        // parameters unknown where the WHERE clause is read) and refuses the statement.
         self.exec(
             "UPDATE tokens SET last_used_at = ?2
-             WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at <= ?2 - ?3)",
-            params![id, to_i64(now), to_i64(granularity)],
+             WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at <= ?3)",
+            params![id, to_i64(now), to_i64(now.saturating_sub(granularity))],
         )?;
         Ok(())
     }

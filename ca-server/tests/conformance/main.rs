@@ -90,4 +90,5 @@ conformance!(
     one_time_values_are_consumed_once_across_replicas,
     listings_filter_the_same_way,
     scale,
+    a_tokens_last_use_is_recorded,
 );

@@ -598,3 +598,32 @@ pub fn scale(b: &Backend) {
         by_request.as_secs_f64() * 1000.0,
     );
 }
+
+/// A token's use is recorded at most once per granularity, on every backend (PostgreSQL
+/// once refused the statement: it cannot type a difference of two parameters).
+pub fn a_tokens_last_use_is_recorded(b: &Backend) {
+    let (one, two) = (b.open(), b.open());
+    one.transact(|tx| {
+        tx.insert_user("erin", &[], T0)?;
+        tx.insert_token_with_id("tok-erin", "hash-of-erins-token", "erin", T0, T0 + 3600)
+    })
+    .unwrap();
+    let last_used = |s: &moshca_server::store::Store| {
+        s.read(|tx| tx.token_by_id("tok-erin"))
+            .unwrap()
+            .unwrap()
+            .last_used_at
+    };
+    assert_eq!(last_used(&two), None);
+    two.transact(|tx| tx.touch_token("tok-erin", T0 + 10, 60))
+        .unwrap();
+    assert_eq!(last_used(&one), Some(T0 + 10));
+    // Within the granularity: kept as it was.
+    one.transact(|tx| tx.touch_token("tok-erin", T0 + 30, 60))
+        .unwrap();
+    assert_eq!(last_used(&two), Some(T0 + 10));
+    // Past it: moved on.
+    one.transact(|tx| tx.touch_token("tok-erin", T0 + 70, 60))
+        .unwrap();
+    assert_eq!(last_used(&two), Some(T0 + 70));
+}
