@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo bench -p moshca-server --bench issuance -- [--quick]   rate, latency, CPU, ceilings, watchers
+//! cargo bench -p moshca-server --bench issuance -- --quick --backend sqlite|postgres|all
 //! cargo bench -p moshca-server --bench issuance -- --scale     1,000,000 certificates in the store
 //! cargo build --release --bins &&
 //! cargo bench -p moshca-server --bench issuance -- --cli       `moshca request`, `fetch`, `ci`, `login` as processes
@@ -14,6 +15,16 @@
 //! well as for the whole process. Only public APIs are used (`init`, `users`, `server`,
 //! `authority`, `signer`, `store`), so the numbers stay comparable while the store's
 //! internals change.
+//!
+//! `--backend` picks the stores of the default mode: `sqlite` (parts 1-5), `postgres`
+//! (part 6 alone) or `all` (parts 1-5, then part 6). Part 6 runs issuance on a real
+//! PostgreSQL (`moshca-test-postgres`: initdb in a temp dir, `fsync=on`) with one replica
+//! and with two (two in-process servers, each with its own `Store` on one database, the
+//! calls alternating between them), and ends with one table: SQLite, PostgreSQL with one
+//! replica and with two, at 1 and 64 in flight. The default is `all` when PostgreSQL's
+//! server programs are installed, else `sqlite` (the header says why). The PostgreSQL
+//! server runs on the same cores as the benchmark; its processes' CPU is read from /proc.
+//! `--scale`, `--cli` and `--in-flight` run on SQLite only.
 
 #![allow(clippy::print_stdout)] // the report is the product
 
@@ -70,9 +81,29 @@ const PENDING_PER_USER: usize = authority::MAX_PENDING_PER_REQUESTER as usize;
 /// Connections the watch streams are spread over (the server allows 256 streams each).
 const WATCH_CONNECTIONS: usize = 8;
 
+/// The stores the default mode measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+    All,
+}
+
+impl Backend {
+    fn sqlite(self) -> bool {
+        self != Backend::Postgres
+    }
+
+    fn postgres(self) -> bool {
+        self != Backend::Sqlite
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Opts {
     quick: bool,
+    /// `None` until resolved in `main`: `all` when PostgreSQL is installed.
+    backend: Option<Backend>,
     scale: bool,
     cli: bool,
     /// Only one issuance run at this many in flight (for profiling under `perf`).
@@ -85,6 +116,7 @@ impl Opts {
     fn parse() -> anyhow::Result<Self> {
         let mut o = Opts {
             quick: false,
+            backend: None,
             scale: false,
             cli: false,
             in_flight: None,
@@ -103,11 +135,22 @@ impl Opts {
                 "--cli" => o.cli = true,
                 "--in-flight" => o.in_flight = Some(number("--in-flight")?.max(1) as usize),
                 "--seconds" => o.seconds = Some(number("--seconds")?.max(1)),
+                "--backend" => {
+                    o.backend = Some(match args.next().as_deref() {
+                        Some("sqlite") => Backend::Sqlite,
+                        Some("postgres") => Backend::Postgres,
+                        Some("all") => Backend::All,
+                        other => anyhow::bail!(
+                            "--backend {:?}: use --backend sqlite, postgres or all",
+                            other.unwrap_or("")
+                        ),
+                    })
+                }
                 // cargo passes --bench to harness = false targets
                 "--bench" => {}
                 other => anyhow::bail!(
                     "unknown argument {other:?}; use --quick, --scale, --cli, \
-                     --in-flight N and --seconds S \
+                     --in-flight N, --seconds S and --backend sqlite|postgres|all \
                      (cargo bench -p moshca-server --bench issuance -- --quick)"
                 ),
             }
@@ -135,7 +178,22 @@ impl Opts {
 }
 
 fn main() -> anyhow::Result<()> {
-    let opts = Opts::parse()?;
+    let mut opts = Opts::parse()?;
+    // Why PostgreSQL is left out, for the header; `Err` only when it was asked for.
+    let postgres = moshca_test_postgres::bin_dir();
+    let skipped = match (opts.backend, &postgres) {
+        (Some(Backend::Sqlite), _) => None,
+        (Some(_), Err(why)) => anyhow::bail!("--backend postgres or all: {why}"),
+        (Some(_), Ok(_)) => None,
+        (None, Ok(_)) => {
+            opts.backend = Some(Backend::All);
+            None
+        }
+        (None, Err(why)) => {
+            opts.backend = Some(Backend::Sqlite);
+            Some(why.clone())
+        }
+    };
     // The binary logs every issuance at info level; format those lines as it would, into
     // a sink, so their cost is counted without flooding the report.
     tracing_subscriber::fmt()
@@ -147,7 +205,23 @@ fn main() -> anyhow::Result<()> {
         .prefix("moshca-bench-")
         .tempdir()
         .context("creating a temp dir")?;
-    print_header(&opts, root.path());
+    let backend = match (&skipped, &postgres) {
+        _ if opts.cli || opts.scale || opts.in_flight.is_some() => {
+            "SQLite (--scale, --cli and --in-flight run on SQLite only)".to_owned()
+        }
+        (Some(why), _) => format!("SQLite only; PostgreSQL left out: {why}"),
+        (None, Ok(bin)) if opts.backend.is_some_and(Backend::postgres) => format!(
+            "{}; PostgreSQL server programs from {}",
+            if opts.backend.is_some_and(Backend::sqlite) {
+                "SQLite (parts 1-5), then PostgreSQL (part 6)"
+            } else {
+                "PostgreSQL only (part 6)"
+            },
+            bin.display()
+        ),
+        _ => "SQLite only (--backend sqlite)".to_owned(),
+    };
+    print_header(&opts, root.path(), &backend);
     let keys = Arc::new(Keys::generate(KEYS)?);
     if opts.cli {
         return cli_mode(&opts, &rt, root.path(), &keys);
@@ -300,7 +374,12 @@ struct Cpu {
     server: Duration,
     client: Duration,
     other: Duration,
+    /// The PostgreSQL server's processes (postmaster and backends), when one runs.
+    postgres: Duration,
 }
+
+/// The PostgreSQL postmaster of part 6, whose processes' CPU time `Cpu` reads.
+static POSTMASTER: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
 
 impl Cpu {
     fn now() -> Self {
@@ -324,6 +403,9 @@ impl Cpu {
                 }
             }
         }
+        if let Some(&pid) = POSTMASTER.get() {
+            cpu.postgres = postgres_cpu(pid);
+        }
         cpu
     }
 
@@ -333,6 +415,7 @@ impl Cpu {
             server: self.server.saturating_sub(before.server),
             client: self.client.saturating_sub(before.client),
             other: self.other.saturating_sub(before.other),
+            postgres: self.postgres.saturating_sub(before.postgres),
         }
     }
 }
@@ -345,6 +428,33 @@ fn process_cpu() -> Option<Duration> {
     // Fields 14 and 15 of stat(5); `rest` starts at field 3.
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     Some(Duration::from_millis(ticks * 10))
+}
+
+/// utime + stime of the postmaster `pid` and of its children (the backends, the
+/// checkpointer, the WAL writer...), those running and those it has reaped (its cutime +
+/// cstime), so a connection closed inside the window still counts.
+fn postgres_cpu(pid: i32) -> Duration {
+    let mut ticks = 0u64;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let own: Option<i32> = stat[..stat.find(' ').unwrap_or(0)].parse().ok();
+        // Fields 4 (ppid) and 14-17 (utime, stime, cutime, cstime) of stat(5); the text
+        // after ')' starts at field 3.
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let parent: Option<i32> = f.get(1).and_then(|v| v.parse().ok());
+        let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        if own == Some(pid) {
+            ticks += t(11) + t(12) + t(13) + t(14);
+        } else if parent == Some(pid) {
+            ticks += t(11) + t(12);
+        }
+    }
+    Duration::from_millis(ticks * 10)
 }
 
 /// A `Name: value` line of /proc/self/status.
@@ -371,7 +481,7 @@ fn print_load_at_end() {
     );
 }
 
-fn print_header(opts: &Opts, root: &Path) {
+fn print_header(opts: &Opts, root: &Path, backend: &str) {
     let sh = |cmd: &str| {
         Command::new("sh")
             .args(["-c", cmd])
@@ -411,6 +521,7 @@ fn print_header(opts: &Opts, root: &Path) {
     println!(
         "  runtimes  server and load generator in one process, 2 tokio workers each; logs at info into a sink"
     );
+    println!("  backend   {backend}");
     println!();
 }
 
@@ -497,7 +608,26 @@ fn issue(
     in_flight: usize,
     opts: &Opts,
 ) -> Outcome {
-    drive(rt, channels, auth, keys, in_flight, opts, Call::Issue)
+    drive(
+        rt,
+        channels,
+        auth,
+        keys,
+        in_flight,
+        opts,
+        Call::Issue,
+        Spread::PerTask,
+    )
+}
+
+/// How load tasks use the channels they are given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spread {
+    /// Task `i` sends every call on channel `i % channels`.
+    PerTask,
+    /// Each task sends its calls on the channels in turn, so even one task in flight
+    /// splits its calls evenly between servers.
+    PerCall,
 }
 
 /// What each load task calls.
@@ -509,6 +639,7 @@ enum Call {
     WhoAmI,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn drive(
     rt: &Runtimes,
     channels: &[Channel],
@@ -517,6 +648,7 @@ fn drive(
     in_flight: usize,
     opts: &Opts,
     call: Call,
+    spread: Spread,
 ) -> Outcome {
     let (warmup, measure) = (opts.warmup(), opts.measure());
     let conns = channels.len();
@@ -526,16 +658,28 @@ fn drive(
         let next = Arc::new(AtomicUsize::new(0));
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..in_flight {
-            let mut client = CertificateAuthorityClient::new(channels[i % conns].clone());
+            let mut clients: Vec<_> = match spread {
+                Spread::PerTask => {
+                    vec![CertificateAuthorityClient::new(channels[i % conns].clone())]
+                }
+                Spread::PerCall => channels
+                    .iter()
+                    .map(|c| CertificateAuthorityClient::new(c.clone()))
+                    .collect(),
+            };
             let (auth, keys, next) = (auth.clone(), keys.clone(), next.clone());
             tasks.spawn(async move {
                 let mut lat = Vec::new();
                 let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+                let mut turn = i;
                 loop {
                     let sent = Instant::now();
                     if sent >= end {
                         break;
                     }
+                    let at = turn % clients.len();
+                    let client = &mut clients[at];
+                    turn += 1;
                     let got = match call {
                         Call::Issue => {
                             let k = next.fetch_add(1, Ordering::Relaxed) % keys.openssh.len();
@@ -727,13 +871,13 @@ fn cert_row(
 /// request (inserted pending, then marked issued), the certificate, two audit events and
 /// the checks made on the way. `threads` writers share one `Store`.
 fn store_only(
-    path: &Path,
+    db: impl Into<store::Database>,
     keys: &Arc<Keys>,
     cert_line: &Arc<String>,
     threads: usize,
     measure: Duration,
 ) -> anyhow::Result<f64> {
-    let store = Store::open(path)?;
+    let store = Store::open(db)?;
     per_second(threads, measure, keys.openssh.len(), |k| {
         store.transact(|tx| issuance_writes(tx, keys, k, cert_line))?;
         Ok(())
@@ -904,9 +1048,29 @@ fn spawn_blocking_round_trip(rt: &Runtimes, n: u32) -> Duration {
 }
 
 // ---------------------------------------------------------------------------------------
-// Default mode: parts 1, 2, 3 and 5
+// Default mode: parts 1, 2, 3 and 5 (SQLite), then part 6 (PostgreSQL)
 
 fn default_mode(opts: &Opts, rt: &Runtimes, root: &Path, keys: &Arc<Keys>) -> anyhow::Result<()> {
+    let backend = opts.backend.unwrap_or(Backend::Sqlite);
+    let mut table = Vec::new();
+    if backend.sqlite() {
+        table.push(sqlite_parts(opts, rt, root, keys)?);
+    }
+    if backend.postgres() {
+        postgres_part(opts, rt, root, keys, &mut table)?;
+    }
+    print_load_at_end();
+    Ok(())
+}
+
+/// Parts 1, 2, 3 and 5 on SQLite; the 1 and 64 in flight figures of part 1-2 for the
+/// table of part 6.
+fn sqlite_parts(
+    opts: &Opts,
+    rt: &Runtimes,
+    root: &Path,
+    keys: &Arc<Keys>,
+) -> anyhow::Result<Summary> {
     let config = data_dir(root, "ca")?;
     let mut names = vec!["bench".to_owned()];
     names.extend((0..WATCHERS / PENDING_PER_USER).map(|i| format!("w{i:03}")));
@@ -953,6 +1117,7 @@ fn default_mode(opts: &Opts, rt: &Runtimes, root: &Path, keys: &Arc<Keys>) -> an
             in_flight,
             opts,
             Call::WhoAmI,
+            Spread::PerTask,
         );
         print_row(&o);
     }
@@ -970,10 +1135,10 @@ fn default_mode(opts: &Opts, rt: &Runtimes, root: &Path, keys: &Arc<Keys>) -> an
     })?;
     let cert_line = Arc::new(sample_certificate(&config, keys)?);
     let store1 = ceiling("store only (one issuance's rows per transaction)", || {
-        store_only(&root.join("store-only-1.db"), keys, &cert_line, 1, measure)
+        store_only(root.join("store-only-1.db"), keys, &cert_line, 1, measure)
     })?;
     let store4 = ceiling("store only, 4 writer threads sharing one Store", || {
-        store_only(&root.join("store-only-4.db"), keys, &cert_line, 4, measure)
+        store_only(root.join("store-only-4.db"), keys, &cert_line, 4, measure)
     })?;
     ceiling("bearer authentication (Authority::authenticate_at)", || {
         auth_only(&server.authority, &tokens[0], measure)
@@ -1029,8 +1194,7 @@ fn default_mode(opts: &Opts, rt: &Runtimes, root: &Path, keys: &Arc<Keys>) -> an
     drop(four);
     drop(channel);
     server.stop(rt)?;
-    print_load_at_end();
-    Ok(())
+    Ok(Summary::new("SQLite", &outcomes[0], &outcomes[2]))
 }
 
 /// One issuance run at `in_flight`, e.g. under `perf record`.
@@ -1058,6 +1222,225 @@ fn single_mode(
     drop(channel);
     server.stop(rt)?;
     print_load_at_end();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Part 6: PostgreSQL, one replica and two, and the table of all backends
+
+/// One backend's line of the part 6 table: issuance at 1 and at 64 in flight.
+struct Summary {
+    name: String,
+    at: [(f64, Duration, Duration); 2],
+    errors: String,
+}
+
+impl Summary {
+    fn new(name: &str, one: &Outcome, at64: &Outcome) -> Self {
+        let cell = |o: &Outcome| (o.rate(), o.pct(0.50), o.pct(0.99));
+        let errors = match (one.errors(), at64.errors()) {
+            (a, b) if a == "0" && b == "0" => "0".to_owned(),
+            (a, b) => format!("1: {a}; 64: {b}"),
+        };
+        Summary {
+            name: name.to_owned(),
+            at: [cell(one), cell(at64)],
+            errors,
+        }
+    }
+}
+
+/// A data directory on the PostgreSQL database `url`, made by `init` as
+/// `moshca-server init --database URL [--ca-key FILE]` makes it, with the benchmark policy.
+fn pg_data_dir(
+    root: &Path,
+    name: &str,
+    url: &str,
+    ca_key: Option<PathBuf>,
+) -> anyhow::Result<Config> {
+    let data = root.join(name);
+    let options = init::Options {
+        database: Some(url.to_owned()),
+        ca_key,
+        ..init::Options::default()
+    };
+    init::init_with(&data, &options, clock::now())?;
+    std::fs::write(data.join("policy.toml"), POLICY)?;
+    Ok(Config::load(&data)?)
+}
+
+/// Prints an issuance row of part 6 and the PostgreSQL server's CPU under it.
+fn print_pg_row(o: &Outcome) {
+    print_row(o);
+    println!(
+        "   ^ PostgreSQL server processes: {} us/cert CPU",
+        o.per_cert(o.cpu.postgres)
+    );
+}
+
+/// Part 6: a PostgreSQL cluster in a temp dir; issuance with one replica and with two at
+/// 1 and 64 in flight; the store-only ceiling; then the table of every backend measured.
+fn postgres_part(
+    opts: &Opts,
+    rt: &Runtimes,
+    root: &Path,
+    keys: &Arc<Keys>,
+    table: &mut Vec<Summary>,
+) -> anyhow::Result<()> {
+    if !table.is_empty() {
+        println!();
+    }
+    println!("6. PostgreSQL: CreateAccessRequest on an auto-approved role over TLS");
+    let t = Instant::now();
+    // The postgres driver runs its own runtime: every store call here (init, users,
+    // server::open, the store-only threads) is on a plain thread, never a tokio worker.
+    let cluster = moshca_test_postgres::Cluster::start();
+    let started = t.elapsed();
+    let setting = |name: &str| cluster.psql("postgres", &format!("SHOW {name}"));
+    let dir = cluster.data_dir();
+    let fs_type = Command::new("df")
+        .arg("--output=fstype")
+        .arg(&dir)
+        .output()
+        .map(|o| {
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            out.lines().last().unwrap_or("?").trim().to_owned()
+        })
+        .unwrap_or_else(|_| "?".into());
+    println!(
+        "   PostgreSQL {} (initdb + pg_ctl start in {:.2} s), data in {} ({fs_type}): fsync={}, \
+         synchronous_commit={}, wal_sync_method={}, shared_buffers={}",
+        setting("server_version"),
+        started.as_secs_f64(),
+        dir.display(),
+        setting("fsync"),
+        setting("synchronous_commit"),
+        setting("wal_sync_method"),
+        setting("shared_buffers"),
+    );
+    println!(
+        "   the server is local (TCP 127.0.0.1, password auth, no TLS) on the same 2 cores; \
+         each moshca server has its own Store (its own connections) on the database"
+    );
+    let _ = POSTMASTER.set(cluster.postmaster_pid());
+
+    // One replica.
+    let config = pg_data_dir(root, "pg-one", &cluster.fresh_database(), None)?;
+    let tokens = add_users(&config, &["bench".to_owned()])?;
+    let auth = bearer(&tokens[0])?;
+    println!("   one replica, one connection");
+    println!("{ROW_HEAD}");
+    let server = Server::start(rt, &config)?;
+    let channel = server.connect(rt)?;
+    let mut runs = Vec::new();
+    for in_flight in [1, 64] {
+        let o = issue(
+            rt,
+            std::slice::from_ref(&channel),
+            &auth,
+            keys,
+            in_flight,
+            opts,
+        );
+        print_pg_row(&o);
+        runs.push(o);
+    }
+    table.push(Summary::new("PostgreSQL, 1 replica", &runs[0], &runs[1]));
+    drop(channel);
+    server.stop(rt)?;
+
+    // Two replicas: the second joins with the first one's CA key, as an operator would.
+    let url = cluster.fresh_database();
+    let a = pg_data_dir(root, "pg-a", &url, None)?;
+    let b = pg_data_dir(root, "pg-b", &url, Some(root.join("pg-a").join("ca_key")))?;
+    let tokens = add_users(&a, &["bench".to_owned()])?;
+    let auth = bearer(&tokens[0])?;
+    println!(
+        "   two replicas (two servers in this process, one connection each, calls alternating between them)"
+    );
+    println!("{ROW_HEAD}");
+    let servers = [Server::start(rt, &a)?, Server::start(rt, &b)?];
+    let channels: Vec<Channel> = servers
+        .iter()
+        .map(|s| s.connect(rt))
+        .collect::<anyhow::Result<_>>()?;
+    let mut runs = Vec::new();
+    for in_flight in [1, 64] {
+        let o = drive(
+            rt,
+            &channels,
+            &auth,
+            keys,
+            in_flight,
+            opts,
+            Call::Issue,
+            Spread::PerCall,
+        );
+        print_pg_row(&o);
+        runs.push(o);
+    }
+    table.push(Summary::new("PostgreSQL, 2 replicas", &runs[0], &runs[1]));
+    drop(channels);
+    for server in servers {
+        server.stop(rt)?;
+    }
+
+    println!("   in-process ceiling (no server running)");
+    println!(
+        "   {:<52} {:>9}  {:>12}  {:>11}",
+        "", "ops/s", "wall us/op", "CPU us/op"
+    );
+    let cert_line = Arc::new(sample_certificate(&a, keys)?);
+    let measure = opts.measure();
+    for threads in [1, 4] {
+        let db = store::Database::Postgres(
+            store::PgUrl::parse(&cluster.fresh_database()).map_err(anyhow::Error::msg)?,
+        );
+        let name = if threads == 1 {
+            "store only (one issuance's rows per transaction)".to_owned()
+        } else {
+            format!("store only, {threads} writer threads sharing one Store")
+        };
+        // Migrated before the clock starts, so the figures are the transactions' alone.
+        drop(Store::open(&db)?);
+        let (pg_before, t) = (Cpu::now().postgres, Instant::now());
+        let rate = ceiling(&name, || store_only(db, keys, &cert_line, threads, measure))?;
+        let ops = rate * t.elapsed().as_secs_f64();
+        println!(
+            "   ^ PostgreSQL server processes: {:.0} us/op CPU",
+            Cpu::now().postgres.saturating_sub(pg_before).as_secs_f64() * 1e6 / ops
+        );
+    }
+    println!("   (CPU us/op: this process only; the PostgreSQL server's share is on the ^ lines)");
+    println!();
+
+    println!(
+        "issuance, CreateAccessRequest over TLS on an auto-approved role ({} s measured per cell)",
+        measure.as_secs()
+    );
+    println!(
+        "{:<24}  {:^26}  {:^26}  errors",
+        "", "1 in flight", "64 in flight"
+    );
+    println!(
+        "{:<24}  {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8}",
+        "backend", "certs/s", "p50 ms", "p99 ms", "certs/s", "p50 ms", "p99 ms"
+    );
+    for row in table.iter() {
+        let [one, many] = &row.at;
+        println!(
+            "{:<24}  {:>8.0} {:>8} {:>8}  {:>8.0} {:>8} {:>8}  {}",
+            row.name,
+            one.0,
+            ms(one.1),
+            ms(one.2),
+            many.0,
+            ms(many.1),
+            ms(many.2),
+            row.errors
+        );
+    }
+    drop(cluster);
     Ok(())
 }
 
