@@ -316,3 +316,45 @@ fn a_replica_serving_another_policy_is_told() {
         None
     );
 }
+
+#[test]
+fn two_replicas_sign_one_checkpoint_per_interval() {
+    let Some(r) = Replicas::start() else {
+        return;
+    };
+    let checkpoints = || r.store.read(|tx| tx.audit_rows()).unwrap().len();
+    let count = || {
+        let mut n = 0;
+        r.store
+            .read(|tx| {
+                tx.for_each_checkpoint(|_| {
+                    n += 1;
+                    Ok::<_, moshca_server::store::Error>(())
+                })
+            })
+            .unwrap();
+        n
+    };
+    let t = clock::now() + 100;
+    let before = count();
+    // New events, then both replicas' periodic ticks within one interval: one signs.
+    users::add(&r.store, "newcomer", &["oncall".into()], t).unwrap();
+    let a = r.a.periodic_checkpoint_at(t).unwrap();
+    let b = r.b.periodic_checkpoint_at(t + 3).unwrap();
+    assert!(a.is_some(), "the first tick signs the new head");
+    assert_eq!(
+        b, None,
+        "the other replica's tick in the same interval signs nothing"
+    );
+    assert_eq!(count(), before + 1);
+    // The next interval: whichever replica ticks first signs again.
+    users::add(&r.store, "later", &["oncall".into()], t + 11).unwrap();
+    let b = r.b.periodic_checkpoint_at(t + 12).unwrap();
+    assert_eq!(
+        b,
+        Some(checkpoints() as u64),
+        "B signs the head of the next interval"
+    );
+    assert_eq!(r.a.periodic_checkpoint_at(t + 13).unwrap(), None);
+    assert_eq!(count(), before + 2);
+}
