@@ -58,53 +58,6 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Deliveries due at `now`, oldest first.
-    pub fn deliveries_due(&self, now: u64, limit: u32) -> Result<Vec<Delivery>> {
-        let rows = self.all(
-            "SELECT audit_seq, webhook, attempts FROM deliveries
-             WHERE state = 'pending' AND next_at <= ?1 ORDER BY next_at, audit_seq LIMIT ?2",
-            params![to_i64(now), limit],
-            |r| Ok((r.get::<i64>(0)?, r.get::<String>(1)?, r.get::<u32>(2)?)),
-        )?;
-        rows.into_iter()
-            .filter_map(|(seq, webhook, attempts)| {
-                self.audit_row(to_u64(seq))
-                    .map(|row| {
-                        row.map(|event| Delivery {
-                            event,
-                            webhook,
-                            attempts,
-                        })
-                    })
-                    .transpose()
-            })
-            .collect()
-    }
-
-    /// Deliveries to one webhook due at `now`, oldest first. Each webhook is served on its
-    /// own, so a slow or unreachable one never holds up the others.
-    pub fn deliveries_due_to(&self, webhook: &str, now: u64, limit: u32) -> Result<Vec<Delivery>> {
-        let rows = self.all(
-            "SELECT audit_seq, attempts FROM deliveries
-             WHERE state = 'pending' AND webhook = ?1 AND next_at <= ?2
-             ORDER BY next_at, audit_seq LIMIT ?3",
-            params![webhook, to_i64(now), limit],
-            |r| Ok((r.get::<i64>(0)?, r.get::<u32>(1)?)),
-        )?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (seq, attempts) in rows {
-            let event = self
-                .audit_row(to_u64(seq))?
-                .ok_or_else(|| Error::Corrupt(format!("delivery of missing audit event {seq}")))?;
-            out.push(Delivery {
-                event,
-                webhook: webhook.to_owned(),
-                attempts,
-            });
-        }
-        Ok(out)
-    }
-
     /// Claims up to `limit` deliveries to `webhook` due at `now`, oldest first, for the
     /// caller to send: they are not due again before `lease_until`, so no other replica
     /// sends them meanwhile (each records its attempt, or releases the claim with
