@@ -240,12 +240,12 @@ pub fn the_krl_version_only_grows_across_replicas(b: &Backend) {
     let seen = std::sync::Mutex::new(Vec::new());
     let start = b.open().read(|tx| tx.krl_version()).unwrap();
     on_two_replicas(b, 4, |s, _| {
+        let mut last = 0;
         for _ in 0..25 {
-            let mut last = 0;
             let v = s.transact(|tx| tx.bump_krl_version()).unwrap();
-            assert!(v > last);
+            assert!(v > last, "the KRL version went from {last} to {v}");
             last = v;
-            seen.lock().unwrap().push(last);
+            seen.lock().unwrap().push(v);
         }
     });
     let seen = seen.into_inner().unwrap();
