@@ -1,6 +1,7 @@
 //! Two `moshca-server` replicas over one real PostgreSQL database: a request made through
-//! one replica and approved through the other, a replica SIGKILLed under load, and a
-//! failover of the database to a promoted synchronous standby under load.
+//! one replica and approved through the other, a replica SIGKILLed under load, a
+//! failover of the database to a promoted synchronous standby under load, twenty approvals
+//! racing over both replicas, and a user disabled while issuing through both.
 //!
 //! Load goes over gRPC straight from the test (the `moshca` CLI would measure process
 //! start-up, not the CA); every acknowledged certificate is then looked up in the database
@@ -1057,7 +1058,10 @@ fn a_user_disabled_through_one_replica_gets_nothing_from_either() {
         thread::sleep(Duration::from_millis(5));
     }
 
-    // The operator disables her through A's data directory, mid-issuance.
+    // The operator disables her through A's data directory, mid-issuance: the admin
+    // command writes to the database from a third process, outside either server, so
+    // neither replica learns of it except through the database. Its `user.disabled` event
+    // is what the trail is checked against.
     let disabling = Instant::now();
     a.admin(&["user", "disable", "mallory"]).assert_ok();
     let disabled = Instant::now();
