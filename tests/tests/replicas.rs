@@ -1,6 +1,7 @@
 //! Two `moshca-server` replicas over one real PostgreSQL database: a request made through
-//! one replica and approved through the other, a replica SIGKILLed under load, and a
-//! failover of the database to a promoted synchronous standby under load.
+//! one replica and approved through the other, a replica SIGKILLed under load, a
+//! failover of the database to a promoted synchronous standby under load, twenty approvals
+//! racing over both replicas, and a user disabled while issuing through both.
 //!
 //! Load goes over gRPC straight from the test (the `moshca` CLI would measure process
 //! start-up, not the CA); every acknowledged certificate is then looked up in the database
@@ -747,4 +748,471 @@ fn failover_to_a_promoted_synchronous_standby_loses_nothing() {
         wake < 1000.0,
         "after the failover A's watch woke {wake:.1} ms after B's approval: no notification?"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Races across the two replicas
+
+/// `gate` needs one approval from any of the twenty `approvers`; `self` is issued at once
+/// to mallory, whom the second race disables.
+const RACE_POLICY: &str = r#"
+[defaults]
+max_ttl = "8h"
+pending_ttl = "1h"
+backdate = "1m"
+
+[[role]]
+name = "gate"
+requesters = ["group:requesters"]
+approvers = ["group:approvers"]
+approval = "manual"
+logins = ["mcae2e"]
+default_ttl = "30m"
+max_ttl = "1h"
+
+[[role]]
+name = "self"
+requesters = ["group:self-service"]
+approval = "auto"
+logins = ["mcae2e"]
+default_ttl = "5m"
+max_ttl = "10m"
+"#;
+
+/// Approvers racing on each request.
+const APPROVERS: usize = 20;
+
+/// Requests the twenty approvers race on.
+const APPROVAL_ROUNDS: usize = 6;
+
+/// Replica A on `url` with `users` (name, groups) added, and replica B joined to it; both
+/// serving.
+fn race_replicas(url: &str, users: &[(String, &[&str])]) -> (Ca, Ca) {
+    let mut a = Ca::init_on_database(RACE_POLICY, url);
+    for (name, groups) in users {
+        a.add_user(name, groups);
+    }
+    let mut b = Ca::join(&a, RACE_POLICY, url);
+    a.start();
+    b.start();
+    (a, b)
+}
+
+/// The single value `psql` printed, as a number.
+fn count(psql: &str) -> usize {
+    psql.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("psql should print one number, printed {psql:?}"))
+}
+
+#[test]
+fn twenty_approvals_spread_over_two_real_replicas_issue_one_certificate() {
+    if !can_run() {
+        return;
+    }
+    let pg = Cluster::start();
+    let url = pg.fresh_database();
+    let database = database_of(&url).to_owned();
+    let mut users: Vec<(String, &[&str])> = vec![("alice".to_owned(), &["requesters"])];
+    users.extend((0..APPROVERS).map(|n| (format!("approver{n}"), &["approvers"][..])));
+    let (a, b) = race_replicas(&url, &users);
+
+    let rt = runtime();
+    let (to_a, to_b) = rt.block_on(async { (client(&a), client(&b)) });
+    // Open both connections first, so that the approvals race each other and not the TLS
+    // handshakes.
+    rt.block_on(async {
+        for mut c in [to_a.clone(), to_b.clone()] {
+            c.who_am_i(authed(a.token("alice"), WhoAmIRequest {}))
+                .await
+                .expect("who_am_i opens the connection");
+        }
+    });
+
+    let started = Instant::now();
+    let mut refusals: HashMap<String, usize> = HashMap::new();
+    let mut winners: HashMap<&str, usize> = HashMap::new();
+    for round in 0..APPROVAL_ROUNDS {
+        let key = public_key(&a, "gate");
+        let request = rt
+            .block_on(async {
+                to_a.clone()
+                    .create_access_request(authed(a.token("alice"), create("gate", &key)))
+                    .await
+            })
+            .expect("alice's request on A")
+            .into_inner();
+        assert_eq!(request.state, State::Pending as i32, "{request:?}");
+
+        // All twenty wait at one barrier, then send: even approvers through A, odd through B.
+        let barrier = Arc::new(tokio::sync::Barrier::new(APPROVERS));
+        let answers = rt.block_on(async {
+            let tasks: Vec<_> = (0..APPROVERS)
+                .map(|n| {
+                    let (replica, mut c) = if n % 2 == 0 {
+                        ("A", to_a.clone())
+                    } else {
+                        ("B", to_b.clone())
+                    };
+                    let token = a.token(&format!("approver{n}")).to_owned();
+                    let review = ReviewAccessRequestRequest {
+                        id: request.id.clone(),
+                        decision: Decision::Approve as i32,
+                        ttl_secs: 0,
+                        comment: String::new(),
+                    };
+                    let barrier = barrier.clone();
+                    tokio::spawn(async move {
+                        barrier.wait().await;
+                        let answer = c.review_access_request(authed(&token, review)).await;
+                        (replica, answer.map(|r| r.into_inner()))
+                    })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for task in tasks {
+                answers.push(
+                    tokio::time::timeout(Duration::from_secs(30), task)
+                        .await
+                        .expect("every approval is answered within 30 s")
+                        .expect("an approval task does not panic"),
+                );
+            }
+            answers
+        });
+
+        let won: Vec<_> = answers.iter().filter(|(_, r)| r.is_ok()).collect();
+        assert_eq!(
+            won.len(),
+            1,
+            "round {round}: {} approvals succeeded: {answers:?}",
+            won.len()
+        );
+        let (winner, answer) = won[0];
+        let answer = answer.as_ref().expect("the winner");
+        assert_eq!(
+            answer.state,
+            State::Issued as i32,
+            "round {round}: {answer:?}"
+        );
+        assert_ne!(answer.serial, 0, "round {round}: issued without a serial");
+        *winners.entry(winner).or_default() += 1;
+        for (replica, result) in &answers {
+            let Err(status) = result else { continue };
+            // What a client must handle when it loses: the request is no longer pending
+            // (FAILED_PRECONDITION), or it changed under the call (ABORTED, try again).
+            assert!(
+                matches!(
+                    status.code(),
+                    tonic::Code::FailedPrecondition | tonic::Code::Aborted
+                ),
+                "round {round}: {replica} refused an approval with {:?}: {}",
+                status.code(),
+                status.message()
+            );
+            *refusals
+                .entry(format!("{replica} {:?}", status.code()))
+                .or_default() += 1;
+        }
+
+        let psql = |sql: &str| pg.psql(&database, sql);
+        let id = &request.id;
+        assert_eq!(
+            count(&psql(&format!(
+                "SELECT count(*) FROM certificates WHERE request_id = '{id}'"
+            ))),
+            1,
+            "round {round}: certificates for request {id}"
+        );
+        assert_eq!(
+            count(&psql(&format!(
+                "SELECT count(*) FROM audit WHERE request_id = '{id}' \
+                 AND action = 'certificate.issued'"
+            ))),
+            1,
+            "round {round}: certificate.issued events for request {id}"
+        );
+        assert_eq!(
+            count(&psql(&format!(
+                "SELECT count(*) FROM audit WHERE request_id = '{id}' \
+                 AND action = 'request.approved'"
+            ))),
+            1,
+            "round {round}: request.approved events for request {id} (a refused approval \
+             must store nothing)"
+        );
+        let serial = i64::from_ne_bytes(answer.serial.to_ne_bytes());
+        assert_eq!(
+            psql(&format!(
+                "SELECT serial FROM certificates WHERE request_id = '{id}'"
+            )),
+            serial.to_string(),
+            "round {round}: the stored serial is the one the winner got"
+        );
+    }
+    let elapsed = started.elapsed();
+    let mut refusals: Vec<_> = refusals.into_iter().collect();
+    refusals.sort();
+    eprintln!(
+        "{APPROVAL_ROUNDS} rounds of {APPROVERS} approvals over A and B in {:.1} s: one \
+         certificate each; winners {winners:?}; refusals {refusals:?}",
+        elapsed.as_secs_f64()
+    );
+    for ca in [&a, &b] {
+        let verified = ca.audit_verifies();
+        assert!(verified.contains("audit chain intact"), "{verified}");
+    }
+}
+
+/// One call of mallory's: through which replica, when it was sent and answered, and the
+/// serial or the refusal.
+#[derive(Debug, Clone)]
+struct Attempt {
+    replica: &'static str,
+    sent: Instant,
+    answered: Instant,
+    result: Result<u64, (tonic::Code, String)>,
+}
+
+/// mallory's clients per replica.
+const MALLORY_CLIENTS: usize = 3;
+
+#[test]
+fn a_user_disabled_through_one_replica_gets_nothing_from_either() {
+    if !can_run() {
+        return;
+    }
+    let pg = Cluster::start();
+    let url = pg.fresh_database();
+    let database = database_of(&url).to_owned();
+    let users: Vec<(String, &[&str])> = vec![("mallory".to_owned(), &["self-service"])];
+    let (a, b) = race_replicas(&url, &users);
+
+    // mallory issues `self` certificates in loops through both replicas, with one token
+    // (authenticated afresh on each call), until told to stop.
+    let rt = runtime();
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts: Arc<Mutex<Vec<Attempt>>> = Arc::new(Mutex::new(Vec::new()));
+    let key = public_key(&a, "mallory");
+    let token = a.token("mallory").to_owned();
+    let mut tasks = Vec::new();
+    for (replica, ca) in [("A", &a), ("B", &b)] {
+        for _ in 0..MALLORY_CLIENTS {
+            let _entered = rt.enter();
+            let mut c = client(ca);
+            let (stop, attempts) = (stop.clone(), attempts.clone());
+            let (token, key) = (token.clone(), key.clone());
+            tasks.push(rt.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let answer = c
+                        .create_access_request(authed(&token, create("self", &key)))
+                        .await;
+                    let answered = Instant::now();
+                    let result = match answer {
+                        Ok(r) => {
+                            let r = r.into_inner();
+                            if r.state == State::Issued as i32 && r.serial != 0 {
+                                Ok(r.serial)
+                            } else {
+                                Err((tonic::Code::Ok, format!("not issued: {r:?}")))
+                            }
+                        }
+                        Err(s) => Err((s.code(), s.message().to_owned())),
+                    };
+                    let refused = result.is_err();
+                    attempts.lock().expect("attempts lock").push(Attempt {
+                        replica,
+                        sent,
+                        answered,
+                        result,
+                    });
+                    if refused {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }));
+        }
+    }
+    let issued_on = |replica: &str| {
+        attempts
+            .lock()
+            .expect("attempts lock")
+            .iter()
+            .filter(|t| t.replica == replica && t.result.is_ok())
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while issued_on("A") < 10 || issued_on("B") < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "mallory's issuance did not get going on both replicas within 20 s: {:?}",
+            attempts
+                .lock()
+                .expect("attempts lock")
+                .iter()
+                .filter(|t| t.result.is_err())
+                .take(5)
+                .collect::<Vec<_>>()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+
+    // The operator disables her through A's data directory, mid-issuance: the admin
+    // command writes to the database from a third process, outside either server, so
+    // neither replica learns of it except through the database. Its `user.disabled` event
+    // is what the trail is checked against.
+    let disabling = Instant::now();
+    a.admin(&["user", "disable", "mallory"]).assert_ok();
+    let disabled = Instant::now();
+    // Keep trying on both for a while: every call sent from now on must be refused.
+    let deadline = disabled + Duration::from_secs(20);
+    let refused_on = |replica: &str| {
+        attempts
+            .lock()
+            .expect("attempts lock")
+            .iter()
+            .filter(|t| t.replica == replica && t.sent > disabled && t.result.is_err())
+            .count()
+    };
+    while refused_on("A") < 20 || refused_on("B") < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "too few calls after the disable within 20 s"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(40), task)
+                .await
+                .expect("a client of mallory's finishes its call within 40 s")
+                .expect("a client of mallory's does not panic");
+        }
+    });
+    let attempts = attempts.lock().expect("attempts lock").clone();
+
+    // No call sent after the command returned was answered with a certificate, on either.
+    let after: Vec<&Attempt> = attempts.iter().filter(|t| t.sent > disabled).collect();
+    let issued_after: Vec<_> = after.iter().filter(|t| t.result.is_ok()).collect();
+    assert!(
+        issued_after.is_empty(),
+        "{} certificates issued to mallory for calls sent after `user disable` returned: \
+         {issued_after:?}",
+        issued_after.len()
+    );
+    // Refused as a client must read it: not authenticated any more, or, once 20 calls
+    // from one address failed to authenticate within a minute, the failed-authentication
+    // limit of that replica.
+    let code_of = |t: &&Attempt| t.result.as_ref().err().map(|(code, _)| *code);
+    let odd: Vec<_> = after
+        .iter()
+        .filter(|t| {
+            !matches!(
+                code_of(t),
+                Some(tonic::Code::Unauthenticated | tonic::Code::ResourceExhausted)
+            )
+        })
+        .collect();
+    assert!(
+        odd.is_empty(),
+        "refusals other than UNAUTHENTICATED or RESOURCE_EXHAUSTED: {odd:?}"
+    );
+    let unauthenticated = |replica: &str| {
+        after
+            .iter()
+            .filter(|t| t.replica == replica && code_of(t) == Some(tonic::Code::Unauthenticated))
+            .count()
+    };
+    assert!(
+        unauthenticated("A") > 0 && unauthenticated("B") > 0,
+        "each replica should refuse mallory as unauthenticated before its failure limit"
+    );
+
+    // The trail orders them: nothing issued to mallory after the event that disabled her.
+    let psql = |sql: &str| pg.psql(&database, sql);
+    let disabled_at = psql(
+        "SELECT seq FROM audit WHERE action = 'user.disabled' \
+         AND details::json->>'user' = 'mallory'",
+    );
+    let disabled_at: i64 = disabled_at
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("one user.disabled event for mallory, got {disabled_at:?}"));
+    let issued_to_mallory = "FROM audit a JOIN requests r ON r.id = a.request_id \
+         WHERE a.action = 'certificate.issued' AND r.requester = 'mallory'";
+    let issued_after_event = count(&psql(&format!(
+        "SELECT count(*) {issued_to_mallory} AND a.seq > {disabled_at}"
+    )));
+    let issued_before_event = count(&psql(&format!(
+        "SELECT count(*) {issued_to_mallory} AND a.seq < {disabled_at}"
+    )));
+    assert_eq!(
+        issued_after_event, 0,
+        "certificate.issued events for mallory after user.disabled (seq {disabled_at})"
+    );
+    // Every certificate she was told about is in the trail before the event.
+    let acknowledged = attempts.iter().filter(|t| t.result.is_ok()).count();
+    assert_eq!(
+        issued_before_event, acknowledged,
+        "certificate.issued events for mallory before user.disabled, against the \
+         certificates her clients got"
+    );
+    assert!(
+        acknowledged >= 20,
+        "the race needs issuance before the disable"
+    );
+
+    let signed = |from: Option<Instant>, to: Instant, replica: &str| {
+        attempts
+            .iter()
+            .filter(|t| t.replica == replica && t.result.is_ok())
+            .filter(|t| from.is_none_or(|from| t.answered >= from) && t.answered <= to)
+            .count()
+    };
+    let last_issued = attempts
+        .iter()
+        .filter(|t| t.result.is_ok())
+        .map(|t| t.answered)
+        .max()
+        .expect("certificates before the disable");
+    let first_refused = |replica: &str| {
+        attempts
+            .iter()
+            .filter(|t| t.replica == replica && t.result.is_err())
+            .map(|t| t.answered)
+            .min()
+            .expect("refusals")
+    };
+    let last_refused = attempts
+        .iter()
+        .filter(|t| t.result.is_err())
+        .map(|t| t.answered)
+        .max()
+        .expect("refusals");
+    eprintln!(
+        "disable under load: {acknowledged} certificates to mallory before it (A {}, B {}; \
+         {} of them answered while `user disable` ran, which took {:.0} ms); last certificate \
+         answered {:.1} ms after the command returned (negative: before); first refusal \
+         answered {:.1} ms (A) / {:.1} ms (B) after it; {} calls refused after it (UNAUTHENTICATED \
+         A {} B {}, the rest RESOURCE_EXHAUSTED by the failed-authentication limit), over \
+         {:.0} ms to the last refusal seen",
+        signed(None, disabled, "A"),
+        signed(None, disabled, "B"),
+        signed(Some(disabling), disabled, "A") + signed(Some(disabling), disabled, "B"),
+        millis_between(disabling, disabled),
+        millis_between(disabled, last_issued),
+        millis_between(disabled, first_refused("A")),
+        millis_between(disabled, first_refused("B")),
+        after.len(),
+        unauthenticated("A"),
+        unauthenticated("B"),
+        millis_between(disabled, last_refused)
+    );
+    for ca in [&a, &b] {
+        let verified = ca.audit_verifies();
+        assert!(verified.contains("audit chain intact"), "{verified}");
+    }
 }
