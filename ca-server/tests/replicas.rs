@@ -358,3 +358,55 @@ fn two_replicas_sign_one_checkpoint_per_interval() {
     assert_eq!(r.a.periodic_checkpoint_at(t + 13).unwrap(), None);
     assert_eq!(count(), before + 2);
 }
+
+#[test]
+fn joining_with_another_ca_key_or_none_is_refused_and_writes_nothing() {
+    let Some(cluster) = moshca_test_postgres::shared() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first");
+    let options = |ca_key: Option<std::path::PathBuf>| init::Options {
+        database: Some(url.clone()),
+        ca_key,
+        ..Default::default()
+    };
+    init::init_with(&first, &options(None), clock::now()).unwrap();
+    // A key of another CA.
+    let stranger = dir.path().join("stranger");
+    init::init(&stranger, None, clock::now()).unwrap();
+    let second = dir.path().join("second");
+    let err = init::init_with(
+        &second,
+        &options(Some(stranger.join("ca_key"))),
+        clock::now(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("refusing --ca-key"), "{err}");
+    assert!(
+        !err.contains(cluster.password()),
+        "the password leaked: {err}"
+    );
+    assert!(!second.exists(), "a refused join left {}", second.display());
+    // No key at all: the database is in use.
+    let err = init::init_with(&second, &options(None), clock::now())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("already serves a CA") && err.contains("--ca-key"),
+        "{err}"
+    );
+    assert!(!second.exists());
+    // The first replica's key joins, and its public key is the same.
+    init::init_with(&second, &options(Some(first.join("ca_key"))), clock::now()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(first.join("ca_key.pub")).unwrap(),
+        std::fs::read_to_string(second.join("ca_key.pub")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(first.join("host_ca_key.pub")).unwrap(),
+        std::fs::read_to_string(second.join("host_ca_key.pub")).unwrap()
+    );
+}
