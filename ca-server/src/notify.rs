@@ -361,16 +361,27 @@ impl Claims {
     /// Gives back every claim not recorded (a delivery cut short by shutdown): due again at
     /// `now`. Blocks on the store; run it once the delivery tasks have stopped.
     pub fn release_at(&self, now: UnixTime) -> store::Result<usize> {
-        let held = std::mem::take(&mut *self.lock());
-        if held.is_empty() {
-            return Ok(0);
+        let held: Vec<_> = std::mem::take(&mut *self.lock()).into_iter().collect();
+        self.give_back(&held, now)?;
+        Ok(held.len())
+    }
+
+    /// Gives back these claims (not attempted): due again at `now`. Blocks on the store.
+    fn give_back(&self, claims: &[(u64, String)], now: UnixTime) -> store::Result<()> {
+        if claims.is_empty() {
+            return Ok(());
         }
         self.store.transact(|tx| {
-            for (seq, webhook) in &held {
+            for (seq, webhook) in claims {
                 tx.release_delivery(*seq, webhook, now)?;
             }
-            Ok(held.len())
-        })
+            Ok::<_, store::Error>(())
+        })?;
+        let mut held = self.lock();
+        for claim in claims {
+            held.remove(claim);
+        }
+        Ok(())
     }
 }
 
@@ -500,16 +511,11 @@ impl Notifier {
 
     /// Gives back claimed deliveries that were not attempted: due again at `now`.
     fn release_at(&self, hook: &Hook, outs: &[Outgoing], now: UnixTime) -> store::Result<()> {
-        self.store.transact(|tx| {
-            for out in outs {
-                tx.release_delivery(out.seq, &hook.webhook.name, now)?;
-            }
-            Ok::<_, store::Error>(())
-        })?;
-        for out in outs {
-            self.claims.done(out.seq, &hook.webhook.name);
-        }
-        Ok(())
+        let claims: Vec<_> = outs
+            .iter()
+            .map(|out| (out.seq, hook.webhook.name.clone()))
+            .collect();
+        self.claims.give_back(&claims, now)
     }
 
     /// Records an attempt: delivered, retry later, or dropped with an audit event. Blocks

@@ -40,39 +40,11 @@ const AUDIT_START: &str = "COALESCE((SELECT seq FROM audit WHERE at >= ?1 ORDER 
 impl Tx<'_> {
     /// Appends an event to the hash chain.
     pub fn append_audit(&self, event: &Event) -> Result<()> {
-        let (seq, prev): (i64, String) = self
-            .opt(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                params![],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?
-            .unwrap_or((0, audit::GENESIS.to_owned()));
-        let hash = event.chain_hash(&prev);
-        self.exec(
-            "INSERT INTO audit (seq, at, actor, action, request_id, details, prev_hash, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                seq + 1,
-                to_i64(event.at),
-                event.actor,
-                event.action,
-                event.request_id,
-                event.details.to_string(),
-                prev,
-                hash
-            ],
-        )?;
-        if self.outbox && NOTIFY_ACTIONS.contains(&event.action.as_str()) {
-            self.exec("INSERT INTO outbox (audit_seq, action, request_id, created_at) VALUES (?1, ?2, ?3, ?4)", 
-                params![seq + 1, event.action, event.request_id, to_i64(event.at)],
-            )?;
-        }
-        Ok(())
+        self.append_audits(std::slice::from_ref(event))
     }
 
-    /// Appends events to the hash chain in order, as [`Tx::append_audit`] would one by
-    /// one, with one statement per thousand: for bulk loads (imports, the scale tests),
-    /// where a round trip per event is the cost.
+    /// Appends events to the hash chain in order, one statement per thousand: bulk loads
+    /// (imports, the scale tests) pay one round trip per thousand events, not per event.
     pub fn append_audits(&self, events: &[Event]) -> Result<()> {
         const ROWS: usize = 1000;
         let (mut seq, mut prev) = self

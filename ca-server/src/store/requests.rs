@@ -23,17 +23,18 @@ pub struct RequestFilter {
 
 /// The listing filter on all requests: newest first, read backwards from
 /// `requests_by_created` until the page is full.
-const LIST_ALL: &str = "WHERE (?1 = 0 OR state = 'pending') AND (?2 IS NULL OR requester = ?2)
+const LIST_ALL: &str =
+    "WHERE (?1 = 0 OR state = 'pending') AND (CAST(?2 AS TEXT) IS NULL OR requester = ?2)
        AND (?3 = 0 OR (break_glass = 1 AND glass_reviewed_at IS NULL))
-       AND (?4 IS NULL OR requester = ?4 OR role IN (SELECT value FROM json_each(?5)))
+       AND (CAST(?4 AS TEXT) IS NULL OR requester = ?4 OR role IN (SELECT value FROM json_each(?5)))
      ORDER BY created_at DESC, id DESC
      LIMIT ?6";
 
 /// The same for pending requests only: read just those from their partial index (left
 /// to itself, SQLite would rather walk every request newest first than sort a few).
-const LIST_PENDING: &str = "INDEXED BY requests_pending WHERE state = 'pending' AND ?1 = 1 AND (?2 IS NULL OR requester = ?2)
+const LIST_PENDING: &str = "INDEXED BY requests_pending WHERE state = 'pending' AND ?1 = 1 AND (CAST(?2 AS TEXT) IS NULL OR requester = ?2)
        AND (?3 = 0 OR (break_glass = 1 AND glass_reviewed_at IS NULL))
-       AND (?4 IS NULL OR requester = ?4 OR role IN (SELECT value FROM json_each(?5)))
+       AND (CAST(?4 AS TEXT) IS NULL OR requester = ?4 OR role IN (SELECT value FROM json_each(?5)))
      ORDER BY created_at DESC, id DESC
      LIMIT ?6";
 

@@ -133,7 +133,7 @@ impl Tx<'_> {
         let rows = self.all(
             &format!(
             "SELECT {SESSION_COLUMNS} FROM sessions
-             WHERE (?1 IS NULL OR user_name = ?1)
+             WHERE (CAST(?1 AS TEXT) IS NULL OR user_name = ?1)
                AND (?2 = 0 OR (ended_at IS NULL AND expires_at > ?3
                     AND NOT EXISTS (SELECT 1 FROM users WHERE users.name = sessions.user_name AND users.disabled = 1)))
              ORDER BY created_at DESC, id"

@@ -325,8 +325,9 @@ impl PgConn {
 }
 
 /// A statement as PostgreSQL reads it: SQLite's index hints dropped, `json_each` over a
-/// bound JSON array as `json_array_elements_text`, `(?N IS NULL` typed as text, `?N`
-/// placeholders as `$N`.
+/// bound JSON array as `json_array_elements_text`, `?N` placeholders as `$N`. (A
+/// parameter PostgreSQL cannot type from its first use, `?N IS NULL OR col = ?N`, is cast
+/// in the statement itself: `CAST(?N AS TEXT) IS NULL`.)
 pub(crate) fn for_postgres(sql: &str) -> String {
     static HINT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(r"INDEXED BY \w+\s*").unwrap_or_else(|_| unreachable!())
@@ -334,14 +335,8 @@ pub(crate) fn for_postgres(sql: &str) -> String {
     static JSON_EACH: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(r"json_each\((\?\d+)\)").unwrap_or_else(|_| unreachable!())
     });
-    // `?N IS NULL OR col = ?N`: PostgreSQL types a parameter at its first use, where
-    // nothing says it is text.
-    static NULL_TEST: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"\((\?\d+) IS NULL").unwrap_or_else(|_| unreachable!())
-    });
     let sql = HINT.replace_all(sql, "");
     let sql = JSON_EACH.replace_all(&sql, "json_array_elements_text(CAST($1 AS JSON))");
-    let sql = NULL_TEST.replace_all(&sql, "(CAST($1 AS TEXT) IS NULL");
     dollar_placeholders(&sql)
 }
 
@@ -494,7 +489,7 @@ mod tests {
     fn question_placeholders_become_dollar_ones() {
         assert_eq!(
             for_postgres("SELECT a FROM t WHERE b = ?1 AND (?12 IS NULL OR c = ?12)"),
-            "SELECT a FROM t WHERE b = $1 AND (CAST($12 AS TEXT) IS NULL OR c = $12)"
+            "SELECT a FROM t WHERE b = $1 AND ($12 IS NULL OR c = $12)"
         );
         assert_eq!(
             for_postgres(
